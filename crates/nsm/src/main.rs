@@ -1,0 +1,39 @@
+//! `nsm`: the single nsm-rs executable. Each NSM component is a subcommand.
+
+use clap::{Parser, Subcommand};
+
+/// Network Service Mesh (NSM v1.1.1 compatible), rebuilt in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "nsm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the NSM API version this build speaks and its gRPC methods.
+    Api,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Api) => {
+            println!("NSM wire contract: v1.1.1");
+            for (path, streaming) in nsm_api::services::METHODS {
+                let kind = if streaming {
+                    "server-streaming"
+                } else {
+                    "unary"
+                };
+                println!("  {path}  ({kind})");
+            }
+        }
+        None => {
+            use clap::CommandFactory;
+            // Printing help can only fail if stdout is closed; nothing useful to do then.
+            let _ = Cli::command().print_help();
+        }
+    }
+}
