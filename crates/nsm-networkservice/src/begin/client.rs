@@ -1,0 +1,51 @@
+//! The client variant of `begin`.
+
+use async_trait::async_trait;
+use nsm_api::{Connection, NetworkServiceRequest};
+use nsm_core::{Ctx, NetworkServiceServer, Next, Result};
+
+use super::factory::Begin;
+
+/// `begin` for client chains (merges re-requests with the stored connection).
+pub struct BeginClient(Begin);
+
+impl BeginClient {
+    /// A new, empty begin client.
+    pub fn new() -> Self {
+        Self(Begin::new(true))
+    }
+
+    /// Number of connections currently tracked (for leak checks in tests).
+    pub fn len(&self) -> usize {
+        self.0.slots.len()
+    }
+
+    /// True if no connection is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for BeginClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl NetworkServiceServer for BeginClient {
+    async fn request(
+        &self,
+        ctx: &mut Ctx,
+        request: NetworkServiceRequest,
+        next: Next,
+    ) -> Result<Connection> {
+        self.0.request(ctx, request, next).await
+    }
+    async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
+        self.0.close(ctx, conn, next).await
+    }
+    fn name(&self) -> &'static str {
+        "begin"
+    }
+}

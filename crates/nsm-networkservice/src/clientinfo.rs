@@ -1,0 +1,1 @@
+//! `clientinfo` (being written).

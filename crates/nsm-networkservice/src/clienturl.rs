@@ -1,0 +1,1 @@
+//! `clienturl` (being written).

@@ -1,0 +1,1 @@
+//! `dial` (being written).

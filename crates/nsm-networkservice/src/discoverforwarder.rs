@@ -1,0 +1,1 @@
+//! `discoverforwarder` (being written).

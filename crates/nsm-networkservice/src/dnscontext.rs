@@ -1,0 +1,1 @@
+//! `dnscontext` (being written).

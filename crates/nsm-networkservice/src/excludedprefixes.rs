@@ -1,0 +1,1 @@
+//! `excludedprefixes` (being written).

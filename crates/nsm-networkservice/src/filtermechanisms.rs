@@ -1,0 +1,1 @@
+//! `filtermechanisms` (being written).

@@ -1,0 +1,1 @@
+//! `heal` (being written).

@@ -1,0 +1,1 @@
+//! `mechanismtranslation` (being written).

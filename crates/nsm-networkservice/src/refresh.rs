@@ -1,0 +1,1 @@
+//! `refresh` (being written).

@@ -1,0 +1,1 @@
+//! `trimpath` (being written).

@@ -1,0 +1,1 @@
+//! `updatepath` (being written).

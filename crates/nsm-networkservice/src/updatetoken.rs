@@ -1,0 +1,1 @@
+//! `updatetoken` (being written).
