@@ -274,7 +274,7 @@ pub struct NetworkServiceUrl {
     pub domain: Option<String>,
     /// The interface name in the client's namespace, if given.
     pub interface: Option<String>,
-    /// Request labels (from the query); repeated keys are joined with "," as Go does.
+    /// Request labels (from the query, `+` and `%XX` decoded); repeated keys are joined with "," as Go does.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -396,20 +396,30 @@ fn parse_labels(url: &str, query: &str) -> Result<BTreeMap<String, String>, UrlE
             label: pair.to_string(),
         };
         let (k, v) = pair.split_once('=').ok_or_else(bad)?;
-        let k = percent_decode_str(k).decode_utf8().map_err(|_| bad())?;
-        let v = percent_decode_str(v).decode_utf8().map_err(|_| bad())?;
+        let k = decode_query_component(k).ok_or_else(bad)?;
+        let v = decode_query_component(v).ok_or_else(bad)?;
         if k.is_empty() {
             return Err(bad());
         }
         labels
-            .entry(k.into_owned())
+            .entry(k)
             .and_modify(|old| {
                 old.push(',');
                 old.push_str(&v);
             })
-            .or_insert_with(|| v.into_owned());
+            .or_insert(v);
     }
     Ok(labels)
+}
+
+/// Decodes one key or value of a query the way Go's `url.Query()` does: `+` is a space, then `%XX` escapes.
+/// (`+` must be replaced first: `%2B` is a literal plus.)
+fn decode_query_component(s: &str) -> Option<String> {
+    let spaced = s.replace('+', " ");
+    percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 impl fmt::Display for NetworkServiceUrl {

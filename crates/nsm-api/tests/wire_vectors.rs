@@ -4,6 +4,10 @@
 //! mapping with original field names), turned into our generated type, and compared with the type decoded
 //! from the Go bytes; the generated type is then encoded again and must give the Go bytes back.
 
+// clippy.toml allows unwrap/expect in tests, but clippy does not count helper functions of an
+// integration-test crate as tests; panicking is how these helpers fail a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use nsm_api::{connection, connectioncontext, networkservice, registry};
