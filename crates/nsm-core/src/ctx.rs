@@ -77,6 +77,15 @@ impl Ctx {
         c
     }
 
+    /// A copy without deadline, for long-lived background work (watch streams) that must not end
+    /// when the call that started it does.
+    pub fn without_deadline(&self) -> Self {
+        let mut c = self.clone();
+        c.deadline = None;
+        c.timeout = None;
+        c
+    }
+
     /// Runs `fut` until the deadline; on expiry returns `DeadlineExceeded` naming `element`.
     pub async fn within<T>(
         &self,

@@ -1,1 +1,175 @@
-//! `dial` (being written).
+//! `dial`: a gRPC channel to the next hop named by [`ClientUrl`].
+//!
+//! **Request**: without a [`ClientUrl`] in the context, passes through. Otherwise makes sure the
+//! connection's client metadata holds a [`ClientConn`] for that URL: reuses the stored one, or takes a
+//! channel from the element's per-URL cache (dialing on a miss, bounded by the dial timeout). If the URL
+//! changed since the last Request (heal or a re-selection picked another hop), the downstream is first
+//! closed through the *old* channel, best effort. A failed dial fails the Request with `Unavailable`
+//! naming the URL and leaves nothing stored; a failed first Request drops the conn again.
+//!
+//! **Close**: closes through the stored channel (dialing again if needed), then drops the [`ClientConn`].
+//!
+//! **State**: [`ClientConn`] in client metadata (read by `connect`, `monitor` and `heal`); a cache of
+//! channels shared by every connection to the same URL, dropped when the last connection using it is
+//! closed. No background events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nsm_api::url::NsmUrl;
+use nsm_api::{Connection, NetworkServiceRequest};
+use nsm_core::metadata::{ConnMetadata, Side};
+use nsm_core::values::ClientUrl;
+use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+use crate::grpc::client_channel;
+
+const ELEMENT: &str = "dial";
+
+/// The channel to the next hop of one connection, in client metadata.
+#[derive(Debug, Clone)]
+pub struct ClientConn {
+    /// The URL dialed.
+    pub url: NsmUrl,
+    /// The channel (shared with other connections to the same URL).
+    pub channel: Channel,
+}
+
+/// Channels by URL with the number of connections using each.
+#[derive(Debug, Default)]
+struct ChannelCache {
+    entries: Mutex<HashMap<NsmUrl, (Channel, usize)>>,
+}
+
+impl ChannelCache {
+    async fn acquire(&self, url: &NsmUrl, dial_timeout: Duration) -> Result<Channel> {
+        if let Some((channel, users)) = self.entries.lock().get_mut(url) {
+            *users += 1;
+            return Ok(channel.clone());
+        }
+        let dialed = client_channel(url, dial_timeout).await?;
+        // Another connection may have dialed the same URL meanwhile: keep one channel per URL.
+        let mut entries = self.entries.lock();
+        let (channel, users) = entries.entry(url.clone()).or_insert((dialed, 0));
+        *users += 1;
+        Ok(channel.clone())
+    }
+
+    fn release(&self, url: &NsmUrl) {
+        let mut entries = self.entries.lock();
+        if let Some((_, users)) = entries.get_mut(url) {
+            *users = users.saturating_sub(1);
+            if *users == 0 {
+                entries.remove(url);
+            }
+        }
+    }
+}
+
+/// The `dial` client element.
+#[derive(Debug)]
+pub struct DialClient {
+    dial_timeout: Duration,
+    cache: Arc<ChannelCache>,
+}
+
+impl DialClient {
+    /// Dials with at most `dial_timeout` per attempt.
+    pub fn new(dial_timeout: Duration) -> Self {
+        Self {
+            dial_timeout,
+            cache: Arc::default(),
+        }
+    }
+
+    /// URLs with a cached channel, for tests and diagnostics.
+    pub fn cached_urls(&self) -> Vec<NsmUrl> {
+        self.cache.entries.lock().keys().cloned().collect()
+    }
+
+    fn drop_conn(&self, md: &ConnMetadata) {
+        if let Some(old) = md.remove::<ClientConn>(Side::Client) {
+            self.cache.release(&old.url);
+        }
+    }
+
+    /// Stores a channel for `url` unless one is stored already; true if this call stored it.
+    async fn ensure_conn(&self, md: &ConnMetadata, url: &NsmUrl) -> Result<bool> {
+        if md
+            .get::<ClientConn>(Side::Client)
+            .is_some_and(|c| &c.url == url)
+        {
+            return Ok(false);
+        }
+        self.drop_conn(md);
+        let channel = self.cache.acquire(url, self.dial_timeout).await?;
+        md.insert(
+            Side::Client,
+            ClientConn {
+                url: url.clone(),
+                channel,
+            },
+        );
+        Ok(true)
+    }
+}
+
+fn metadata(ctx: &Ctx) -> Result<Arc<ConnMetadata>> {
+    ctx.metadata().cloned().ok_or_else(|| {
+        NsmError::internal(
+            ELEMENT,
+            "no connection metadata (the metadata element must run first)",
+        )
+    })
+}
+
+#[async_trait]
+impl NetworkServiceServer for DialClient {
+    async fn request(
+        &self,
+        ctx: &mut Ctx,
+        request: NetworkServiceRequest,
+        next: Next,
+    ) -> Result<Connection> {
+        let Some(ClientUrl(url)) = ctx.get::<ClientUrl>().cloned() else {
+            return next.request(ctx, request).await;
+        };
+        let md = metadata(ctx)?;
+        if let Some(old) = md.get::<ClientConn>(Side::Client).filter(|c| c.url != url) {
+            // The next hop changed: release the old one through the old channel first.
+            let mut close_ctx = ctx.postpone();
+            close_ctx.insert(ClientUrl(old.url.clone()));
+            let conn = request.connection.clone().unwrap_or_default();
+            if let Err(e) = next.clone().close(&mut close_ctx, conn).await {
+                tracing::debug!(url = %old.url, error = %e, "dial: closing via the previous next hop failed");
+            }
+            self.drop_conn(&md);
+        }
+        let fresh = self.ensure_conn(&md, &url).await?;
+        let result = next.request(ctx, request).await;
+        if result.is_err() && fresh {
+            self.drop_conn(&md);
+        }
+        result
+    }
+
+    async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
+        let Some(ClientUrl(url)) = ctx.get::<ClientUrl>().cloned() else {
+            return next.close(ctx, conn).await;
+        };
+        let md = metadata(ctx)?;
+        let dialed = self.ensure_conn(&md, &url).await;
+        // Run the rest even if the dial failed, so later client elements release what they hold.
+        let result = next.close(ctx, conn).await;
+        self.drop_conn(&md);
+        dialed.and(result)
+    }
+
+    fn name(&self) -> &'static str {
+        ELEMENT
+    }
+}

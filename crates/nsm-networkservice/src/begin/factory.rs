@@ -25,6 +25,9 @@ pub(super) struct SlotState {
     /// The rest of the chain after begin, and the context of the last call, for events.
     pub(super) next: Option<Next>,
     pub(super) ctx: Option<Ctx>,
+    /// The last Close through the chain failed: the connection may still exist downstream, so an event
+    /// Close (timeout's fallback) may still try to close it.
+    pub(super) close_failed: bool,
 }
 
 pub(super) struct Slot {
@@ -42,6 +45,16 @@ impl Slot {
                 m.remove(&self.id);
             }
         }
+    }
+
+    /// True if the map now holds a different slot for this id (a new connection reused the id).
+    pub(super) fn is_superseded(self: &Arc<Self>) -> bool {
+        self.owner.upgrade().is_some_and(|map| {
+            map.slots
+                .lock()
+                .get(&self.id)
+                .is_some_and(|s| !Arc::ptr_eq(s, self))
+        })
     }
 
     /// True while the map still holds this slot for its id.
@@ -74,6 +87,7 @@ impl SlotMap {
                         request: None,
                         next: None,
                         ctx: None,
+                        close_failed: false,
                     }),
                     owner: Arc::downgrade(self),
                 })
@@ -174,7 +188,11 @@ impl EventFactory {
             else {
                 return Ok(());
             };
-            if st.status != Status::Established {
+            // After a Close that failed, the connection may still exist downstream: let the event retry
+            // it (Go's timeout relies on this), unless the id now belongs to a new connection.
+            let retry_failed_close =
+                st.status == Status::Closed && st.close_failed && !this.slot.is_superseded();
+            if st.status != Status::Established && !retry_failed_close {
                 return Ok(());
             }
             let mut ctx = this.event_ctx(&stored_ctx);
@@ -182,6 +200,7 @@ impl EventFactory {
                 .close(&mut ctx, request.connection.unwrap_or_default())
                 .await;
             st.status = Status::Closed;
+            st.close_failed = r.is_err();
             this.slot.forget();
             r
         };
@@ -238,15 +257,16 @@ impl Begin {
                 // Closed and forgotten while we waited: start over with a fresh slot.
                 continue;
             }
-            if self.merge {
-                if let (Some(stored), Some(requested)) =
-                    (st.request.as_ref(), request.connection.take())
-                {
-                    request.connection = Some(super::merge::merge_connection(
-                        stored.connection.as_ref(),
-                        requested,
-                    ));
-                }
+            // Only take the requested connection out when there is a stored one to merge it with:
+            // a first Request must go down the chain as it came.
+            if self.merge
+                && let Some(stored) = st.request.as_ref()
+                && let Some(requested) = request.connection.take()
+            {
+                request.connection = Some(super::merge::merge_connection(
+                    stored.connection.as_ref(),
+                    requested,
+                ));
             }
             let stored_ctx = ctx.clone();
             ctx.insert(EventFactory { slot: slot.clone() });
@@ -290,6 +310,7 @@ impl Begin {
         let result = next.close(ctx, stored).await;
         ctx.remove::<EventFactory>();
         st.status = Status::Closed;
+        st.close_failed = result.is_err();
         slot.forget();
         result
     }

@@ -1,1 +1,0 @@
-//! `connect` (being written).

@@ -1,1 +1,0 @@
-//! `discoverforwarder` (being written).

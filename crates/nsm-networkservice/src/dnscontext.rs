@@ -1,1 +1,0 @@
-//! `dnscontext` (being written).

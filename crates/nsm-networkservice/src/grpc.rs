@@ -1,1 +1,0 @@
-//! `grpc` (being written).

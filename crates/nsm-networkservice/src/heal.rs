@@ -1,1 +1,0 @@
-//! `heal` (being written).

@@ -1,1 +1,0 @@
-//! `ipam` (being written).

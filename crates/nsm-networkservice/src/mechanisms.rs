@@ -1,1 +1,0 @@
-//! `mechanisms` (being written).

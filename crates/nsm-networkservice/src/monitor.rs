@@ -1,1 +1,0 @@
-//! `monitor` (being written).

@@ -1,0 +1,292 @@
+//! `memory`: the in-memory store of a registry (Go `registry/common/memory`), one per item kind.
+//!
+//! - Register: runs the rest of the chain first, then stores what it returned under its name (a new
+//!   registration under the same name replaces the old one, URL included) and tells every watcher.
+//! - Find: `watch=false` yields the current matches ([`crate::matchutils`]), then whatever the rest of
+//!   the chain finds, then ends. `watch=true` yields the current matches and then every change; the
+//!   snapshot and the subscription are taken under one lock, so no change is missed or repeated.
+//! - Unregister: forgets the item (unknown names are fine) and continues down the chain. An endpoint's
+//!   removal reaches watchers as `deleted=true`; a network service's removal is not announced, as in Go.
+//!
+//! Watchers get changes through a bounded buffer. One that falls behind is not silently skipped: its
+//! stream delivers what was buffered and then ends with `ResourceExhausted` ("watcher fell behind"), so
+//! the subscriber knows it must Find again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures::stream::{self, Stream, StreamExt};
+use nsm_api::registry::{NetworkService, NetworkServiceEndpoint};
+use nsm_core::registry::{FindStream, Found, Query, RegistryItem, RegistryNext, RegistryServer};
+use nsm_core::{Ctx, NsmError, Result};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::matchutils;
+
+const NAME: &str = "memory";
+
+/// How many unread changes a watcher may have before it is ended (Go's default event channel size).
+pub const DEFAULT_WATCH_BUFFER: usize = 1024;
+
+/// What the memory store needs to know about an item kind beyond [`RegistryItem`].
+pub trait MemoryItem: RegistryItem {
+    /// Whether `item` matches the query template `query`.
+    fn matches(query: &Self, item: &Self) -> bool;
+    /// Whether Unregister is announced to watchers as `deleted=true`.
+    const ANNOUNCES_DELETION: bool;
+    /// Whether a watching Find also asks the rest of the chain (Go's NS store never does).
+    const WATCH_CONTINUES: bool;
+}
+
+impl MemoryItem for NetworkService {
+    fn matches(query: &Self, item: &Self) -> bool {
+        matchutils::match_network_services(query, item)
+    }
+    const ANNOUNCES_DELETION: bool = false;
+    const WATCH_CONTINUES: bool = false;
+}
+
+impl MemoryItem for NetworkServiceEndpoint {
+    fn matches(query: &Self, item: &Self) -> bool {
+        matchutils::match_network_service_endpoints(query, item)
+    }
+    const ANNOUNCES_DELETION: bool = true;
+    const WATCH_CONTINUES: bool = true;
+}
+
+struct Watcher<T> {
+    query: T,
+    tx: mpsc::Sender<Found<T>>,
+    fell_behind: Arc<AtomicBool>,
+}
+
+struct Store<T> {
+    items: BTreeMap<String, T>,
+    watchers: HashMap<u64, Watcher<T>>,
+    next_watcher: u64,
+}
+
+impl<T: MemoryItem> Store<T> {
+    fn matching(&self, query: &T) -> Vec<T> {
+        self.items
+            .values()
+            .filter(|item| T::matches(query, item))
+            .cloned()
+            .collect()
+    }
+
+    /// Hands `event` to every interested watcher; ends the ones that are gone or full.
+    fn announce(&mut self, event: &Found<T>) {
+        self.watchers.retain(|_, w| {
+            if !T::matches(&w.query, &event.item) {
+                return true;
+            }
+            match w.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    w.fell_behind.store(true, Ordering::SeqCst);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}
+
+/// The in-memory store for items of kind `T` (`NetworkService` or `NetworkServiceEndpoint`).
+pub struct MemoryServer<T: MemoryItem> {
+    store: Arc<Mutex<Store<T>>>,
+    watch_buffer: usize,
+}
+
+impl<T: MemoryItem> Default for MemoryServer<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: MemoryItem> MemoryServer<T> {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            store: Arc::new(Mutex::new(Store {
+                items: BTreeMap::new(),
+                watchers: HashMap::new(),
+                next_watcher: 0,
+            })),
+            watch_buffer: DEFAULT_WATCH_BUFFER,
+        }
+    }
+
+    /// Sets how many unread changes a watcher may have before it is ended (at least 1).
+    pub fn with_watch_buffer(mut self, size: usize) -> Self {
+        self.watch_buffer = size.max(1);
+        self
+    }
+
+    /// Number of stored items.
+    pub fn len(&self) -> usize {
+        self.store.lock().items.len()
+    }
+
+    /// True if nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of open watching Finds.
+    pub fn watchers(&self) -> usize {
+        self.store.lock().watchers.len()
+    }
+
+    /// The stored item called `name`.
+    pub fn get(&self, name: &str) -> Option<T> {
+        self.store.lock().items.get(name).cloned()
+    }
+
+    fn watch(&self, query: T) -> FindStream<T> {
+        let (tx, rx) = mpsc::channel(self.watch_buffer);
+        let fell_behind = Arc::new(AtomicBool::new(false));
+        let mut store = self.store.lock();
+        let current = store.matching(&query);
+        let id = store.next_watcher;
+        store.next_watcher += 1;
+        store.watchers.insert(
+            id,
+            Watcher {
+                query,
+                tx,
+                fell_behind: fell_behind.clone(),
+            },
+        );
+        drop(store);
+        let changes = WatchStream {
+            rx,
+            fell_behind,
+            finished: false,
+            id,
+            store: Arc::downgrade(&self.store),
+        };
+        stream::iter(current.into_iter().map(|item| {
+            Ok(Found {
+                item,
+                deleted: false,
+            })
+        }))
+        .chain(changes)
+        .boxed()
+    }
+}
+
+#[async_trait]
+impl<T: MemoryItem> RegistryServer<T> for MemoryServer<T> {
+    async fn register(&self, ctx: &mut Ctx, item: T, next: RegistryNext<T>) -> Result<T> {
+        let registered = next.register(ctx, item).await?;
+        let mut store = self.store.lock();
+        store
+            .items
+            .insert(registered.name().to_string(), registered.clone());
+        store.announce(&Found {
+            item: registered.clone(),
+            deleted: false,
+        });
+        Ok(registered)
+    }
+
+    async fn find(
+        &self,
+        ctx: &mut Ctx,
+        query: Query<T>,
+        next: RegistryNext<T>,
+    ) -> Result<FindStream<T>> {
+        if !query.watch {
+            let current = self.store.lock().matching(&query.template);
+            let rest = next.find(ctx, query).await?;
+            let current = stream::iter(current.into_iter().map(|item| {
+                Ok(Found {
+                    item,
+                    deleted: false,
+                })
+            }));
+            return Ok(current.chain(rest).boxed());
+        }
+        if !T::WATCH_CONTINUES {
+            return Ok(self.watch(query.template));
+        }
+        let rest = next.find(ctx, query.clone()).await?;
+        Ok(stream::select(rest, self.watch(query.template)).boxed())
+    }
+
+    async fn unregister(&self, ctx: &mut Ctx, item: T, next: RegistryNext<T>) -> Result<()> {
+        {
+            let mut store = self.store.lock();
+            if let Some(removed) = store.items.remove(item.name())
+                && T::ANNOUNCES_DELETION
+            {
+                store.announce(&Found {
+                    item: removed,
+                    deleted: true,
+                });
+            }
+        }
+        next.unregister(ctx, item).await
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+/// The changes half of a watching Find; unsubscribes when dropped.
+struct WatchStream<T: MemoryItem> {
+    rx: mpsc::Receiver<Found<T>>,
+    fell_behind: Arc<AtomicBool>,
+    finished: bool,
+    id: u64,
+    store: Weak<Mutex<Store<T>>>,
+}
+
+impl<T: MemoryItem> Stream for WatchStream<T> {
+    type Item = Result<Found<T>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(found)) => Poll::Ready(Some(Ok(found))),
+            Poll::Ready(None) => {
+                self.finished = true;
+                if self.fell_behind.load(Ordering::SeqCst) {
+                    Poll::Ready(Some(Err(NsmError::ResourceExhausted {
+                        element: NAME,
+                        what: format!(
+                            "watcher fell behind: more than {} unread {} changes; Find again",
+                            self.rx.max_capacity(),
+                            T::KIND
+                        ),
+                    })))
+                } else {
+                    Poll::Ready(None)
+                }
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: MemoryItem> Drop for WatchStream<T> {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.upgrade() {
+            store.lock().watchers.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
