@@ -18,6 +18,9 @@ pub mod ctx;
 pub mod error;
 pub mod metadata;
 pub mod registry;
+
+/// Re-exported so element crates and chains implement the traits with the same macro.
+pub use async_trait::async_trait;
 pub mod token;
 pub mod values;
 

@@ -70,7 +70,11 @@ pub async fn serve(url: &NsmUrl, router: Router) -> Result<Serving, NsmError> {
         |e: io::Error| NsmError::unavailable(ELEMENT, format!("cannot listen on {url}: {e}"));
     match url {
         NsmUrl::Tcp { .. } => {
-            let addr = url.authority().unwrap_or_default();
+            // An empty host means every interface, as in Go's `:5001`.
+            let addr = match url {
+                NsmUrl::Tcp { host, port } if host.is_empty() => format!("0.0.0.0:{port}"),
+                _ => url.authority().unwrap_or_default(),
+            };
             let listener = TcpListener::bind(addr).await.map_err(bind_failed)?;
             serve_tcp(listener, router).map_err(bind_failed)
         }

@@ -1,0 +1,87 @@
+//! The client chain (NSCs, and the client half of every hop that calls a next hop).
+//!
+//! updatepath → begin → metadata → refresh → clienturl → heal → dial → *additional* → authorize →
+//! trimpath → connect
+//!
+//! `refresh` and `heal` are optional (hops other than NSCs run without them, as in Go v1.1).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nsm_api::url::NsmUrl;
+use nsm_core::Chain;
+use nsm_core::chain::Element;
+use nsm_core::token::SharedTokenGenerator;
+use nsm_networkservice::authorize::AuthorizeClient;
+use nsm_networkservice::begin::BeginClient;
+use nsm_networkservice::clienturl::ClientUrlClient;
+use nsm_networkservice::connect::ConnectClient;
+use nsm_networkservice::dial::DialClient;
+use nsm_networkservice::heal::HealClient;
+use nsm_networkservice::metadata::MetadataClient;
+use nsm_networkservice::refresh::RefreshClient;
+use nsm_networkservice::trimpath::TrimPathClient;
+use nsm_networkservice::updatepath::UpdatePathClient;
+
+/// Default time to establish a gRPC connection to the next hop.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// What a client chain is made of.
+pub struct ClientOptions {
+    /// The client's name (its path segment name).
+    pub name: String,
+    /// Fixed next-hop URL (NSCs: the NSMgr); `None` when an earlier element selects it.
+    pub url: Option<NsmUrl>,
+    /// Signs the per-RPC tokens.
+    pub token_generator: SharedTokenGenerator,
+    /// Refresh the connection before its token expires (NSCs and passthrough endpoints).
+    pub refresh: bool,
+    /// Heal when the next hop reports the connection down or its monitor stream breaks (NSCs).
+    pub heal: bool,
+    /// Elements between dial and authorize (mechanisms, data-plane clients…).
+    pub additional: Vec<Element>,
+    /// The authorize element (default: allow everything).
+    pub authorize: Element,
+    /// Time to establish a gRPC connection to the next hop.
+    pub dial_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// A client without refresh, heal or additional elements.
+    pub fn new(name: impl Into<String>, token_generator: SharedTokenGenerator) -> Self {
+        Self {
+            name: name.into(),
+            url: None,
+            token_generator,
+            refresh: false,
+            heal: false,
+            additional: Vec::new(),
+            authorize: Arc::new(AuthorizeClient::any()),
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
+        }
+    }
+}
+
+/// Builds a client chain.
+pub fn new_client(opts: ClientOptions) -> Chain {
+    let mut elements: Vec<Element> = vec![
+        Arc::new(UpdatePathClient::new(opts.name)),
+        Arc::new(BeginClient::new()),
+        Arc::new(MetadataClient::new()),
+    ];
+    if opts.refresh {
+        elements.push(Arc::new(RefreshClient::new()));
+    }
+    if let Some(url) = opts.url {
+        elements.push(Arc::new(ClientUrlClient::new(url)));
+    }
+    if opts.heal {
+        elements.push(Arc::new(HealClient::new()));
+    }
+    elements.push(Arc::new(DialClient::new(opts.dial_timeout)));
+    elements.extend(opts.additional);
+    elements.push(opts.authorize);
+    elements.push(Arc::new(TrimPathClient::new()));
+    elements.push(Arc::new(ConnectClient::new(opts.token_generator)));
+    Chain::new("client", elements)
+}

@@ -1,0 +1,140 @@
+//! The forwarder: the endpoint chain around a pluggable data plane.
+//!
+//! NetworkService: endpoint chain → discover → roundrobin → *data plane server elements* →
+//! connect(client chain without refresh: mechanismtranslation → *data plane client elements*).
+//!
+//! The forwarder finds the endpoint through the NSMgr's registry (its `connect_to` URL) and registers
+//! itself there as an endpoint of service `forwarder` with its labels (see [`registration`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nsm_api::registry::{NetworkService, NetworkServiceEndpoint, NetworkServiceLabels};
+use nsm_api::url::NsmUrl;
+use nsm_core::chain::Element;
+use nsm_core::registry::{RegistryChain, RegistryElement};
+use nsm_core::token::SharedTokenGenerator;
+use nsm_core::{Chain, Clock};
+use nsm_networkservice::connect::ConnectServer;
+use nsm_networkservice::discover::DiscoverServer;
+use nsm_networkservice::mechanismtranslation::MechanismTranslationClient;
+use nsm_networkservice::roundrobin::RoundRobinServer;
+use nsm_registry::{ClientUrlServer, ConnectServer as RegistryConnect};
+use tonic::service::Routes;
+
+use crate::client::{ClientOptions, new_client};
+use crate::endpoint::{Endpoint, EndpointOptions};
+
+/// The part of a forwarder that moves packets: elements on the server side (incoming mechanism,
+/// cross-connect) and on the client side (outgoing mechanism preferences). The sandbox uses
+/// [`NoopDataplane`].
+pub trait Dataplane: Send + Sync {
+    /// Elements after roundrobin, before connect.
+    fn server_elements(&self) -> Vec<Element>;
+    /// Elements of the client chain after mechanismtranslation.
+    fn client_elements(&self) -> Vec<Element>;
+}
+
+/// A data plane that wires nothing: the connection is negotiated but no interface is made.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopDataplane;
+
+impl Dataplane for NoopDataplane {
+    fn server_elements(&self) -> Vec<Element> {
+        Vec::new()
+    }
+    fn client_elements(&self) -> Vec<Element> {
+        Vec::new()
+    }
+}
+
+/// What a forwarder is made of.
+pub struct ForwarderOptions {
+    /// Name (path segment and registration name).
+    pub name: String,
+    /// The NSMgr this forwarder registers with and discovers endpoints through.
+    pub connect_to: NsmUrl,
+    /// Signs tokens.
+    pub token_generator: SharedTokenGenerator,
+    /// Time to establish gRPC connections.
+    pub dial_timeout: Duration,
+    /// The clock.
+    pub clock: Clock,
+}
+
+/// A built forwarder.
+pub struct Forwarder {
+    /// The NetworkService side.
+    pub endpoint: Endpoint,
+}
+
+impl Forwarder {
+    /// Builds a forwarder around `dataplane`.
+    pub fn new(opts: ForwarderOptions, dataplane: &dyn Dataplane) -> Self {
+        let ns_registry = RegistryChain::new(
+            "forwarder-ns-client",
+            vec![
+                Arc::new(ClientUrlServer::<NetworkService>::new(
+                    opts.connect_to.clone(),
+                )) as RegistryElement<NetworkService>,
+                Arc::new(RegistryConnect::new(opts.dial_timeout)),
+            ],
+        );
+        let nse_registry = RegistryChain::new(
+            "forwarder-nse-client",
+            vec![
+                Arc::new(ClientUrlServer::<NetworkServiceEndpoint>::new(
+                    opts.connect_to.clone(),
+                )) as RegistryElement<NetworkServiceEndpoint>,
+                Arc::new(RegistryConnect::new(opts.dial_timeout)),
+            ],
+        );
+        let mut client_additional: Vec<Element> = vec![Arc::new(MechanismTranslationClient::new())];
+        client_additional.extend(dataplane.client_elements());
+        let client = new_client(ClientOptions {
+            additional: client_additional,
+            dial_timeout: opts.dial_timeout,
+            ..ClientOptions::new(opts.name.clone(), opts.token_generator.clone())
+        });
+        let mut additional: Vec<Element> = vec![
+            Arc::new(DiscoverServer::new(ns_registry, nse_registry)),
+            Arc::new(RoundRobinServer::new()),
+        ];
+        additional.extend(dataplane.server_elements());
+        additional.push(Arc::new(ConnectServer::new(client)));
+        let mut ep = EndpointOptions::new(opts.name, opts.token_generator, opts.clock);
+        ep.additional = additional;
+        Self {
+            endpoint: Endpoint::new(ep),
+        }
+    }
+
+    /// The forwarder's chain.
+    pub fn chain(&self) -> &Chain {
+        &self.endpoint.chain
+    }
+
+    /// NetworkService and MonitorConnection.
+    pub fn routes(&self) -> Routes {
+        self.endpoint.routes()
+    }
+}
+
+/// The registration a forwarder sends: service `service_name` (default "forwarder") with `labels`
+/// (default `p2p=true`) at `url`.
+pub fn registration(
+    name: &str,
+    service_name: &str,
+    labels: BTreeMap<String, String>,
+    url: &NsmUrl,
+) -> NetworkServiceEndpoint {
+    NetworkServiceEndpoint {
+        name: name.to_string(),
+        network_service_names: vec![service_name.to_string()],
+        network_service_labels: [(service_name.to_string(), NetworkServiceLabels { labels })]
+            .into(),
+        url: url.to_string(),
+        ..Default::default()
+    }
+}
