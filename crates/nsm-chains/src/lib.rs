@@ -12,4 +12,5 @@ pub mod endpoint;
 pub mod forwarder;
 pub mod icmp_responder;
 pub mod nsmgr;
+pub mod registry_client;
 pub mod registry_memory;
