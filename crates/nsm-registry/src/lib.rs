@@ -4,7 +4,7 @@
 //! What lives here:
 //! - stores and server-side elements: [`memory`] (the in-memory store with watch fan-out, matching by
 //!   [`matchutils`]), [`expire`], [`setregistrationtime`], [`setpayload`], [`serialize`],
-//!   [`clientinfo`], [`localbypass`], [`proxy`], [`validate`];
+//!   [`clientinfo`], [`localbypass`], [`proxy`], [`validate`], [`validatequery`];
 //! - the edges to other registries: [`clienturl`] + [`connect`] (gRPC client), [`grpc`] (gRPC server
 //!   adapters serving a chain);
 //! - client-side elements: [`refresh`] and [`heal`];
@@ -30,6 +30,7 @@ pub mod serialize;
 pub mod setpayload;
 pub mod setregistrationtime;
 pub mod validate;
+pub mod validatequery;
 
 #[cfg(test)]
 mod testutil;
@@ -47,3 +48,4 @@ pub use serialize::SerializeServer;
 pub use setpayload::SetPayloadServer;
 pub use setregistrationtime::SetRegistrationTimeServer;
 pub use validate::ValidateServer;
+pub use validatequery::ValidateQueryServer;

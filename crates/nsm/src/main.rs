@@ -1,6 +1,10 @@
 //! `nsm`: the single nsm-rs executable. Each NSM component is a subcommand.
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+
+mod cmd;
 
 /// Network Service Mesh (NSM v1.1.1 compatible), rebuilt in Rust.
 #[derive(Debug, Parser)]
@@ -14,9 +18,11 @@ struct Cli {
 enum Command {
     /// Print the NSM API version this build speaks and its gRPC methods.
     Api,
+    /// Run the registry (network services and endpoints) on the memory store or on etcd.
+    Registry(cmd::registry::RegistryArgs),
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Api) => {
@@ -29,11 +35,14 @@ fn main() {
                 };
                 println!("  {path}  ({kind})");
             }
+            ExitCode::SUCCESS
         }
+        Some(Command::Registry(args)) => cmd::registry::run(&args),
         None => {
             use clap::CommandFactory;
             // Printing help can only fail if stdout is closed; nothing useful to do then.
             let _ = Cli::command().print_help();
+            ExitCode::SUCCESS
         }
     }
 }

@@ -1,0 +1,551 @@
+//! `etcd`: the etcd-backed store of a registry, one per item kind — the same role as
+//! `nsm_registry::MemoryServer`, shared by every registry replica on the same etcd and key prefix.
+//!
+//! - Keys: `<prefix>/nse/<name>` and `<prefix>/ns/<name>`; values are the protobuf-encoded items.
+//! - Register (endpoints): sets `expiration_time = min(now + expire period, requested)` (what `expire`
+//!   does in the memory chain), runs the rest of the chain, then grants an etcd lease of the remaining
+//!   time (whole seconds, at least 1; etcd may round it up to its minimum) and puts the item with it. A
+//!   refresh — on any replica — puts again with a fresh lease; the old lease is revoked in the
+//!   background (the key is no longer attached to it). Expiry is etcd's: when the lease runs out etcd
+//!   deletes the key, and every replica's watchers see `deleted=true` with the last value. Network
+//!   services are put without a lease.
+//! - Unregister: deletes the key (unknown names are fine) and continues down the chain.
+//! - Find: `watch=false` reads etcd (a linearizable Range) and filters with `nsm_registry::matchutils`
+//!   (the memory store's rules); when etcd cannot be reached it answers from the last known state (see
+//!   below) and logs a warning. `watch=true` subscribes to the local fan-out first, then reads the
+//!   current matches with a Range at revision R, and streams every change with a revision above R, so
+//!   nothing is missed or repeated.
+//! - Background: one etcd watch per store (prefix, from the last seen revision + 1, with previous
+//!   values) keeps an in-memory mirror of the prefix and fans changes out to the local watchers. When the
+//!   etcd watch breaks (etcd restart, compaction) the mirror re-reads the prefix, announces the
+//!   difference and watches again, retrying with backoff while etcd is down.
+//! - A local watcher that falls behind (more than the buffer of unread changes) is not silently
+//!   dropped: its stream ends with `ResourceExhausted`, so the client Finds again.
+//! - Errors: etcd unreachable → `Unavailable` naming the address tried.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, Stream, StreamExt};
+use nsm_api::registry::{NetworkService, NetworkServiceEndpoint};
+use nsm_core::clock::{from_timestamp, to_timestamp};
+use nsm_core::registry::{FindStream, Found, Query, RegistryNext, RegistryServer};
+use nsm_core::{Clock, Ctx, NsmError, Result};
+use nsm_registry::memory::{DEFAULT_WATCH_BUFFER, MemoryItem};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{EtcdClient, Snapshot, WatchEvent};
+use crate::pb::mvccpb::KeyValue;
+
+const NAME: &str = "etcd";
+
+/// What the etcd store needs to know about an item kind.
+pub trait EtcdItem: MemoryItem {
+    /// The key directory under the prefix (`nse` or `ns`).
+    const DIR: &'static str;
+    /// Whether items of this kind live on an etcd lease (expire).
+    const LEASED: bool;
+    /// Sets the expiration time a Register asks for, bounded by `period` (no-op for unleased items).
+    fn bound_expiration(&mut self, _clock: &Clock, _period: Duration) {}
+    /// Lease TTL in whole seconds for a registered item (None: no lease).
+    fn lease_ttl(&self, _clock: &Clock) -> Option<i64> {
+        None
+    }
+}
+
+impl EtcdItem for NetworkService {
+    const DIR: &'static str = "ns";
+    const LEASED: bool = false;
+}
+
+impl EtcdItem for NetworkServiceEndpoint {
+    const DIR: &'static str = "nse";
+    const LEASED: bool = true;
+    fn bound_expiration(&mut self, clock: &Clock, period: Duration) {
+        let mut expires = clock.now() + period;
+        if let Some(requested) = self.expiration_time.as_ref().and_then(from_timestamp) {
+            expires = expires.min(requested);
+        }
+        self.expiration_time = Some(to_timestamp(expires));
+    }
+    fn lease_ttl(&self, clock: &Clock) -> Option<i64> {
+        let left = self
+            .expiration_time
+            .as_ref()
+            .map_or(Duration::ZERO, |t| clock.until_timestamp(t));
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Some(i64::try_from(secs.max(1)).unwrap_or(i64::MAX))
+    }
+}
+
+struct Watcher<T> {
+    query: T,
+    tx: mpsc::Sender<(i64, Found<T>)>,
+    fell_behind: Arc<AtomicBool>,
+}
+
+struct MirrorState<T> {
+    items: BTreeMap<String, T>,
+    revision: i64,
+    synced: bool,
+    watchers: HashMap<u64, Watcher<T>>,
+    next_watcher: u64,
+}
+
+impl<T: EtcdItem> MirrorState<T> {
+    fn matching(&self, query: &T) -> Vec<T> {
+        self.items
+            .values()
+            .filter(|i| T::matches(query, i))
+            .cloned()
+            .collect()
+    }
+
+    fn announce(&mut self, revision: i64, event: &Found<T>) {
+        if event.deleted && !T::ANNOUNCES_DELETION {
+            return;
+        }
+        self.watchers.retain(|_, w| {
+            if !T::matches(&w.query, &event.item) {
+                return true;
+            }
+            match w.tx.try_send((revision, event.clone())) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    w.fell_behind.store(true, Ordering::SeqCst);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    /// Replaces the mirror with a fresh snapshot, announcing what changed.
+    fn resync(&mut self, revision: i64, fresh: BTreeMap<String, T>) {
+        let old = std::mem::take(&mut self.items);
+        for (name, item) in &fresh {
+            if old.get(name) != Some(item) {
+                self.announce(
+                    revision,
+                    &Found {
+                        item: item.clone(),
+                        deleted: false,
+                    },
+                );
+            }
+        }
+        for (name, item) in old {
+            if !fresh.contains_key(&name) {
+                self.announce(
+                    revision,
+                    &Found {
+                        item,
+                        deleted: true,
+                    },
+                );
+            }
+        }
+        self.items = fresh;
+        self.revision = revision;
+        self.synced = true;
+    }
+
+    fn apply(&mut self, revision: i64, events: Vec<WatchEvent>) {
+        for ev in events {
+            let rev = if ev.kv.mod_revision > 0 {
+                ev.kv.mod_revision
+            } else {
+                revision
+            };
+            if ev.deleted {
+                let name_item = ev
+                    .prev_kv
+                    .as_ref()
+                    .and_then(decode::<T>)
+                    .map(|i| (i.name().to_string(), i));
+                let removed = match name_item {
+                    Some((name, last)) => self.items.remove(&name).or(Some(last)),
+                    None => None,
+                };
+                if let Some(item) = removed {
+                    self.announce(
+                        rev,
+                        &Found {
+                            item,
+                            deleted: true,
+                        },
+                    );
+                }
+            } else if let Some(item) = decode::<T>(&ev.kv) {
+                self.items.insert(item.name().to_string(), item.clone());
+                self.announce(
+                    rev,
+                    &Found {
+                        item,
+                        deleted: false,
+                    },
+                );
+            }
+        }
+        self.revision = self.revision.max(revision);
+    }
+}
+
+fn decode<T: EtcdItem>(kv: &KeyValue) -> Option<T> {
+    match T::decode(kv.value.as_slice()) {
+        Ok(item) => Some(item),
+        Err(e) => {
+            tracing::warn!(
+                "etcd: skipping undecodable {} at {:?}: {e}",
+                T::KIND,
+                String::from_utf8_lossy(&kv.key)
+            );
+            None
+        }
+    }
+}
+
+fn decode_all<T: EtcdItem>(snap: &Snapshot) -> BTreeMap<String, T> {
+    snap.kvs
+        .iter()
+        .filter_map(decode::<T>)
+        .map(|i| (i.name().to_string(), i))
+        .collect()
+}
+
+/// The etcd-backed store for items of kind `T`.
+pub struct EtcdServer<T: EtcdItem> {
+    client: EtcdClient,
+    prefix: Vec<u8>,
+    period: Duration,
+    mirror: Arc<Mutex<MirrorState<T>>>,
+    watch_buffer: usize,
+    stop: CancellationToken,
+}
+
+impl<T: EtcdItem> Drop for EtcdServer<T> {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl<T: EtcdItem> EtcdServer<T> {
+    /// A store under `<prefix>/<nse|ns>/` on `client`; endpoints live at most `expire_period`
+    /// without a refresh. Starts the background mirror (needs a tokio runtime).
+    pub fn new(client: EtcdClient, prefix: &str, expire_period: Duration) -> Self {
+        let prefix = format!("{}/{}/", prefix.trim_end_matches('/'), T::DIR).into_bytes();
+        let s = Self {
+            client,
+            prefix,
+            period: expire_period,
+            mirror: Arc::new(Mutex::new(MirrorState {
+                items: BTreeMap::new(),
+                revision: 0,
+                synced: false,
+                watchers: HashMap::new(),
+                next_watcher: 0,
+            })),
+            watch_buffer: DEFAULT_WATCH_BUFFER,
+            stop: CancellationToken::new(),
+        };
+        tokio::spawn(run_mirror(
+            s.client.clone(),
+            s.prefix.clone(),
+            Arc::downgrade(&s.mirror),
+            s.stop.clone(),
+        ));
+        s
+    }
+
+    /// Sets how many unread changes a watcher may have before it is ended (at least 1).
+    pub fn with_watch_buffer(mut self, size: usize) -> Self {
+        self.watch_buffer = size.max(1);
+        self
+    }
+
+    /// Stops the background mirror when `token` is cancelled.
+    pub fn with_cancellation(self, token: &CancellationToken) -> Self {
+        let stop = self.stop.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        });
+        self
+    }
+
+    /// Number of items in the local mirror.
+    pub fn mirrored(&self) -> usize {
+        self.mirror.lock().items.len()
+    }
+
+    /// Whether the mirror has read etcd at least once.
+    pub fn synced(&self) -> bool {
+        self.mirror.lock().synced
+    }
+
+    /// Number of open watching Finds.
+    pub fn watchers(&self) -> usize {
+        self.mirror.lock().watchers.len()
+    }
+
+    fn key(&self, name: &str) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    fn revoke_later(&self, lease: i64) {
+        if lease == 0 {
+            return;
+        }
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.lease_revoke(lease).await {
+                tracing::debug!("etcd: revoking replaced lease {lease:x}: {e}");
+            }
+        });
+    }
+
+    /// Current matches: from etcd, or from the mirror when etcd is unreachable (and the mirror has
+    /// read it before).
+    async fn current(&self, query: &T) -> Result<(i64, Vec<T>)> {
+        match self.client.range_prefix(&self.prefix).await {
+            Ok(snap) => {
+                let items = decode_all::<T>(&snap)
+                    .into_values()
+                    .filter(|i| T::matches(query, i))
+                    .collect();
+                Ok((snap.revision, items))
+            }
+            Err(e) => {
+                let m = self.mirror.lock();
+                if !m.synced {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "etcd: answering Find from the last known state (revision {}): {e}",
+                    m.revision
+                );
+                Ok((m.revision, m.matching(query)))
+            }
+        }
+    }
+
+    async fn watch(&self, query: T) -> Result<FindStream<T>> {
+        let (tx, rx) = mpsc::channel(self.watch_buffer);
+        let fell_behind = Arc::new(AtomicBool::new(false));
+        let id = {
+            let mut m = self.mirror.lock();
+            let id = m.next_watcher;
+            m.next_watcher += 1;
+            m.watchers.insert(
+                id,
+                Watcher {
+                    query: query.clone(),
+                    tx,
+                    fell_behind: fell_behind.clone(),
+                },
+            );
+            id
+        };
+        let mut changes = WatchStream {
+            rx,
+            fell_behind,
+            finished: false,
+            id,
+            after: 0,
+            mirror: Arc::downgrade(&self.mirror),
+            buffer: self.watch_buffer,
+        };
+        // Subscribed first: every change committed after this Range reaches `changes`.
+        let (revision, current) = self.current(&query).await?;
+        changes.after = revision;
+        Ok(stream::iter(current.into_iter().map(|item| {
+            Ok(Found {
+                item,
+                deleted: false,
+            })
+        }))
+        .chain(changes)
+        .boxed())
+    }
+}
+
+async fn run_mirror<T: EtcdItem>(
+    client: EtcdClient,
+    prefix: Vec<u8>,
+    mirror: Weak<Mutex<MirrorState<T>>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let round = async {
+            let snap = client.range_prefix(&prefix).await?;
+            let fresh = decode_all::<T>(&snap);
+            let Some(m) = mirror.upgrade() else {
+                return Ok(());
+            };
+            m.lock().resync(snap.revision, fresh);
+            drop(m);
+            let mut changes = Box::pin(client.watch_prefix(&prefix, snap.revision + 1).await?);
+            while let Some(batch) = changes.next().await {
+                let (revision, events) = batch?;
+                let Some(m) = mirror.upgrade() else {
+                    return Ok(());
+                };
+                m.lock().apply(revision, events);
+            }
+            Ok::<(), NsmError>(())
+        };
+        let failed = tokio::select! {
+            () = stop.cancelled() => return,
+            r = round => r.err(),
+        };
+        if mirror.strong_count() == 0 {
+            return;
+        }
+        match failed {
+            Some(e) => tracing::warn!(
+                "etcd: mirror of {}: {e}; retrying in {backoff:?}",
+                String::from_utf8_lossy(&prefix)
+            ),
+            None => backoff = Duration::from_millis(100),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[async_trait]
+impl<T: EtcdItem> RegistryServer<T> for EtcdServer<T> {
+    async fn register(&self, ctx: &mut Ctx, mut item: T, next: RegistryNext<T>) -> Result<T> {
+        let clock = *ctx.clock();
+        item.bound_expiration(&clock, self.period);
+        let registered = next.register(ctx, item).await?;
+        let lease = match registered.lease_ttl(&clock) {
+            Some(ttl) if T::LEASED => self.client.lease_grant(ttl).await?,
+            _ => 0,
+        };
+        let value = registered.encode_to_vec();
+        let prev = match self
+            .client
+            .put(self.key(registered.name()), value, lease)
+            .await
+        {
+            Ok(prev) => prev,
+            Err(e) => {
+                self.revoke_later(lease);
+                return Err(e);
+            }
+        };
+        if let Some(prev) = prev
+            && prev.lease != lease
+        {
+            self.revoke_later(prev.lease);
+        }
+        Ok(registered)
+    }
+
+    async fn find(
+        &self,
+        ctx: &mut Ctx,
+        query: Query<T>,
+        next: RegistryNext<T>,
+    ) -> Result<FindStream<T>> {
+        if !query.watch {
+            let (_, current) = self.current(&query.template).await?;
+            let rest = next.find(ctx, query).await?;
+            let current = stream::iter(current.into_iter().map(|item| {
+                Ok(Found {
+                    item,
+                    deleted: false,
+                })
+            }));
+            return Ok(current.chain(rest).boxed());
+        }
+        if !T::WATCH_CONTINUES {
+            return self.watch(query.template).await;
+        }
+        let rest = next.find(ctx, query.clone()).await?;
+        let own = self.watch(query.template).await?;
+        Ok(stream::select(rest, own).boxed())
+    }
+
+    async fn unregister(&self, ctx: &mut Ctx, item: T, next: RegistryNext<T>) -> Result<()> {
+        if let Some(prev) = self.client.delete(self.key(item.name())).await? {
+            self.revoke_later(prev.lease);
+        }
+        next.unregister(ctx, item).await
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+/// The changes half of a watching Find; unsubscribes when dropped.
+struct WatchStream<T: EtcdItem> {
+    rx: mpsc::Receiver<(i64, Found<T>)>,
+    fell_behind: Arc<AtomicBool>,
+    finished: bool,
+    id: u64,
+    /// Changes at or below this revision are already in the initial matches.
+    after: i64,
+    mirror: Weak<Mutex<MirrorState<T>>>,
+    buffer: usize,
+}
+
+impl<T: EtcdItem> Stream for WatchStream<T> {
+    type Item = Result<Found<T>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some((rev, found))) => {
+                    if rev > self.after {
+                        return Poll::Ready(Some(Ok(found)));
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.finished = true;
+                    if self.fell_behind.load(Ordering::SeqCst) {
+                        return Poll::Ready(Some(Err(NsmError::ResourceExhausted {
+                            element: NAME,
+                            what: format!(
+                                "watcher fell behind: more than {} unread {} changes; Find again",
+                                self.buffer,
+                                T::KIND
+                            ),
+                        })));
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T: EtcdItem> Drop for WatchStream<T> {
+    fn drop(&mut self) {
+        if let Some(m) = self.mirror.upgrade() {
+            m.lock().watchers.remove(&self.id);
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Subcommands of `nsm`, one module each.
+
+pub mod config;
+pub mod registry;
