@@ -62,12 +62,32 @@ impl ClientOptions {
     }
 }
 
+/// A client chain with handles on the elements that hold per-connection state (for leak checks).
+pub struct ClientParts {
+    /// The chain.
+    pub chain: Chain,
+    /// Its begin element.
+    pub begin: Arc<BeginClient>,
+    /// Its metadata element.
+    pub metadata: Arc<MetadataClient>,
+    /// Its heal element, if enabled.
+    pub heal: Option<Arc<HealClient>>,
+}
+
 /// Builds a client chain.
 pub fn new_client(opts: ClientOptions) -> Chain {
+    new_client_parts(opts).chain
+}
+
+/// Builds a client chain and keeps handles on its stateful elements.
+pub fn new_client_parts(opts: ClientOptions) -> ClientParts {
+    let begin = Arc::new(BeginClient::new());
+    let metadata = Arc::new(MetadataClient::new());
+    let heal = opts.heal.then(|| Arc::new(HealClient::new()));
     let mut elements: Vec<Element> = vec![
         Arc::new(UpdatePathClient::new(opts.name)),
-        Arc::new(BeginClient::new()),
-        Arc::new(MetadataClient::new()),
+        begin.clone(),
+        metadata.clone(),
     ];
     if opts.refresh {
         elements.push(Arc::new(RefreshClient::new()));
@@ -75,13 +95,18 @@ pub fn new_client(opts: ClientOptions) -> Chain {
     if let Some(url) = opts.url {
         elements.push(Arc::new(ClientUrlClient::new(url)));
     }
-    if opts.heal {
-        elements.push(Arc::new(HealClient::new()));
+    if let Some(h) = &heal {
+        elements.push(h.clone());
     }
     elements.push(Arc::new(DialClient::new(opts.dial_timeout)));
     elements.extend(opts.additional);
     elements.push(opts.authorize);
     elements.push(Arc::new(TrimPathClient::new()));
     elements.push(Arc::new(ConnectClient::new(opts.token_generator)));
-    Chain::new("client", elements)
+    ClientParts {
+        chain: Chain::new("client", elements),
+        begin,
+        metadata,
+        heal,
+    }
 }

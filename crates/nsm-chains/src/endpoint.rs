@@ -62,23 +62,28 @@ pub struct Endpoint {
     pub monitor: MonitorConnectionGrpc,
     /// The begin element (to count live connections).
     pub begin: Arc<BeginServer>,
+    /// The metadata element (to count connections with per-connection state).
+    pub metadata: Arc<MetadataServer>,
+    /// The monitor element (to see the connections this hop reports).
+    pub monitor_server: Arc<MonitorServer>,
     clock: Clock,
 }
 
 impl Endpoint {
     /// Builds the endpoint chain.
     pub fn new(opts: EndpointOptions) -> Self {
-        let monitor = MonitorServer::new();
+        let monitor = Arc::new(MonitorServer::new());
         let monitor_grpc = monitor.monitor_connection();
         let begin = Arc::new(BeginServer::new());
+        let metadata = Arc::new(MetadataServer::new());
         let mut elements: Vec<Element> = vec![
             Arc::new(UpdatePathServer::new(opts.name.clone())),
             begin.clone(),
             Arc::new(UpdateTokenServer::new(opts.token_generator)),
             opts.authorize,
-            Arc::new(MetadataServer::new()),
+            metadata.clone(),
             Arc::new(TimeoutServer::new()),
-            Arc::new(monitor),
+            monitor.clone(),
             Arc::new(TrimPathServer::new()),
         ];
         elements.extend(opts.additional);
@@ -87,6 +92,8 @@ impl Endpoint {
             chain: Chain::new("endpoint", elements),
             monitor: monitor_grpc,
             begin,
+            metadata,
+            monitor_server: monitor,
             clock: opts.clock,
         }
     }

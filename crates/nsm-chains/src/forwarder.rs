@@ -16,6 +16,7 @@ use nsm_core::chain::Element;
 use nsm_core::registry::{RegistryChain, RegistryElement};
 use nsm_core::token::SharedTokenGenerator;
 use nsm_core::{Chain, Clock};
+use nsm_networkservice::begin::BeginClient;
 use nsm_networkservice::connect::ConnectServer;
 use nsm_networkservice::discover::DiscoverServer;
 use nsm_networkservice::mechanismtranslation::MechanismTranslationClient;
@@ -23,7 +24,7 @@ use nsm_networkservice::roundrobin::RoundRobinServer;
 use nsm_registry::{ClientUrlServer, ConnectServer as RegistryConnect};
 use tonic::service::Routes;
 
-use crate::client::{ClientOptions, new_client};
+use crate::client::{ClientOptions, new_client_parts};
 use crate::endpoint::{Endpoint, EndpointOptions};
 
 /// The part of a forwarder that moves packets: elements on the server side (incoming mechanism,
@@ -67,6 +68,8 @@ pub struct ForwarderOptions {
 pub struct Forwarder {
     /// The NetworkService side.
     pub endpoint: Endpoint,
+    /// The begin element of the client chain towards endpoints (to count live connections).
+    pub client_begin: Arc<BeginClient>,
 }
 
 impl Forwarder {
@@ -92,7 +95,7 @@ impl Forwarder {
         );
         let mut client_additional: Vec<Element> = vec![Arc::new(MechanismTranslationClient::new())];
         client_additional.extend(dataplane.client_elements());
-        let client = new_client(ClientOptions {
+        let client = new_client_parts(ClientOptions {
             additional: client_additional,
             dial_timeout: opts.dial_timeout,
             ..ClientOptions::new(opts.name.clone(), opts.token_generator.clone())
@@ -102,11 +105,12 @@ impl Forwarder {
             Arc::new(RoundRobinServer::new()),
         ];
         additional.extend(dataplane.server_elements());
-        additional.push(Arc::new(ConnectServer::new(client)));
+        additional.push(Arc::new(ConnectServer::new(client.chain)));
         let mut ep = EndpointOptions::new(opts.name, opts.token_generator, opts.clock);
         ep.additional = additional;
         Self {
             endpoint: Endpoint::new(ep),
+            client_begin: client.begin,
         }
     }
 

@@ -16,6 +16,7 @@ use nsm_api::url::NsmUrl;
 use nsm_core::registry::{RegistryChain, RegistryElement};
 use nsm_core::token::SharedTokenGenerator;
 use nsm_core::{Chain, Clock};
+use nsm_networkservice::begin::BeginClient;
 use nsm_networkservice::clientinfo::{ClientInfo, ClientInfoLabels};
 use nsm_networkservice::connect::ConnectServer;
 use nsm_networkservice::discoverforwarder::DiscoverForwarderServer;
@@ -28,7 +29,7 @@ use nsm_registry::{
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::client::{ClientOptions, new_client};
+use crate::client::{ClientOptions, new_client_parts};
 use crate::endpoint::{Endpoint, EndpointOptions};
 
 /// How long a registration lives without refresh (Go hard-codes one minute).
@@ -90,6 +91,8 @@ pub struct Nsmgr {
     pub nse_registry: RegistryChain<NetworkServiceEndpoint>,
     /// The local endpoint store (this node's forwarders and NSEs).
     pub local_endpoints: Arc<MemoryServer<NetworkServiceEndpoint>>,
+    /// The begin element of the client chain towards forwarders (to count live connections).
+    pub client_begin: Arc<BeginClient>,
     stop: CancellationToken,
     clock: Clock,
 }
@@ -138,7 +141,7 @@ impl Nsmgr {
             Some(p) => ExcludedPrefixesServer::with_config_path(p.clone()),
             None => ExcludedPrefixesServer::new(),
         };
-        let client = new_client(ClientOptions {
+        let client = new_client_parts(ClientOptions {
             dial_timeout: opts.dial_timeout,
             ..ClientOptions::new(opts.name.clone(), opts.token_generator.clone())
         });
@@ -152,13 +155,14 @@ impl Nsmgr {
                 opts.forwarder_service_name.clone(),
             )),
             Arc::new(excluded),
-            Arc::new(ConnectServer::new(client)),
+            Arc::new(ConnectServer::new(client.chain)),
         ];
         Self {
             endpoint: Endpoint::new(ep),
             ns_registry,
             nse_registry,
             local_endpoints,
+            client_begin: client.begin,
             stop,
             clock: opts.clock,
         }

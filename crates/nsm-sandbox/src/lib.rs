@@ -4,11 +4,17 @@
 //! real gRPC server on `127.0.0.1` (or a unix socket), talking to the others over real gRPC. Endpoints
 //! and clients are added per node. Every server is a [`Restartable`]: `stop()` cuts it off like a dead
 //! process (open streams included) and `restart()` brings a fresh instance up on the same URL.
+//!
+//! Every component reports the per-connection state it holds ([`ConnState`]: begin, metadata, monitor,
+//! IPAM leases, heal tasks) so tests can check that nothing outlives a connection
+//! ([`Sandbox::wait_until_clean`]). [`elements`] has the small elements Go tests inject (count,
+//! injecterror, replacelabels, a delay).
 
 #![forbid(unsafe_code)]
 
+pub mod elements;
 mod restartable;
 mod sandbox;
 
-pub use restartable::Restartable;
-pub use sandbox::{EndpointSpec, Node, Sandbox, SandboxBuilder};
+pub use restartable::{Component, ConnState, Restartable};
+pub use sandbox::{Client, DIAL_TIMEOUT, EndpointSpec, Node, Sandbox, SandboxBuilder, p2p};

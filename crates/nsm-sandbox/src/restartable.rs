@@ -1,6 +1,5 @@
 //! A gRPC server that can be stopped and restarted on the same URL.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use nsm_api::url::NsmUrl;
@@ -9,14 +8,61 @@ use nsm_networkservice::grpc::{Serving, serve};
 use tokio::sync::Mutex;
 use tonic::service::Routes;
 
-/// What a factory builds: the routes to serve and whatever must stay alive while they are served.
-pub type Built = (Routes, Box<dyn Any + Send + Sync>);
+/// What a factory builds: the routes to serve and the component that must stay alive while they are
+/// served (and can report its per-connection state).
+pub type Built = (Routes, Box<dyn Component>);
+
+/// A served component: reports how much per-connection state it holds (for leak checks).
+pub trait Component: Send + Sync + 'static {
+    /// Per-connection state held right now.
+    fn state(&self) -> ConnState {
+        ConnState::default()
+    }
+}
+
+/// Per-connection state of one component; all zero once every connection is closed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnState {
+    /// Connections tracked by `begin` (server and client chains).
+    pub begin: usize,
+    /// Connections with metadata (server and client chains).
+    pub metadata: usize,
+    /// Connections the `monitor` element reports.
+    pub monitor: usize,
+    /// Passthrough monitor loops (one per connection monitored at the next hop).
+    pub monitor_loops: usize,
+    /// IPAM leases.
+    pub ipam_leases: usize,
+    /// Heal monitor/heal tasks (clients).
+    pub heal_tasks: usize,
+}
+
+impl ConnState {
+    /// True if nothing is held.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::ops::Add for ConnState {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            begin: self.begin + o.begin,
+            metadata: self.metadata + o.metadata,
+            monitor: self.monitor + o.monitor,
+            monitor_loops: self.monitor_loops + o.monitor_loops,
+            ipam_leases: self.ipam_leases + o.ipam_leases,
+            heal_tasks: self.heal_tasks + o.heal_tasks,
+        }
+    }
+}
 
 type Factory = Arc<dyn Fn(NsmUrl) -> Built + Send + Sync>;
 
 struct Running {
     serving: Serving,
-    _keep: Box<dyn Any + Send + Sync>,
+    component: Box<dyn Component>,
 }
 
 /// A restartable server.
@@ -40,6 +86,18 @@ impl Restartable {
         bind: NsmUrl,
         factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
     ) -> Result<Self, NsmError> {
+        let me = Self::reserve(name, bind, factory).await?;
+        me.restart().await?;
+        Ok(me)
+    }
+
+    /// Picks the URL (binding `bind` once to learn the port) without serving yet: [`Self::restart`]
+    /// starts it. Like a process that registered but whose server is not up.
+    pub async fn reserve(
+        name: impl Into<String>,
+        bind: NsmUrl,
+        factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
+    ) -> Result<Self, NsmError> {
         let factory: Factory = Arc::new(factory);
         // Bind first so the factory sees the real port (components register their own URL).
         let probe = serve(
@@ -49,14 +107,21 @@ impl Restartable {
         .await?;
         let url = probe.url().clone();
         probe.stop().await?;
-        let me = Self {
+        Ok(Self {
             name: name.into(),
             url,
             factory,
             running: Mutex::new(None),
-        };
-        me.restart().await?;
-        Ok(me)
+        })
+    }
+
+    /// The per-connection state of the running component (`None` while stopped).
+    pub async fn state(&self) -> Option<ConnState> {
+        self.running
+            .lock()
+            .await
+            .as_ref()
+            .map(|r| r.component.state())
     }
 
     /// The URL clients dial.
@@ -85,16 +150,13 @@ impl Restartable {
     /// Builds a fresh component and serves it on the same URL (stopping the old one first).
     pub async fn restart(&self) -> Result<(), NsmError> {
         self.stop().await;
-        let (routes, keep) = (self.factory)(self.url.clone());
+        let (routes, component) = (self.factory)(self.url.clone());
         let health = nsm_api::health::health_service(&nsm_api::services::ALL).await;
         let router = tonic::transport::Server::builder()
             .add_routes(routes)
             .add_service(health);
         let serving = serve(&self.url, router).await?;
-        *self.running.lock().await = Some(Running {
-            serving,
-            _keep: keep,
-        });
+        *self.running.lock().await = Some(Running { serving, component });
         Ok(())
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use nsm_api::registry::{NetworkService, NetworkServiceEndpoint, NetworkServiceLabels};
 use nsm_api::url::NsmUrl;
-use nsm_chains::client::{ClientOptions, new_client};
+use nsm_api::{Connection, NetworkServiceRequest};
+use nsm_chains::client::{ClientOptions, ClientParts, new_client_parts};
 use nsm_chains::endpoint::{Endpoint, EndpointOptions};
 use nsm_chains::forwarder::{Forwarder, ForwarderOptions, NoopDataplane, registration};
 use nsm_chains::icmp_responder::IcmpResponder;
@@ -18,12 +19,20 @@ use nsm_core::chain::Element;
 use nsm_core::registry::RegistryChain;
 use nsm_core::token::{SharedTokenGenerator, TestTokenGenerator};
 use nsm_core::{Chain, Clock, Ctx, NsmError};
+use nsm_networkservice::begin::BeginClient;
 use nsm_networkservice::clientinfo::ClientInfoLabels;
+use nsm_networkservice::clienturl::{ClientUrlClient, ClientUrlServer};
+use nsm_networkservice::connect::{ConnectClient, ConnectServer};
+use nsm_networkservice::dial::DialClient;
+use nsm_networkservice::mechanisms::kernel::KernelClient;
+use nsm_networkservice::mechanismtranslation::MechanismTranslationClient;
+use nsm_networkservice::metadata::MetadataClient;
 use nsm_networkservice::retry::RetryClient;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::restartable::Restartable;
+use crate::elements::ReplaceLabels;
+use crate::restartable::{Component, ConnState, Restartable};
 
 /// Time to establish gRPC connections inside the sandbox (all on loopback).
 pub const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -36,9 +45,16 @@ pub struct SandboxBuilder {
     token_generator: SharedTokenGenerator,
     clock: Clock,
     unix_dir: Option<std::path::PathBuf>,
+    default_forwarders: bool,
 }
 
 impl SandboxBuilder {
+    /// Whether every node gets a forwarder `forwarder-<i>` labelled `p2p=true` (default true).
+    pub fn default_forwarders(mut self, yes: bool) -> Self {
+        self.default_forwarders = yes;
+        self
+    }
+
     /// Number of nodes (default 1).
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
@@ -71,7 +87,7 @@ impl SandboxBuilder {
         let expiry = self.registry_expiry;
         let registry = Restartable::start("registry", loopback(), move |_url| {
             let r = Registry::new(expiry, None, DIAL_TIMEOUT, clock);
-            (r.routes(), Box::new(r))
+            (r.routes(), Box::new(r) as Box<dyn Component>)
         })
         .await?;
         let mut sb = Sandbox {
@@ -85,7 +101,9 @@ impl SandboxBuilder {
         };
         for i in 0..self.nodes {
             let node = sb.add_node(&format!("node-{i}")).await?;
-            node.new_forwarder(&format!("forwarder-{i}"), p2p()).await?;
+            if self.default_forwarders {
+                node.new_forwarder(&format!("forwarder-{i}"), p2p()).await?;
+            }
         }
         Ok(sb)
     }
@@ -98,7 +116,8 @@ fn loopback() -> NsmUrl {
     }
 }
 
-fn p2p() -> BTreeMap<String, String> {
+/// The labels of the default forwarders: `p2p=true`.
+pub fn p2p() -> BTreeMap<String, String> {
     [("p2p".to_string(), "true".to_string())].into()
 }
 
@@ -131,6 +150,7 @@ impl Sandbox {
             token_generator: Arc::new(TestTokenGenerator::default()),
             clock: Clock::system(),
             unix_dir: None,
+            default_forwarders: true,
         }
     }
 
@@ -164,7 +184,7 @@ impl Sandbox {
             o.nse_expiry = expiry;
             o.clock = clock;
             let n = Nsmgr::new(o);
-            (n.routes(), Box::new(n))
+            (n.routes(), Box::new(n) as Box<dyn Component>)
         })
         .await?;
         let node = Arc::new(Node {
@@ -175,6 +195,7 @@ impl Sandbox {
             stop: self.stop.child_token(),
             unix_dir: self.unix_dir.clone(),
             entries: Mutex::new(BTreeMap::new()),
+            clients: Mutex::new(Vec::new()),
         });
         self.nodes.push(node.clone());
         Ok(node)
@@ -195,6 +216,53 @@ impl Sandbox {
     /// An endpoint registry client talking to the registry directly.
     pub fn nse_registry(&self) -> RegistryChain<NetworkServiceEndpoint> {
         nse_registry_client(self.registry.url().clone(), DIAL_TIMEOUT, &self.stop)
+    }
+
+    /// A bare client to `url`: the request goes out as given (no path update, token or retry), so
+    /// tests can send what a broken or hostile peer would.
+    pub fn raw_client(&self, url: &NsmUrl) -> Chain {
+        Chain::new(
+            "raw-client",
+            vec![
+                Arc::new(ClientUrlClient::new(url.clone())),
+                Arc::new(MetadataClient::new()),
+                Arc::new(DialClient::new(DIAL_TIMEOUT)),
+                Arc::new(ConnectClient::new(self.token_generator.clone())),
+            ],
+        )
+    }
+
+    /// The per-connection state every running component and client holds, by name.
+    pub async fn connection_state(&self) -> BTreeMap<String, ConnState> {
+        let mut out = BTreeMap::new();
+        for node in &self.nodes {
+            node.connection_state(&mut out).await;
+        }
+        out
+    }
+
+    /// Waits (polling every 20 ms) until no component holds per-connection state; on timeout returns
+    /// the components that still do.
+    pub async fn wait_until_clean(
+        &self,
+        timeout: Duration,
+    ) -> Result<(), BTreeMap<String, ConnState>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let dirty: BTreeMap<String, ConnState> = self
+                .connection_state()
+                .await
+                .into_iter()
+                .filter(|(_, s)| !s.is_empty())
+                .collect();
+            if dirty.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(dirty);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -217,6 +285,9 @@ pub struct EndpointSpec {
     /// If set, the endpoint is an icmp-responder handing out addresses from these prefixes; otherwise
     /// a plain endpoint with only `additional`.
     pub cidrs: Option<Vec<IpNet>>,
+    /// A passthrough endpoint (Go `newPassThroughEndpoint`): before `additional`, it requests the same
+    /// service again through its NSMgr with the connection's labels replaced by its own `labels`.
+    pub passthrough: bool,
 }
 
 impl EndpointSpec {
@@ -227,6 +298,133 @@ impl EndpointSpec {
             services: vec![service.into()],
             labels: BTreeMap::new(),
             cidrs: None,
+            passthrough: false,
+        }
+    }
+
+    /// With `labels` for every service.
+    pub fn labels<'a>(mut self, labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        self.labels = labels
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self
+    }
+
+    /// An icmp-responder over `cidrs`.
+    pub fn icmp_responder(mut self, cidrs: Vec<IpNet>) -> Self {
+        self.cidrs = Some(cidrs);
+        self
+    }
+
+    /// A passthrough endpoint (see [`EndpointSpec::passthrough`]).
+    pub fn passthrough(mut self, yes: bool) -> Self {
+        self.passthrough = yes;
+        self
+    }
+}
+
+/// A served endpoint and the begin element of its onward client, if it is a passthrough.
+struct SandboxEndpoint {
+    inner: Box<dyn Component>,
+    client_begin: Option<Arc<BeginClient>>,
+}
+
+impl Component for SandboxEndpoint {
+    fn state(&self) -> ConnState {
+        let mut s = self.inner.state();
+        s.begin += self.client_begin.as_ref().map_or(0, |b| b.len());
+        s
+    }
+}
+
+fn endpoint_state(e: &Endpoint) -> ConnState {
+    ConnState {
+        begin: e.begin.len(),
+        metadata: e.metadata.len(),
+        monitor: e.monitor_server.connections().len(),
+        monitor_loops: e.monitor_server.passthrough_loops(),
+        ..Default::default()
+    }
+}
+
+impl Component for Endpoint {
+    fn state(&self) -> ConnState {
+        endpoint_state(self)
+    }
+}
+
+impl Component for IcmpResponder {
+    fn state(&self) -> ConnState {
+        ConnState {
+            ipam_leases: self.ipam.leased(),
+            ..endpoint_state(&self.endpoint)
+        }
+    }
+}
+
+impl Component for Forwarder {
+    fn state(&self) -> ConnState {
+        let mut s = endpoint_state(&self.endpoint);
+        s.begin += self.client_begin.len();
+        s
+    }
+}
+
+impl Component for Nsmgr {
+    fn state(&self) -> ConnState {
+        let mut s = endpoint_state(&self.endpoint);
+        s.begin += self.client_begin.len();
+        s
+    }
+}
+
+impl Component for Registry {}
+
+/// A client chain (NSC) with handles on its per-connection state.
+pub struct Client {
+    /// The client's name (its path segment).
+    pub name: String,
+    chain: Chain,
+    begin: Arc<BeginClient>,
+    metadata: Arc<MetadataClient>,
+    heal: Option<Arc<nsm_networkservice::heal::HealClient>>,
+}
+
+impl std::ops::Deref for Client {
+    type Target = Chain;
+    fn deref(&self) -> &Chain {
+        &self.chain
+    }
+}
+
+impl Client {
+    /// Requests (or refreshes) a connection.
+    pub async fn request(
+        &self,
+        ctx: &mut Ctx,
+        request: NetworkServiceRequest,
+    ) -> Result<Connection, NsmError> {
+        self.chain.run_request(ctx, request).await
+    }
+
+    /// Closes a connection.
+    pub async fn close(&self, ctx: &mut Ctx, conn: Connection) -> Result<(), NsmError> {
+        self.chain.run_close(ctx, conn).await
+    }
+
+    /// Running monitor/heal tasks of this client.
+    pub fn heal_tasks(&self) -> usize {
+        self.heal.as_ref().map_or(0, |h| h.active_tasks())
+    }
+
+    /// Per-connection state held by this client.
+    pub fn state(&self) -> ConnState {
+        ConnState {
+            begin: self.begin.len(),
+            metadata: self.metadata.len(),
+            heal_tasks: self.heal_tasks(),
+            ..Default::default()
         }
     }
 }
@@ -250,20 +448,53 @@ pub struct Node {
     stop: CancellationToken,
     unix_dir: Option<std::path::PathBuf>,
     entries: Mutex<BTreeMap<String, Entry>>,
+    clients: Mutex<Vec<Arc<Client>>>,
 }
 
 impl Node {
+    async fn connection_state(&self, out: &mut BTreeMap<String, ConnState>) {
+        if let Some(s) = self.nsmgr.state().await {
+            out.insert(self.nsmgr.name().to_string(), s);
+        }
+        let servers: Vec<Arc<Restartable>> = self
+            .entries
+            .lock()
+            .values()
+            .map(|e| e.server.clone())
+            .collect();
+        for server in servers {
+            if let Some(s) = server.state().await {
+                out.insert(server.name().to_string(), s);
+            }
+        }
+        for c in self.clients.lock().iter() {
+            out.insert(c.name.clone(), c.state());
+        }
+    }
+
+    /// Names of the forwarders and endpoints started on this node (and not killed).
+    pub fn entry_names(&self) -> Vec<String> {
+        self.entries.lock().keys().cloned().collect()
+    }
+
+    /// The server of a forwarder or endpoint started on this node.
+    pub fn entry(&self, name: &str) -> Option<Arc<Restartable>> {
+        self.entries.lock().get(name).map(|e| e.server.clone())
+    }
+
     async fn add_entry(
         &self,
         name: &str,
-        service: &str,
+        start: bool,
         registration_of: impl Fn(&NsmUrl) -> NetworkServiceEndpoint,
         factory: impl Fn(NsmUrl) -> crate::restartable::Built + Send + Sync + 'static,
     ) -> Result<Arc<Restartable>, NsmError> {
-        let _ = service;
-        let server = Arc::new(
-            Restartable::start(name, bind_url(self.unix_dir.as_deref(), name), factory).await?,
-        );
+        let bind = bind_url(self.unix_dir.as_deref(), name);
+        let server = Arc::new(if start {
+            Restartable::start(name, bind, factory).await?
+        } else {
+            Restartable::reserve(name, bind, factory).await?
+        });
         let registration = registration_of(server.url());
         let entry_stop = self.stop.child_token();
         let registry = nse_registry_client(self.nsmgr.url().clone(), DIAL_TIMEOUT, &entry_stop);
@@ -297,7 +528,7 @@ impl Node {
         let fwd_name = name.to_string();
         self.add_entry(
             name,
-            "forwarder",
+            true,
             |url| registration(name, "forwarder", labels.clone(), url),
             move |_url| {
                 let f = Forwarder::new(
@@ -310,21 +541,40 @@ impl Node {
                     },
                     &NoopDataplane,
                 );
-                (f.routes(), Box::new(f))
+                (f.routes(), Box::new(f) as Box<dyn Component>)
             },
         )
         .await
     }
 
     /// Starts an endpoint and registers it with the NSMgr. `additional` elements run after the
-    /// endpoint chain (and after the icmp-responder elements, if any).
+    /// endpoint chain (and after the icmp-responder or passthrough elements, if any).
     pub async fn new_endpoint(
         &self,
         spec: EndpointSpec,
         additional: Vec<Element>,
     ) -> Result<Arc<Restartable>, NsmError> {
+        self.endpoint(spec, additional, true).await
+    }
+
+    /// Registers an endpoint whose server is not up yet: `restart()` the returned server to start it.
+    pub async fn new_endpoint_not_started(
+        &self,
+        spec: EndpointSpec,
+        additional: Vec<Element>,
+    ) -> Result<Arc<Restartable>, NsmError> {
+        self.endpoint(spec, additional, false).await
+    }
+
+    async fn endpoint(
+        &self,
+        spec: EndpointSpec,
+        additional: Vec<Element>,
+        start: bool,
+    ) -> Result<Arc<Restartable>, NsmError> {
         let token = self.token_generator.clone();
         let clock = self.clock;
+        let nsmgr_url = self.nsmgr.url().clone();
         let s = spec.clone();
         let reg = |url: &NsmUrl| NetworkServiceEndpoint {
             name: spec.name.clone(),
@@ -344,10 +594,27 @@ impl Node {
             url: url.to_string(),
             ..Default::default()
         };
-        self.add_entry(&spec.name, "", reg, move |_url| {
+        self.add_entry(&spec.name, start, reg, move |_url| {
             let mut base = EndpointOptions::new(s.name.clone(), token.clone(), clock);
-            base.additional = additional.clone();
-            match &s.cidrs {
+            let mut client_begin = None;
+            if s.passthrough {
+                let client = new_client_parts(ClientOptions {
+                    additional: vec![
+                        Arc::new(MechanismTranslationClient::new()),
+                        Arc::new(ReplaceLabels(s.labels.clone())),
+                        Arc::new(KernelClient::new(None)),
+                    ],
+                    dial_timeout: DIAL_TIMEOUT,
+                    ..ClientOptions::new(format!("endpoint-client-{}", s.name), token.clone())
+                });
+                client_begin = Some(client.begin.clone());
+                base.additional
+                    .push(Arc::new(ClientUrlServer::new(nsmgr_url.clone())));
+                base.additional
+                    .push(Arc::new(ConnectServer::new(client.chain)));
+            }
+            base.additional.extend(additional.iter().cloned());
+            let (routes, inner): (_, Box<dyn Component>) = match &s.cidrs {
                 Some(cidrs) => {
                     let e = IcmpResponder::new(base, cidrs.clone(), Vec::new());
                     (e.endpoint.routes(), Box::new(e))
@@ -356,7 +623,14 @@ impl Node {
                     let e = Endpoint::new(base);
                     (e.routes(), Box::new(e))
                 }
-            }
+            };
+            (
+                routes,
+                Box::new(SandboxEndpoint {
+                    inner,
+                    client_begin,
+                }) as Box<dyn Component>,
+            )
         })
         .await
     }
@@ -389,10 +663,25 @@ impl Node {
         Ok(())
     }
 
-    /// A client chain (refresh + heal) to this node's NSMgr, wrapped in retry like Go's sandbox
-    /// client.
-    pub fn new_client(&self, name: &str, additional: Vec<Element>) -> Chain {
-        let client = new_client(ClientOptions {
+    /// A client chain (refresh + heal) to this node's NSMgr, wrapped in retry (2 s per try) like Go's
+    /// sandbox client.
+    pub fn new_client(&self, name: &str, additional: Vec<Element>) -> Arc<Client> {
+        self.client(name, additional, true)
+    }
+
+    /// A client chain (refresh + heal) to this node's NSMgr without retry: the first error is
+    /// returned as is.
+    pub fn new_client_without_retry(&self, name: &str, additional: Vec<Element>) -> Arc<Client> {
+        self.client(name, additional, false)
+    }
+
+    fn client(&self, name: &str, additional: Vec<Element>, retry: bool) -> Arc<Client> {
+        let ClientParts {
+            chain,
+            begin,
+            metadata,
+            heal,
+        } = new_client_parts(ClientOptions {
             url: Some(self.nsmgr.url().clone()),
             refresh: true,
             heal: true,
@@ -400,11 +689,24 @@ impl Node {
             dial_timeout: DIAL_TIMEOUT,
             ..ClientOptions::new(name, self.token_generator.clone())
         });
-        Chain::new(
-            "sandbox-client",
-            vec![Arc::new(
-                RetryClient::new(Arc::new(client)).with_try_timeout(Duration::from_secs(2)),
-            )],
-        )
+        let chain = if retry {
+            Chain::new(
+                "sandbox-client",
+                vec![Arc::new(
+                    RetryClient::new(Arc::new(chain)).with_try_timeout(Duration::from_secs(2)),
+                )],
+            )
+        } else {
+            chain
+        };
+        let client = Arc::new(Client {
+            name: name.to_string(),
+            chain,
+            begin,
+            metadata,
+            heal,
+        });
+        self.clients.lock().push(client.clone());
+        client
     }
 }
