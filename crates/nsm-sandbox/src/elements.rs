@@ -148,8 +148,9 @@ impl NetworkServiceServer for Delay {
     }
 }
 
-/// Client element: the next hop sees `labels` as the connection's labels; the caller gets its own
-/// labels back (Go `replacelabels.NewClient`).
+/// Client element of passthrough endpoints (Go `replacelabels.NewClient`): the next hop sees `labels`
+/// as the connection's labels and no endpoint name (the endpoint the caller chose is this one, the
+/// onward request selects its own); the caller gets its own labels and endpoint name back.
 #[derive(Debug, Clone)]
 pub struct ReplaceLabels(pub BTreeMap<String, String>);
 
@@ -162,14 +163,17 @@ impl NetworkServiceServer for ReplaceLabels {
         next: Next,
     ) -> Result<Connection> {
         let conn = request.connection.get_or_insert_with(Default::default);
-        let previous = std::mem::replace(&mut conn.labels, self.0.clone());
+        let labels = std::mem::replace(&mut conn.labels, self.0.clone());
+        let nse = std::mem::take(&mut conn.network_service_endpoint_name);
         let mut out = next.request(ctx, request).await?;
-        out.labels = previous;
+        out.labels = labels;
+        out.network_service_endpoint_name = nse;
         Ok(out)
     }
 
     async fn close(&self, ctx: &mut Ctx, mut conn: Connection, next: Next) -> Result<()> {
         conn.labels = self.0.clone();
+        conn.network_service_endpoint_name.clear();
         next.close(ctx, conn).await
     }
 
