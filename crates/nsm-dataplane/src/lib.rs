@@ -1,0 +1,30 @@
+//! The kernel data plane of nsm-rs.
+//!
+//! What lives here:
+//! - [`plan`]: a pure function from the selected mechanisms + connection context to the kernel state one
+//!   connection needs (veths into pods, addresses, routes, neighbours, the VXLAN tunnel, the cross-connect);
+//!   unit-tested without root. Its module doc explains the design choices (tc mirred cross-connect, one
+//!   VXLAN device per VNI with MAC demultiplexing for the "same VNI, two remotes" case).
+//! - [`executor`]: applies a plan with rtnetlink in the right namespaces, records what it created, removes
+//!   exactly that, rolls back on failure, and cleans up what an earlier run left behind.
+//! - [`netns`]: namespace handles (the setns → new_connection → setns back pattern).
+//! - [`forwarder`]: [`KernelDataplane`], the `nsm_chains::forwarder::Dataplane` that wires both into a
+//!   forwarder chain.
+//! - [`icmp`]: our own ICMP echo (IPv4 + IPv6), so tests do not depend on iputils.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod executor;
+#[cfg(feature = "forwarder")]
+pub mod forwarder;
+pub mod icmp;
+pub mod names;
+pub mod netns;
+pub mod plan;
+
+pub use error::{ApplyError, PlanError};
+pub use executor::{Applied, Executor};
+#[cfg(feature = "forwarder")]
+pub use forwarder::KernelDataplane;
+pub use plan::{Plan, PlanConfig, PlanRequest, plan};
