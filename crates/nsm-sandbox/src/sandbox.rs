@@ -452,7 +452,8 @@ pub struct Node {
 }
 
 impl Node {
-    async fn connection_state(&self, out: &mut BTreeMap<String, ConnState>) {
+    /// The per-connection state of this node's running components and clients, by name.
+    pub async fn connection_state(&self, out: &mut BTreeMap<String, ConnState>) {
         if let Some(s) = self.nsmgr.state().await {
             out.insert(self.nsmgr.name().to_string(), s);
         }

@@ -22,6 +22,9 @@ pub(super) struct SlotState {
     pub(super) status: Status,
     /// Last successful request, its connection replaced by the one returned.
     pub(super) request: Option<NetworkServiceRequest>,
+    /// The connection last returned to the caller (events do not change it): what a re-request's
+    /// changes are judged against.
+    pub(super) returned: Option<Connection>,
     /// The rest of the chain after begin, and the context of the last call, for events.
     pub(super) next: Option<Next>,
     pub(super) ctx: Option<Ctx>,
@@ -85,6 +88,7 @@ impl SlotMap {
                     state: tokio::sync::Mutex::new(SlotState {
                         status: Status::New,
                         request: None,
+                        returned: None,
                         next: None,
                         ctx: None,
                         close_failed: false,
@@ -264,6 +268,7 @@ impl Begin {
                 && let Some(requested) = request.connection.take()
             {
                 request.connection = Some(super::merge::merge_connection(
+                    st.returned.as_ref(),
                     stored.connection.as_ref(),
                     requested,
                 ));
@@ -275,6 +280,7 @@ impl Begin {
             match &result {
                 Ok(conn) => {
                     request.connection = Some(conn.clone());
+                    st.returned = Some(conn.clone());
                     st.request = Some(request);
                     st.next = Some(next);
                     st.ctx = Some(stored_ctx);

@@ -1,22 +1,34 @@
 //! The client-side merge of an external re-request with the stored connection (Go `mergeConnection`).
+//!
+//! What the caller changed is judged against the connection last *returned to the caller*, not the
+//! stored one: after a heal the stored connection names a new endpoint while the caller still holds
+//! the old one, and a refresh with that old connection must not steer back to the dead endpoint.
 
 use std::collections::BTreeMap;
 
 use nsm_api::Connection;
 
-/// Keeps the stored connection (path, ids, mechanism…) but takes a changed endpoint name and the
-/// requested changes to `extra_context` (changed values updated, removed keys removed).
-pub(super) fn merge_connection(stored: Option<&Connection>, requested: Connection) -> Connection {
-    let Some(stored) = stored else {
+/// Keeps the stored connection (path, ids, mechanism…) but takes the changes the caller made to the
+/// connection it was last returned: a changed endpoint name, and changes to `extra_context` (changed
+/// values updated, removed keys removed).
+pub(super) fn merge_connection(
+    returned: Option<&Connection>,
+    stored: Option<&Connection>,
+    requested: Connection,
+) -> Connection {
+    let (Some(returned), Some(stored)) = (returned, stored) else {
         return requested;
     };
     let mut conn = stored.clone();
-    if stored.network_service_endpoint_name != requested.network_service_endpoint_name {
+    if returned.network_service_endpoint_name != requested.network_service_endpoint_name {
         conn.network_service_endpoint_name = requested.network_service_endpoint_name.clone();
     }
-    if stored.context != requested.context {
+    if returned.context != requested.context {
         let empty = BTreeMap::new();
-        let returned = stored.context.as_ref().map_or(&empty, |c| &c.extra_context);
+        let returned = returned
+            .context
+            .as_ref()
+            .map_or(&empty, |c| &c.extra_context);
         let wanted = requested
             .context
             .as_ref()
@@ -63,11 +75,21 @@ mod tests {
         stored.path = Some(Default::default());
         let mut requested = with_extra(&[("a", "9")]);
         requested.network_service_endpoint_name = "nse-2".into();
-        let merged = merge_connection(Some(&stored), requested);
+        let merged = merge_connection(Some(&stored), Some(&stored), requested);
         assert_eq!(merged.network_service_endpoint_name, "nse-2");
         assert!(merged.path.is_some(), "stored path kept");
         let extra = &merged.context.unwrap().extra_context;
         assert_eq!(extra.get("a").map(String::as_str), Some("9"));
         assert!(!extra.contains_key("b"), "removed key removed");
+    }
+
+    #[test]
+    fn unchanged_caller_view_keeps_a_healed_endpoint() {
+        let mut returned = with_extra(&[]);
+        returned.network_service_endpoint_name = "nse-dead".into();
+        let mut stored = returned.clone();
+        stored.network_service_endpoint_name = "nse-new".into();
+        let merged = merge_connection(Some(&returned), Some(&stored), returned.clone());
+        assert_eq!(merged.network_service_endpoint_name, "nse-new");
     }
 }

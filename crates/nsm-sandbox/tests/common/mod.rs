@@ -71,3 +71,24 @@ pub async fn assert_clean(sb: &Sandbox) {
         panic!("per-connection state left behind: {dirty:#?}");
     }
 }
+
+/// Asserts that no component or client of the given nodes holds per-connection state (polling up
+/// to 3 s); for scenarios where another node died holding its share.
+pub async fn assert_nodes_clean(sb: &Sandbox, nodes: &[usize]) {
+    let start = tokio::time::Instant::now();
+    loop {
+        let mut all = std::collections::BTreeMap::new();
+        for &i in nodes {
+            sb.nodes[i].connection_state(&mut all).await;
+        }
+        all.retain(|_, s| !s.is_empty());
+        if all.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "per-connection state left behind: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
