@@ -12,6 +12,7 @@ use nsm_api::url::NsmUrl;
 use nsm_core::Chain;
 use nsm_core::chain::Element;
 use nsm_core::token::SharedTokenGenerator;
+use nsm_identity::TransportSecurity;
 use nsm_networkservice::authorize::AuthorizeClient;
 use nsm_networkservice::begin::BeginClient;
 use nsm_networkservice::clienturl::ClientUrlClient;
@@ -81,6 +82,14 @@ pub fn new_client(opts: ClientOptions) -> Chain {
 
 /// Builds a client chain and keeps handles on its stateful elements.
 pub fn new_client_parts(opts: ClientOptions) -> ClientParts {
+    new_client_parts_with_security(opts, TransportSecurity::Insecure)
+}
+
+/// [`new_client_parts`] dialing with the given transport security (SPIFFE mTLS in production).
+pub fn new_client_parts_with_security(
+    opts: ClientOptions,
+    security: TransportSecurity,
+) -> ClientParts {
     let begin = Arc::new(BeginClient::new());
     let metadata = Arc::new(MetadataClient::new());
     let heal = opts.heal.then(|| Arc::new(HealClient::new()));
@@ -98,7 +107,9 @@ pub fn new_client_parts(opts: ClientOptions) -> ClientParts {
     if let Some(h) = &heal {
         elements.push(h.clone());
     }
-    elements.push(Arc::new(DialClient::new(opts.dial_timeout)));
+    elements.push(Arc::new(
+        DialClient::new(opts.dial_timeout).with_security(security),
+    ));
     elements.extend(opts.additional);
     elements.push(opts.authorize);
     elements.push(Arc::new(TrimPathClient::new()));

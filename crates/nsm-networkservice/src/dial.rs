@@ -12,6 +12,12 @@
 //! **State**: [`ClientConn`] in client metadata (read by `connect`, `monitor` and `heal`); a cache of
 //! channels shared by every connection to the same URL, dropped when the last connection using it is
 //! closed. No background events.
+//!
+//! **Transport**: plaintext by default ([`DialClient::new`]); [`DialClient::with_tls`] /
+//! [`DialClient::with_security`] dial with SPIFFE mTLS, and the [`ClientConn`] then carries the
+//! server's verified identity ([`ServerPeer`]) for `connect` (token audience) and `authorize`. When our
+//! own SVID rotates, the next Request or Close on a connection redials its hop, so the new key signs
+//! tokens on a TLS connection authenticated with the new certificate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,10 +29,11 @@ use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::metadata::{ConnMetadata, Side};
 use nsm_core::values::ClientUrl;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
+use nsm_identity::{Svid, TlsIdentity, TransportSecurity};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
-use crate::grpc::client_channel;
+use crate::grpc::{ServerPeer, client_channel_with};
 
 const ELEMENT: &str = "dial";
 
@@ -37,31 +44,76 @@ pub struct ClientConn {
     pub url: NsmUrl,
     /// The channel (shared with other connections to the same URL).
     pub channel: Channel,
+    /// The server's identity as the TLS handshake authenticated it (empty in plaintext).
+    pub peer: ServerPeer,
+    /// Our own SVID when the channel was dialed (TLS only): after a rotation the channel is replaced,
+    /// so that tokens signed with the new key travel over a connection authenticated with it.
+    svid: Option<Arc<Svid>>,
+}
+
+/// A dialed channel and what it was dialed with.
+#[derive(Debug, Clone)]
+struct Dialed {
+    channel: Channel,
+    peer: ServerPeer,
+    svid: Option<Arc<Svid>>,
+}
+
+fn same_svid(a: Option<&Arc<Svid>>, b: Option<&Arc<Svid>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 /// Channels by URL with the number of connections using each.
 #[derive(Debug, Default)]
 struct ChannelCache {
-    entries: Mutex<HashMap<NsmUrl, (Channel, usize)>>,
+    entries: Mutex<HashMap<NsmUrl, (Dialed, usize)>>,
 }
 
 impl ChannelCache {
-    async fn acquire(&self, url: &NsmUrl, dial_timeout: Duration) -> Result<Channel> {
-        if let Some((channel, users)) = self.entries.lock().get_mut(url) {
-            *users += 1;
-            return Ok(channel.clone());
+    async fn acquire(
+        &self,
+        url: &NsmUrl,
+        dial_timeout: Duration,
+        security: &TransportSecurity,
+    ) -> Result<Dialed> {
+        let svid = security.tls().map(|t| t.current().svid.clone());
+        {
+            let mut entries = self.entries.lock();
+            match entries.get_mut(url) {
+                Some((dialed, users)) if same_svid(dialed.svid.as_ref(), svid.as_ref()) => {
+                    *users += 1;
+                    return Ok(dialed.clone());
+                }
+                // Dialed with an SVID that has since rotated: connections still using it switch on
+                // their next call; new ones get a fresh channel.
+                Some(_) => {
+                    entries.remove(url);
+                }
+                None => {}
+            }
         }
-        let dialed = client_channel(url, dial_timeout).await?;
+        let (channel, peer) = client_channel_with(url, dial_timeout, security).await?;
+        let dialed = Dialed {
+            channel,
+            peer,
+            svid,
+        };
         // Another connection may have dialed the same URL meanwhile: keep one channel per URL.
         let mut entries = self.entries.lock();
-        let (channel, users) = entries.entry(url.clone()).or_insert((dialed, 0));
+        let (dialed, users) = entries.entry(url.clone()).or_insert((dialed, 0));
         *users += 1;
-        Ok(channel.clone())
+        Ok(dialed.clone())
     }
 
-    fn release(&self, url: &NsmUrl) {
+    fn release(&self, url: &NsmUrl, svid: Option<&Arc<Svid>>) {
         let mut entries = self.entries.lock();
-        if let Some((_, users)) = entries.get_mut(url) {
+        if let Some((dialed, users)) = entries.get_mut(url)
+            && same_svid(dialed.svid.as_ref(), svid)
+        {
             *users = users.saturating_sub(1);
             if *users == 0 {
                 entries.remove(url);
@@ -75,15 +127,28 @@ impl ChannelCache {
 pub struct DialClient {
     dial_timeout: Duration,
     cache: Arc<ChannelCache>,
+    security: TransportSecurity,
 }
 
 impl DialClient {
-    /// Dials with at most `dial_timeout` per attempt.
+    /// Dials in plaintext with at most `dial_timeout` per attempt.
     pub fn new(dial_timeout: Duration) -> Self {
         Self {
             dial_timeout,
             cache: Arc::default(),
+            security: TransportSecurity::Insecure,
         }
+    }
+
+    /// Dials with SPIFFE mTLS using `tls`.
+    pub fn with_tls(self, tls: Arc<TlsIdentity>) -> Self {
+        self.with_security(TransportSecurity::Tls(tls))
+    }
+
+    /// Dials with the given transport security.
+    pub fn with_security(mut self, security: TransportSecurity) -> Self {
+        self.security = security;
+        self
     }
 
     /// URLs with a cached channel, for tests and diagnostics.
@@ -93,28 +158,36 @@ impl DialClient {
 
     fn drop_conn(&self, md: &ConnMetadata) {
         if let Some(old) = md.remove::<ClientConn>(Side::Client) {
-            self.cache.release(&old.url);
+            self.cache.release(&old.url, old.svid.as_ref());
         }
     }
 
     /// Stores a channel for `url` unless one is stored already; true if this call stored it.
     async fn ensure_conn(&self, md: &ConnMetadata, url: &NsmUrl) -> Result<bool> {
-        if md
-            .get::<ClientConn>(Side::Client)
-            .is_some_and(|c| &c.url == url)
-        {
-            return Ok(false);
+        let current = self.security.tls().map(|t| t.current().svid.clone());
+        let mut fresh = true;
+        if let Some(c) = md.get::<ClientConn>(Side::Client).filter(|c| &c.url == url) {
+            if same_svid(c.svid.as_ref(), current.as_ref()) {
+                return Ok(false);
+            }
+            // Our SVID rotated since this channel was dialed: redial the same hop.
+            fresh = false;
         }
         self.drop_conn(md);
-        let channel = self.cache.acquire(url, self.dial_timeout).await?;
+        let dialed = self
+            .cache
+            .acquire(url, self.dial_timeout, &self.security)
+            .await?;
         md.insert(
             Side::Client,
             ClientConn {
                 url: url.clone(),
-                channel,
+                channel: dialed.channel,
+                peer: dialed.peer,
+                svid: dialed.svid,
             },
         );
-        Ok(true)
+        Ok(fresh)
     }
 }
 

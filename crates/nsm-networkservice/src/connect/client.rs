@@ -5,6 +5,7 @@ use nsm_api::networkservice::network_service_client::NetworkServiceClient;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::metadata::Side;
 use nsm_core::token::SharedTokenGenerator;
+use nsm_core::values::PeerInfo;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use tonic::{Code, Status};
 
@@ -50,10 +51,21 @@ impl ConnectClient {
             }
             req.set_timeout(left);
         }
-        let token = self.tokens.generate(ctx.clock(), None)?;
+        // The audience is the server the channel's TLS handshake authenticated (none in plaintext).
+        let token = self.tokens.generate(ctx.clock(), cc.peer.get().as_ref())?;
         attach_token(&mut req, &token)?;
         Ok((cc, req))
     }
+}
+
+/// Records the server just called as the context's peer, for `authorize` (client) after us: its TLS
+/// identity, or only its URL in plaintext.
+fn record_server(ctx: &mut Ctx, cc: &ClientConn) {
+    let peer = cc.peer.get().unwrap_or_else(|| PeerInfo {
+        remote_addr: Some(cc.url.to_string()),
+        ..Default::default()
+    });
+    ctx.insert(peer);
 }
 
 /// Maps the next hop's status; tonic reports its own enforcement of our deadline as Cancelled.
@@ -80,7 +92,9 @@ impl NetworkServiceServer for ConnectClient {
                 .await
                 .map_err(|s| remote_error(ctx, &cc, s))
         };
-        Ok(ctx.within(ELEMENT, call).await?.into_inner())
+        let conn = ctx.within(ELEMENT, call).await?.into_inner();
+        record_server(ctx, &cc);
+        Ok(conn)
     }
 
     async fn close(&self, ctx: &mut Ctx, conn: Connection, _next: Next) -> Result<()> {
@@ -93,6 +107,7 @@ impl NetworkServiceServer for ConnectClient {
                 .map_err(|s| remote_error(ctx, &cc, s))
         };
         ctx.within(ELEMENT, call).await?;
+        record_server(ctx, &cc);
         Ok(())
     }
 

@@ -3,7 +3,10 @@
 //! [`ConnectClient`] is the tail of client chains. **Request**/**Close** call
 //! `networkservice.NetworkService/Request|Close` on the [`ClientConn`](crate::dial::ClientConn) that
 //! `dial` stored, with a per-RPC token generated for this call and `grpc-timeout` set to the time the
-//! context has left; a status from the next hop keeps its code. Without a `ClientConn` it fails with an
+//! context has left; a status from the next hop keeps its code. The token's audience is the server's
+//! identity from the channel's TLS handshake; after the call that identity (or, in plaintext, just the
+//! URL) is put into the context as [`PeerInfo`](nsm_core::values::PeerInfo) for `authorize` (client).
+//! Without a `ClientConn` it fails with an
 //! internal error (dial must run first).
 //!
 //! [`ConnectServer`] joins a server chain to a client chain. **Request**: runs the client chain, then the

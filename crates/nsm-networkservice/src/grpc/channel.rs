@@ -1,16 +1,112 @@
 //! Dialing a next hop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use nsm_api::url::NsmUrl;
 use nsm_core::NsmError;
+use nsm_identity::{TlsIdentity, TransportSecurity, peer_info};
+use rustls_pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
+
+use super::tls::ServerPeer;
 
 const ELEMENT: &str = "dial";
 
-/// Dials `url` (`tcp://host:port` or `unix:///path`), failing with `Unavailable` naming the URL if no
-/// connection is up within `dial_timeout`. Later calls on the channel reconnect by themselves.
+/// Dials `url` with the given transport security. With TLS the returned [`ServerPeer`] holds the
+/// server's verified identity (updated on every reconnect); in plaintext it stays empty.
+pub async fn client_channel_with(
+    url: &NsmUrl,
+    dial_timeout: Duration,
+    security: &TransportSecurity,
+) -> Result<(Channel, ServerPeer), NsmError> {
+    match security {
+        TransportSecurity::Insecure => Ok((
+            client_channel(url, dial_timeout).await?,
+            ServerPeer::default(),
+        )),
+        TransportSecurity::Tls(tls) => client_channel_tls(url, dial_timeout, tls.clone()).await,
+    }
+}
+
+/// A raw connection to `url` (tcp or unix), ready for TLS.
+enum Raw {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn tls_dial(
+    url: &NsmUrl,
+    tls: &TlsIdentity,
+    peer: &ServerPeer,
+) -> std::io::Result<TokioIo<Box<dyn IoStream>>> {
+    let raw = match url {
+        NsmUrl::Tcp { .. } => {
+            let s = tokio::net::TcpStream::connect(url.authority().unwrap_or_default()).await?;
+            let _ = s.set_nodelay(true);
+            Raw::Tcp(s)
+        }
+        NsmUrl::Unix(path) => Raw::Unix(tokio::net::UnixStream::connect(path).await?),
+        _ => return Err(std::io::Error::other(format!("cannot dial {url}"))),
+    };
+    // SVIDs carry no DNS names and the verifier ignores the name; send a fixed SNI.
+    let name = ServerName::try_from("nsm").map_err(std::io::Error::other)?;
+    let connector = tls.connector();
+    let stream: Box<dyn IoStream> = match raw {
+        Raw::Tcp(s) => {
+            let t = connector.connect(name, s).await?;
+            let mut info = peer_info(t.get_ref().1.peer_certificates());
+            info.remote_addr = t.get_ref().0.peer_addr().ok().map(|a| a.to_string());
+            peer.set(info);
+            Box::new(t)
+        }
+        Raw::Unix(s) => {
+            let t = connector.connect(name, s).await?;
+            let mut info = peer_info(t.get_ref().1.peer_certificates());
+            info.remote_addr = Some(url.to_string());
+            peer.set(info);
+            Box::new(t)
+        }
+    };
+    Ok(TokioIo::new(stream))
+}
+
+/// A TLS stream over tcp or unix.
+trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> IoStream for T {}
+
+async fn client_channel_tls(
+    url: &NsmUrl,
+    dial_timeout: Duration,
+    tls: Arc<TlsIdentity>,
+) -> Result<(Channel, ServerPeer), NsmError> {
+    if !matches!(url, NsmUrl::Tcp { .. } | NsmUrl::Unix(_)) {
+        return Err(NsmError::invalid(
+            ELEMENT,
+            format!(
+                "{url}: cannot dial inode:// or file:// URLs (fd passing is not supported yet)"
+            ),
+        ));
+    }
+    let failed =
+        |why: String| NsmError::unavailable(ELEMENT, format!("failed to dial {url}: {why}"));
+    let peer = ServerPeer::default();
+    let (u, p) = (url.clone(), peer.clone());
+    let endpoint = Endpoint::from_static("https://nsm").connect_timeout(dial_timeout);
+    let dial = endpoint.connect_with_connector(tower::service_fn(move |_| {
+        let (u, p, tls) = (u.clone(), p.clone(), tls.clone());
+        async move { tls_dial(&u, &tls, &p).await }
+    }));
+    match tokio::time::timeout(dial_timeout, dial).await {
+        Ok(Ok(channel)) => Ok((channel, peer)),
+        Ok(Err(e)) => Err(failed(error_chain(&e))),
+        Err(_) => Err(failed(format!("no connection within {dial_timeout:?}"))),
+    }
+}
+
+/// Dials `url` (`tcp://host:port` or `unix:///path`) in plaintext, failing with `Unavailable` naming the
+/// URL if no connection is up within `dial_timeout`. Later calls on the channel reconnect by themselves.
 pub async fn client_channel(url: &NsmUrl, dial_timeout: Duration) -> Result<Channel, NsmError> {
     let failed =
         |why: String| NsmError::unavailable(ELEMENT, format!("failed to dial {url}: {why}"));

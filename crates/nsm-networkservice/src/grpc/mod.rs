@@ -9,7 +9,10 @@
 //! - [`serve`], [`serve_tcp`], [`serve_unix`] run a tonic router on a listener and return a [`Serving`]
 //!   handle that knows the bound URL and can stop the server, cutting every open connection (what a
 //!   peer sees when a process dies).
-//! - [`client_channel`] dials a next hop (`tcp://` or `unix://`).
+//! - [`serve_tls`] / [`serve_with`] do the same with SPIFFE mTLS (tcp and unix): the client's SPIFFE ID and
+//!   leaf certificate reach the chain as [`PeerInfo`](nsm_core::values::PeerInfo).
+//! - [`client_channel`] dials a next hop (`tcp://` or `unix://`); [`client_channel_with`] dials with mTLS
+//!   and returns the [`ServerPeer`] the handshake authenticated (the audience of per-RPC tokens).
 //! - [`attach_token`] writes the per-RPC token metadata on an outgoing call, as Go's
 //!   `token.NewPerRPCCredentials` does.
 //!
@@ -23,11 +26,15 @@ mod server;
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+mod tls;
 
-pub use channel::client_channel;
+pub use channel::{client_channel, client_channel_with};
 pub use metadata::{
     TOKEN_EXPIRES_KEY, TOKEN_KEY, attach_token, format_rfc3339_nanos, grpc_timeout, incoming_token,
     parse_rfc3339,
 };
-pub use serve::{Serving, serve, serve_tcp, serve_unix};
+pub use serve::{
+    Serving, serve, serve_tcp, serve_tcp_tls, serve_tls, serve_unix, serve_unix_tls, serve_with,
+};
 pub use server::{NetworkServiceGrpc, incoming_ctx};
+pub use tls::{ServerPeer, TlsPeer};

@@ -5,15 +5,20 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use nsm_api::url::NsmUrl;
 use nsm_core::NsmError;
+use nsm_identity::{TlsIdentity, TransportSecurity};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, Router};
+
+use super::tls::tls_incoming;
 
 const ELEMENT: &str = "grpc";
 
@@ -64,8 +69,28 @@ impl Drop for Serving {
     }
 }
 
-/// Binds `url` (`tcp://host:port`, port 0 for any; or `unix:///path`) and serves `router` on it.
+/// Binds `url` (`tcp://host:port`, port 0 for any; or `unix:///path`) and serves `router` on it in
+/// plaintext (tests; production uses [`serve_tls`] or [`serve_with`]).
 pub async fn serve(url: &NsmUrl, router: Router) -> Result<Serving, NsmError> {
+    serve_with(url, router, &TransportSecurity::Insecure).await
+}
+
+/// Like [`serve`], with SPIFFE mTLS on every connection: handlers find the client's identity as a
+/// [`TlsPeer`](super::TlsPeer) request extension.
+pub async fn serve_tls(
+    url: &NsmUrl,
+    router: Router,
+    tls: Arc<TlsIdentity>,
+) -> Result<Serving, NsmError> {
+    serve_with(url, router, &TransportSecurity::Tls(tls)).await
+}
+
+/// Serves `router` on `url` with the given transport security.
+pub async fn serve_with(
+    url: &NsmUrl,
+    router: Router,
+    security: &TransportSecurity,
+) -> Result<Serving, NsmError> {
     let bind_failed =
         |e: io::Error| NsmError::unavailable(ELEMENT, format!("cannot listen on {url}: {e}"));
     match url {
@@ -76,12 +101,19 @@ pub async fn serve(url: &NsmUrl, router: Router) -> Result<Serving, NsmError> {
                 _ => url.authority().unwrap_or_default(),
             };
             let listener = TcpListener::bind(addr).await.map_err(bind_failed)?;
-            serve_tcp(listener, router).map_err(bind_failed)
+            match security {
+                TransportSecurity::Insecure => serve_tcp(listener, router),
+                TransportSecurity::Tls(tls) => serve_tcp_tls(listener, router, tls.clone()),
+            }
+            .map_err(bind_failed)
         }
         NsmUrl::Unix(path) => {
             remove_stale_socket(path);
             let listener = UnixListener::bind(path).map_err(bind_failed)?;
-            Ok(serve_unix(listener, path, router))
+            Ok(match security {
+                TransportSecurity::Insecure => serve_unix(listener, path, router),
+                TransportSecurity::Tls(tls) => serve_unix_tls(listener, path, router, tls.clone()),
+            })
         }
         _ => Err(NsmError::invalid(
             ELEMENT,
@@ -113,6 +145,67 @@ pub fn serve_tcp(listener: TcpListener, router: Router) -> io::Result<Serving> {
         task: Some(task),
         socket_file: None,
     })
+}
+
+/// Serves `router` with mTLS on a bound TCP listener.
+pub fn serve_tcp_tls(
+    listener: TcpListener,
+    router: Router,
+    tls: Arc<TlsIdentity>,
+) -> io::Result<Serving> {
+    let addr = listener.local_addr()?;
+    let kill = CancellationToken::new();
+    let listener = Arc::new(listener);
+    let k = kill.clone();
+    let accept = move || {
+        let (listener, k) = (listener.clone(), k.clone());
+        async move {
+            let (s, remote) = listener.accept().await?;
+            let _ = s.set_nodelay(true);
+            Ok((Killable::new(s, &k), Some(remote.to_string())))
+        }
+    };
+    let incoming = tls_incoming(accept, tls, kill.clone());
+    let task =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, kill.clone().cancelled_owned()));
+    Ok(Serving {
+        url: NsmUrl::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        kill,
+        task: Some(task),
+        socket_file: None,
+    })
+}
+
+/// Serves `router` with mTLS on a bound unix listener whose socket file is `path` (removed on stop).
+pub fn serve_unix_tls(
+    listener: UnixListener,
+    path: &Path,
+    router: Router,
+    tls: Arc<TlsIdentity>,
+) -> Serving {
+    let kill = CancellationToken::new();
+    let listener = Arc::new(listener);
+    let k = kill.clone();
+    let shown = format!("unix://{}", path.display());
+    let accept = move || {
+        let (listener, k, shown) = (listener.clone(), k.clone(), shown.clone());
+        async move {
+            let (s, _) = listener.accept().await?;
+            Ok((Killable::new(s, &k), Some(shown)))
+        }
+    };
+    let incoming = tls_incoming(accept, tls, kill.clone());
+    let task =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, kill.clone().cancelled_owned()));
+    Serving {
+        url: NsmUrl::Unix(path.to_path_buf()),
+        kill,
+        task: Some(task),
+        socket_file: Some(path.to_path_buf()),
+    }
 }
 
 /// Serves `router` on a bound unix listener whose socket file is `path` (removed on stop).

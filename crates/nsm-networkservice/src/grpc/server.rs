@@ -32,7 +32,8 @@ impl NetworkServiceGrpc {
     }
 }
 
-/// Builds the context of an incoming call: deadline (`grpc-timeout`), the caller's token, peer info.
+/// Builds the context of an incoming call: deadline (`grpc-timeout`), the caller's token, peer info
+/// (with mTLS: the client's SPIFFE ID and leaf certificate; in plaintext: only its address).
 pub fn incoming_ctx<T>(clock: Clock, req: &Request<T>) -> Ctx {
     let mut ctx = Ctx::new(clock);
     if let Some(timeout) = grpc_timeout(req.metadata()) {
@@ -42,6 +43,10 @@ pub fn incoming_ctx<T>(clock: Clock, req: &Request<T>) -> Ctx {
         ctx.insert(token);
     }
     let ext = req.extensions();
+    if let Some(super::TlsPeer(peer)) = ext.get::<super::TlsPeer>() {
+        ctx.insert(peer.clone());
+        return ctx;
+    }
     let remote_addr = ext
         .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)

@@ -1,0 +1,137 @@
+//! mTLS for the gRPC edges: accepted connections wrapped in TLS (with the client's SPIFFE identity
+//! passed to handlers as [`TlsPeer`]) and a dialer doing TLS itself, so that unix sockets get TLS too
+//! and the server's identity is known to the caller ([`ServerPeer`]) before the first token is signed.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use nsm_core::values::PeerInfo;
+use nsm_identity::{TlsIdentity, peer_info};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The verified TLS identity of the client of an incoming call (a request extension).
+#[derive(Debug, Clone)]
+pub struct TlsPeer(pub PeerInfo);
+
+/// An accepted connection after the TLS handshake.
+pub(crate) struct TlsConn<T> {
+    io: TlsStream<T>,
+    peer: TlsPeer,
+}
+
+impl<T> Connected for TlsConn<T>
+where
+    T: Send + Unpin + 'static,
+{
+    type ConnectInfo = TlsPeer;
+    fn connect_info(&self) -> TlsPeer {
+        self.peer.clone()
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Accepts with `accept`, runs each handshake on its own task (a slow client does not hold up
+/// others) and yields the connections that completed it. Failed handshakes are logged and dropped.
+pub(crate) fn tls_incoming<T, A, F>(
+    mut accept: A,
+    tls: Arc<TlsIdentity>,
+    kill: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn<T>>>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    A: FnMut() -> F + Send + 'static,
+    F: Future<Output = io::Result<(T, Option<String>)>> + Send,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let acceptor = tls.acceptor();
+        loop {
+            let accepted = tokio::select! {
+                () = kill.cancelled() => return,
+                () = tx.closed() => return,
+                r = accept() => r,
+            };
+            let (io, remote_addr) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                    Ok(Ok(io)) => {
+                        let mut peer = peer_info(io.get_ref().1.peer_certificates());
+                        peer.remote_addr = remote_addr;
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                io,
+                                peer: TlsPeer(peer),
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(remote = ?remote_addr, error = %e, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        tracing::info!(remote = ?remote_addr, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The identity of the server a channel is connected to, recorded by the dialer at each (re)connect.
+#[derive(Debug, Clone, Default)]
+pub struct ServerPeer(Arc<Mutex<Option<PeerInfo>>>);
+
+impl ServerPeer {
+    /// The server's identity from the last handshake, if the channel uses TLS.
+    pub fn get(&self) -> Option<PeerInfo> {
+        self.0.lock().clone()
+    }
+
+    pub(crate) fn set(&self, peer: PeerInfo) {
+        *self.0.lock() = Some(peer);
+    }
+}
