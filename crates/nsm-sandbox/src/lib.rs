@@ -17,4 +17,6 @@ mod restartable;
 mod sandbox;
 
 pub use restartable::{Component, ConnState, Restartable};
-pub use sandbox::{Client, DIAL_TIMEOUT, EndpointSpec, Node, Sandbox, SandboxBuilder, p2p};
+pub use sandbox::{
+    Client, ClientConfig, DIAL_TIMEOUT, EndpointSpec, Node, Sandbox, SandboxBuilder, p2p,
+};

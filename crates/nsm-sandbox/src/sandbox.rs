@@ -10,7 +10,7 @@ use nsm_api::url::NsmUrl;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_chains::client::{ClientOptions, ClientParts, new_client_parts};
 use nsm_chains::endpoint::{Endpoint, EndpointOptions};
-use nsm_chains::forwarder::{Forwarder, ForwarderOptions, NoopDataplane, registration};
+use nsm_chains::forwarder::{Dataplane, Forwarder, ForwarderOptions, registration};
 use nsm_chains::icmp_responder::IcmpResponder;
 use nsm_chains::nsmgr::{Nsmgr, NsmgrOptions};
 use nsm_chains::registry_client::{ns_registry_client, nse_registry_client};
@@ -36,6 +36,19 @@ use crate::restartable::{Component, ConnState, Restartable};
 
 /// Time to establish gRPC connections inside the sandbox (all on loopback).
 pub const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The sandbox forwarders' data plane: nothing is wired, but the outgoing side offers KERNEL (as a
+/// kernel forwarder would), so endpoints that insist on a mechanism (icmp-responder) can choose one.
+struct SandboxDataplane;
+
+impl Dataplane for SandboxDataplane {
+    fn server_elements(&self) -> Vec<Element> {
+        Vec::new()
+    }
+    fn client_elements(&self) -> Vec<Element> {
+        vec![Arc::new(KernelClient::new(None))]
+    }
+}
 
 /// Builds a [`Sandbox`].
 pub struct SandboxBuilder {
@@ -381,6 +394,27 @@ impl Component for Nsmgr {
 
 impl Component for Registry {}
 
+/// What a sandbox client does besides connecting (all on by default, like Go's sandbox client).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConfig {
+    /// Wrap the chain in retry (2 s per try).
+    pub retry: bool,
+    /// Refresh connections before their tokens expire.
+    pub refresh: bool,
+    /// Heal connections when the path breaks.
+    pub heal: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            retry: true,
+            refresh: true,
+            heal: true,
+        }
+    }
+}
+
 /// A client chain (NSC) with handles on its per-connection state.
 pub struct Client {
     /// The client's name (its path segment).
@@ -540,7 +574,7 @@ impl Node {
                         dial_timeout: DIAL_TIMEOUT,
                         clock,
                     },
-                    &NoopDataplane,
+                    &SandboxDataplane,
                 );
                 (f.routes(), Box::new(f) as Box<dyn Component>)
             },
@@ -667,16 +701,31 @@ impl Node {
     /// A client chain (refresh + heal) to this node's NSMgr, wrapped in retry (2 s per try) like Go's
     /// sandbox client.
     pub fn new_client(&self, name: &str, additional: Vec<Element>) -> Arc<Client> {
-        self.client(name, additional, true)
+        self.new_client_with(name, additional, ClientConfig::default())
     }
 
     /// A client chain (refresh + heal) to this node's NSMgr without retry: the first error is
     /// returned as is.
     pub fn new_client_without_retry(&self, name: &str, additional: Vec<Element>) -> Arc<Client> {
-        self.client(name, additional, false)
+        let config = ClientConfig {
+            retry: false,
+            ..Default::default()
+        };
+        self.new_client_with(name, additional, config)
     }
 
-    fn client(&self, name: &str, additional: Vec<Element>, retry: bool) -> Arc<Client> {
+    /// A client chain to this node's NSMgr with the given features.
+    pub fn new_client_with(
+        &self,
+        name: &str,
+        additional: Vec<Element>,
+        config: ClientConfig,
+    ) -> Arc<Client> {
+        let ClientConfig {
+            retry,
+            refresh,
+            heal,
+        } = config;
         let ClientParts {
             chain,
             begin,
@@ -684,8 +733,8 @@ impl Node {
             heal,
         } = new_client_parts(ClientOptions {
             url: Some(self.nsmgr.url().clone()),
-            refresh: true,
-            heal: true,
+            refresh,
+            heal,
             additional,
             dial_timeout: DIAL_TIMEOUT,
             ..ClientOptions::new(name, self.token_generator.clone())

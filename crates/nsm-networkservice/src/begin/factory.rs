@@ -277,6 +277,25 @@ impl Begin {
             ctx.insert(EventFactory { slot: slot.clone() });
             let result = next.clone().request(ctx, request.clone()).await;
             ctx.remove::<EventFactory>();
+            if let Ok(conn) = &result
+                && st.status != Status::Established
+                && ctx.expired()
+            {
+                // The caller's deadline passed while the rest of the chain worked: nobody receives
+                // this new connection (or will close it), so undo it now rather than keep it until
+                // its timeout.
+                let mut close_ctx = stored_ctx.postpone();
+                close_ctx.insert(EventFactory { slot: slot.clone() });
+                if let Err(e) = next.close(&mut close_ctx, conn.clone()).await {
+                    tracing::debug!(id = %id, error = %e, "begin: closing a connection made too late failed");
+                }
+                st.status = Status::Closed;
+                slot.forget();
+                return Err(NsmError::deadline(
+                    ELEMENT,
+                    format!("connection {id} was made after the deadline passed; closed it again"),
+                ));
+            }
             match &result {
                 Ok(conn) => {
                     request.connection = Some(conn.clone());

@@ -5,9 +5,12 @@
 //! overlap. It puts an [`EventFactory`] into the context; later elements (refresh, timeout, heal) keep
 //! it and call [`EventFactory::request`] / [`EventFactory::close`] from background tasks to re-run the
 //! rest of the chain *from begin's position* with the stored request. A failed first Request forgets the
-//! connection; a failed re-request of an established one keeps it. The client variant merges an external
-//! re-request with the stored connection as Go does (stored path and ids win; a changed endpoint name
-//! and changed `extra_context` entries are taken from the new request).
+//! connection; a failed re-request of an established one keeps it. A first Request that succeeds only
+//! after the caller's deadline passed is closed again and fails with `DeadlineExceeded` (the caller is
+//! gone and would never close it). The client variant merges an external
+//! re-request with the stored connection as Go does (stored path and ids win; an endpoint name and
+//! `extra_context` entries the caller changed, compared with the connection last returned to it, are
+//! taken from the new request).
 //!
 //! **Close**: closes the *stored* connection (not the one passed in) through the rest of the chain and
 //! forgets it. Closing an unknown id succeeds and does nothing.

@@ -108,6 +108,13 @@ pub(crate) async fn find_network_service(
     name: &str,
     payload: &str,
 ) -> Result<NetworkService> {
+    if name.is_empty() {
+        // An empty name would match every service in the registry's substring search.
+        return Err(NsmError::invalid(
+            element,
+            "the connection names no network service",
+        ));
+    }
     let template = NetworkService {
         name: name.to_string(),
         payload: payload.to_string(),
