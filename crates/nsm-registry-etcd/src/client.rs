@@ -173,6 +173,25 @@ impl EtcdClient {
         })
     }
 
+    /// How many keys start with `prefix` and the highest `mod_revision` among them (0 if none) — one
+    /// cheap linearizable read, to tell whether a local mirror has caught up.
+    pub async fn prefix_version(&self, prefix: &[u8]) -> Result<(i64, i64), NsmError> {
+        use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+        let req = RangeRequest {
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            limit: 1,
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Mod as i32,
+            keys_only: true,
+            ..Default::default()
+        };
+        let r = self
+            .call("range", KvClient::new(self.channel.clone()).range(req))
+            .await?;
+        Ok((r.count, r.kvs.first().map_or(0, |kv| kv.mod_revision)))
+    }
+
     /// Puts `value` under `key`, attached to `lease` (0: none); returns the previous key-value.
     pub async fn put(
         &self,

@@ -10,11 +10,16 @@
 //!   deletes the key, and every replica's watchers see `deleted=true` with the last value. Network
 //!   services are put without a lease.
 //! - Unregister: deletes the key (unknown names are fine) and continues down the chain.
-//! - Find: `watch=false` reads etcd (a linearizable Range) and filters with `nsm_registry::matchutils`
-//!   (the memory store's rules); when etcd cannot be reached it answers from the last known state (see
-//!   below) and logs a warning. `watch=true` subscribes to the local fan-out first, then reads the
-//!   current matches with a Range at revision R, and streams every change with a revision above R, so
-//!   nothing is missed or repeated.
+//! - Find: answers from the in-memory mirror (below) once it has caught up with etcd: one cheap
+//!   linearizable Range (key count and newest `mod_revision` under the prefix) tells how far etcd is,
+//!   and the Find waits (up to 250 ms) for the mirror to get there — so a registration acknowledged by
+//!   any replica before the Find is seen. A mirror still behind after that makes the Find read the
+//!   whole prefix from etcd instead. Matching is `nsm_registry::matchutils` (the memory store's rules,
+//!   with the same service-name index). `watch=true` takes the snapshot and subscribes to the local
+//!   fan-out under one lock (when reading etcd directly: subscribes first, reads at revision R, and
+//!   streams only changes above R), so nothing is missed or repeated. When etcd cannot be reached,
+//!   Finds are answered from the last known state (a warning is logged); a store that never reached
+//!   etcd returns the error.
 //! - Background: one etcd watch per store (prefix, from the last seen revision + 1, with previous
 //!   values) keeps an in-memory mirror of the prefix and fans changes out to the local watchers. When the
 //!   etcd watch breaks (etcd restart, compaction) the mirror re-reads the prefix, announces the
@@ -23,7 +28,7 @@
 //!   dropped: its stream ends with `ResourceExhausted`, so the client Finds again.
 //! - Errors: etcd unreachable → `Unavailable` naming the address tried.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -38,7 +43,7 @@ use nsm_core::registry::{FindStream, Found, Query, RegistryNext, RegistryServer}
 use nsm_core::{Clock, Ctx, NsmError, Result};
 use nsm_registry::memory::{DEFAULT_WATCH_BUFFER, MemoryItem};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{EtcdClient, Snapshot, WatchEvent};
@@ -93,6 +98,8 @@ struct Watcher<T> {
 
 struct MirrorState<T> {
     items: BTreeMap<String, T>,
+    /// Index key (endpoint service name) → names, as in the memory store.
+    by_key: HashMap<String, BTreeSet<String>>,
     revision: i64,
     synced: bool,
     watchers: HashMap<u64, Watcher<T>>,
@@ -101,11 +108,50 @@ struct MirrorState<T> {
 
 impl<T: EtcdItem> MirrorState<T> {
     fn matching(&self, query: &T) -> Vec<T> {
+        if let Some(key) = T::query_key(query) {
+            let Some(names) = self.by_key.get(key) else {
+                return Vec::new();
+            };
+            return names
+                .iter()
+                .filter_map(|n| self.items.get(n))
+                .filter(|i| T::matches(query, i))
+                .cloned()
+                .collect();
+        }
         self.items
             .values()
             .filter(|i| T::matches(query, i))
             .cloned()
             .collect()
+    }
+
+    fn unindex(&mut self, item: &T) {
+        for k in item.index_keys() {
+            if let Some(names) = self.by_key.get_mut(&k) {
+                names.remove(item.name());
+                if names.is_empty() {
+                    self.by_key.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, item: T) {
+        let name = item.name().to_string();
+        if let Some(old) = self.items.remove(&name) {
+            self.unindex(&old);
+        }
+        for k in item.index_keys() {
+            self.by_key.entry(k).or_default().insert(name.clone());
+        }
+        self.items.insert(name, item);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<T> {
+        let removed = self.items.remove(name)?;
+        self.unindex(&removed);
+        Some(removed)
     }
 
     fn announce(&mut self, revision: i64, event: &Found<T>) {
@@ -130,6 +176,7 @@ impl<T: EtcdItem> MirrorState<T> {
     /// Replaces the mirror with a fresh snapshot, announcing what changed.
     fn resync(&mut self, revision: i64, fresh: BTreeMap<String, T>) {
         let old = std::mem::take(&mut self.items);
+        self.by_key.clear();
         for (name, item) in &fresh {
             if old.get(name) != Some(item) {
                 self.announce(
@@ -152,7 +199,9 @@ impl<T: EtcdItem> MirrorState<T> {
                 );
             }
         }
-        self.items = fresh;
+        for item in fresh.into_values() {
+            self.insert(item);
+        }
         self.revision = revision;
         self.synced = true;
     }
@@ -171,7 +220,7 @@ impl<T: EtcdItem> MirrorState<T> {
                     .and_then(decode::<T>)
                     .map(|i| (i.name().to_string(), i));
                 let removed = match name_item {
-                    Some((name, last)) => self.items.remove(&name).or(Some(last)),
+                    Some((name, last)) => self.remove(&name).or(Some(last)),
                     None => None,
                 };
                 if let Some(item) = removed {
@@ -184,7 +233,7 @@ impl<T: EtcdItem> MirrorState<T> {
                     );
                 }
             } else if let Some(item) = decode::<T>(&ev.kv) {
-                self.items.insert(item.name().to_string(), item.clone());
+                self.insert(item.clone());
                 self.announce(
                     rev,
                     &Found {
@@ -226,8 +275,21 @@ pub struct EtcdServer<T: EtcdItem> {
     prefix: Vec<u8>,
     period: Duration,
     mirror: Arc<Mutex<MirrorState<T>>>,
+    /// Signalled whenever the mirror applies changes.
+    changed: Arc<Notify>,
     watch_buffer: usize,
     stop: CancellationToken,
+}
+
+/// How long a Find waits for the mirror to catch up with etcd before reading etcd directly.
+const CATCH_UP: Duration = Duration::from_millis(250);
+
+/// Whether the mirror reflects etcd as of a given moment.
+enum Barrier {
+    /// Caught up: the mirror answers.
+    CaughtUp,
+    /// Still behind: read etcd.
+    Behind,
 }
 
 impl<T: EtcdItem> Drop for EtcdServer<T> {
@@ -247,11 +309,13 @@ impl<T: EtcdItem> EtcdServer<T> {
             period: expire_period,
             mirror: Arc::new(Mutex::new(MirrorState {
                 items: BTreeMap::new(),
+                by_key: HashMap::new(),
                 revision: 0,
                 synced: false,
                 watchers: HashMap::new(),
                 next_watcher: 0,
             })),
+            changed: Arc::new(Notify::new()),
             watch_buffer: DEFAULT_WATCH_BUFFER,
             stop: CancellationToken::new(),
         };
@@ -259,6 +323,7 @@ impl<T: EtcdItem> EtcdServer<T> {
             s.client.clone(),
             s.prefix.clone(),
             Arc::downgrade(&s.mirror),
+            s.changed.clone(),
             s.stop.clone(),
         ));
         s
@@ -316,6 +381,51 @@ impl<T: EtcdItem> EtcdServer<T> {
         });
     }
 
+    /// Waits until the mirror holds everything etcd held when this was called (same key count and
+    /// nothing newer than the mirror's revision), up to [`CATCH_UP`]. After the newest put under the
+    /// prefix only deletions can follow, and each lowers the count, so matching counts mean the mirror
+    /// applied them all.
+    async fn barrier(&self) -> Result<Barrier> {
+        let (count, max_mod) = self.client.prefix_version(&self.prefix).await?;
+        let caught_up = |m: &MirrorState<T>| {
+            m.synced
+                && m.revision >= max_mod
+                && i64::try_from(m.items.len()).is_ok_and(|n| n == count)
+        };
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                if caught_up(&self.mirror.lock()) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        Ok(match tokio::time::timeout(CATCH_UP, wait).await {
+            Ok(()) => Barrier::CaughtUp,
+            Err(_) => Barrier::Behind,
+        })
+    }
+
+    /// Current matches for a non-watching Find.
+    async fn find_now(&self, query: &T) -> Result<Vec<T>> {
+        match self.barrier().await {
+            Ok(Barrier::CaughtUp) => Ok(self.mirror.lock().matching(query)),
+            Ok(Barrier::Behind) => Ok(self.current(query).await?.1),
+            Err(e) => {
+                let m = self.mirror.lock();
+                if !m.synced {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "etcd: answering Find from the last known state (revision {}): {e}",
+                    m.revision
+                );
+                Ok(m.matching(query))
+            }
+        }
+    }
+
     /// Current matches: from etcd, or from the mirror when etcd is unreachable (and the mirror has
     /// read it before).
     async fn current(&self, query: &T) -> Result<(i64, Vec<T>)> {
@@ -342,10 +452,23 @@ impl<T: EtcdItem> EtcdServer<T> {
     }
 
     async fn watch(&self, query: T) -> Result<FindStream<T>> {
+        let from_mirror = match self.barrier().await {
+            Ok(Barrier::CaughtUp) => true,
+            Ok(Barrier::Behind) => false,
+            Err(e) => {
+                if !self.synced() {
+                    return Err(e);
+                }
+                tracing::warn!("etcd: watching from the last known state: {e}");
+                true
+            }
+        };
         let (tx, rx) = mpsc::channel(self.watch_buffer);
         let fell_behind = Arc::new(AtomicBool::new(false));
-        let id = {
+        let (id, snapshot) = {
             let mut m = self.mirror.lock();
+            // From the mirror: snapshot and subscription under one lock, nothing missed or repeated.
+            let snapshot = from_mirror.then(|| m.matching(&query));
             let id = m.next_watcher;
             m.next_watcher += 1;
             m.watchers.insert(
@@ -356,7 +479,7 @@ impl<T: EtcdItem> EtcdServer<T> {
                     fell_behind: fell_behind.clone(),
                 },
             );
-            id
+            (id, snapshot)
         };
         let mut changes = WatchStream {
             rx,
@@ -367,9 +490,15 @@ impl<T: EtcdItem> EtcdServer<T> {
             mirror: Arc::downgrade(&self.mirror),
             buffer: self.watch_buffer,
         };
-        // Subscribed first: every change committed after this Range reaches `changes`.
-        let (revision, current) = self.current(&query).await?;
-        changes.after = revision;
+        let current = match snapshot {
+            Some(s) => s,
+            None => {
+                // Subscribed first: every change committed after this Range reaches `changes`.
+                let (revision, current) = self.current(&query).await?;
+                changes.after = revision;
+                current
+            }
+        };
         Ok(stream::iter(current.into_iter().map(|item| {
             Ok(Found {
                 item,
@@ -385,6 +514,7 @@ async fn run_mirror<T: EtcdItem>(
     client: EtcdClient,
     prefix: Vec<u8>,
     mirror: Weak<Mutex<MirrorState<T>>>,
+    changed: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -397,6 +527,7 @@ async fn run_mirror<T: EtcdItem>(
             };
             m.lock().resync(snap.revision, fresh);
             drop(m);
+            changed.notify_waiters();
             let mut changes = Box::pin(client.watch_prefix(&prefix, snap.revision + 1).await?);
             while let Some(batch) = changes.next().await {
                 let (revision, events) = batch?;
@@ -404,6 +535,7 @@ async fn run_mirror<T: EtcdItem>(
                     return Ok(());
                 };
                 m.lock().apply(revision, events);
+                changed.notify_waiters();
             }
             Ok::<(), NsmError>(())
         };
@@ -466,7 +598,7 @@ impl<T: EtcdItem> RegistryServer<T> for EtcdServer<T> {
         next: RegistryNext<T>,
     ) -> Result<FindStream<T>> {
         if !query.watch {
-            let (_, current) = self.current(&query.template).await?;
+            let current = self.find_now(&query.template).await?;
             let rest = next.find(ctx, query).await?;
             let current = stream::iter(current.into_iter().map(|item| {
                 Ok(Found {

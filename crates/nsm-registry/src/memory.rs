@@ -12,7 +12,7 @@
 //! stream delivers what was buffered and then ends with `ResourceExhausted` ("watcher fell behind"), so
 //! the subscriber knows it must Find again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -41,6 +41,14 @@ pub trait MemoryItem: RegistryItem {
     const ANNOUNCES_DELETION: bool;
     /// Whether a watching Find also asks the rest of the chain (Go's NS store never does).
     const WATCH_CONTINUES: bool;
+    /// Index keys of an item: every query naming one of them only looks at items carrying it.
+    fn index_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// An index key every match of `query` must carry (None: look at every item).
+    fn query_key(_query: &Self) -> Option<&str> {
+        None
+    }
 }
 
 impl MemoryItem for NetworkService {
@@ -57,6 +65,13 @@ impl MemoryItem for NetworkServiceEndpoint {
     }
     const ANNOUNCES_DELETION: bool = true;
     const WATCH_CONTINUES: bool = true;
+    fn index_keys(&self) -> Vec<String> {
+        self.network_service_names.clone()
+    }
+    fn query_key(query: &Self) -> Option<&str> {
+        // Service names of a query must all be offered by a match, so any one of them narrows.
+        query.network_service_names.first().map(String::as_str)
+    }
 }
 
 struct Watcher<T> {
@@ -67,17 +82,58 @@ struct Watcher<T> {
 
 struct Store<T> {
     items: BTreeMap<String, T>,
+    /// Index key (endpoint service name) → names of the items carrying it.
+    by_key: HashMap<String, BTreeSet<String>>,
     watchers: HashMap<u64, Watcher<T>>,
     next_watcher: u64,
 }
 
 impl<T: MemoryItem> Store<T> {
     fn matching(&self, query: &T) -> Vec<T> {
+        if let Some(key) = T::query_key(query) {
+            let Some(names) = self.by_key.get(key) else {
+                return Vec::new();
+            };
+            return names
+                .iter()
+                .filter_map(|n| self.items.get(n))
+                .filter(|item| T::matches(query, item))
+                .cloned()
+                .collect();
+        }
         self.items
             .values()
             .filter(|item| T::matches(query, item))
             .cloned()
             .collect()
+    }
+
+    fn unindex(&mut self, item: &T) {
+        for k in item.index_keys() {
+            if let Some(names) = self.by_key.get_mut(&k) {
+                names.remove(item.name());
+                if names.is_empty() {
+                    self.by_key.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, item: T) {
+        let name = item.name().to_string();
+        if let Some(old) = self.items.remove(&name) {
+            self.unindex(&old);
+        }
+        for k in item.index_keys() {
+            self.by_key.entry(k).or_default().insert(name.clone());
+        }
+        self.items.insert(name, item);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<T> {
+        let removed = self.items.remove(name)?;
+        self.unindex(&removed);
+        Some(removed)
     }
 
     /// Hands `event` to every interested watcher; ends the ones that are gone or full.
@@ -116,6 +172,7 @@ impl<T: MemoryItem> MemoryServer<T> {
         Self {
             store: Arc::new(Mutex::new(Store {
                 items: BTreeMap::new(),
+                by_key: HashMap::new(),
                 watchers: HashMap::new(),
                 next_watcher: 0,
             })),
@@ -188,9 +245,7 @@ impl<T: MemoryItem> RegistryServer<T> for MemoryServer<T> {
     async fn register(&self, ctx: &mut Ctx, item: T, next: RegistryNext<T>) -> Result<T> {
         let registered = next.register(ctx, item).await?;
         let mut store = self.store.lock();
-        store
-            .items
-            .insert(registered.name().to_string(), registered.clone());
+        store.insert(registered.clone());
         store.announce(&Found {
             item: registered.clone(),
             deleted: false,
@@ -225,7 +280,7 @@ impl<T: MemoryItem> RegistryServer<T> for MemoryServer<T> {
     async fn unregister(&self, ctx: &mut Ctx, item: T, next: RegistryNext<T>) -> Result<()> {
         {
             let mut store = self.store.lock();
-            if let Some(removed) = store.items.remove(item.name())
+            if let Some(removed) = store.remove(item.name())
                 && T::ANNOUNCES_DELETION
             {
                 store.announce(&Found {

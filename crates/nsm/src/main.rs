@@ -20,6 +20,9 @@ enum Command {
     Api,
     /// Run the registry (network services and endpoints) on the memory store or on etcd.
     Registry(cmd::registry::RegistryArgs),
+    /// Benchmarks (figures for BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Registry(args)) => cmd::registry::run(&args),
+        Some(Command::Bench(b)) => cmd::bench::run(&b),
         None => {
             use clap::CommandFactory;
             // Printing help can only fail if stdout is closed; nothing useful to do then.

@@ -88,26 +88,29 @@ fn print_chain_lists_the_elements() {
     assert!(s.contains("expire -> memory"), "{s}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly_and_health_is_serving_on_every_url() {
     let dir = std::env::temp_dir().join(format!("nsm-reg-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("registry.sock");
     let listen = format!("tcp://127.0.0.1:0,unix://{}", sock.display());
     let mut p = RegistryProcess::start(&["--listen", &listen], &[]);
-    // The second URL (unix) serves too.
+    // Both URLs serve: TCP (health below) and unix.
+    assert_eq!(p.urls.len(), 2);
     let c = support::client::<NetworkService>(nsm_api::url::NsmUrl::Unix(sock.clone()));
     let ns = NetworkService {
         name: "svc".into(),
         ..Default::default()
     };
     c.run_register(&mut ctx(), ns).await.unwrap();
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", p.url.authority().unwrap()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        p.urls[0].authority().unwrap()
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let st = health
         .check(tonic_health::pb::HealthCheckRequest {

@@ -125,3 +125,35 @@ async fn non_watching_find_ends_and_register_replaces() {
     assert_eq!(found[0].item.url, "unix:///run/a.sock");
     assert_eq!(memory.watchers(), 0);
 }
+
+#[tokio::test]
+async fn service_name_index_follows_re_registration_and_removal() {
+    use nsm_core::registry::RegistryChain;
+    let store = Arc::new(MemoryServer::<NetworkServiceEndpoint>::new());
+    let chain = RegistryChain::new("t", vec![store.clone() as _]);
+    let mut ctx = Ctx::new(Clock::system());
+    let with = |svcs: &[&str]| NetworkServiceEndpoint {
+        name: "nse-1".into(),
+        network_service_names: svcs.iter().map(|s| (*s).to_string()).collect(),
+        ..Default::default()
+    };
+    let by = |svc: &str| NetworkServiceEndpoint {
+        network_service_names: vec![svc.into()],
+        ..Default::default()
+    };
+    chain
+        .run_register(&mut ctx, with(&["a", "b"]))
+        .await
+        .unwrap();
+    assert_eq!(chain.find_all(&mut ctx, by("b")).await.unwrap().len(), 1);
+    chain
+        .run_register(&mut ctx, with(&["a", "c"]))
+        .await
+        .unwrap();
+    assert!(chain.find_all(&mut ctx, by("b")).await.unwrap().is_empty());
+    assert_eq!(chain.find_all(&mut ctx, by("a")).await.unwrap().len(), 1);
+    assert_eq!(chain.find_all(&mut ctx, by("c")).await.unwrap().len(), 1);
+    chain.run_unregister(&mut ctx, with(&[])).await.unwrap();
+    assert!(chain.find_all(&mut ctx, by("a")).await.unwrap().is_empty());
+    assert!(store.store.lock().by_key.is_empty(), "index emptied");
+}

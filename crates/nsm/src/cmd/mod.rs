@@ -1,4 +1,5 @@
 //! Subcommands of `nsm`, one module each.
 
+pub mod bench;
 pub mod config;
 pub mod registry;

@@ -2,7 +2,8 @@
 //!
 //! Serves `registry.NetworkServiceRegistry`, `registry.NetworkServiceEndpointRegistry` and gRPC health
 //! on every URL of `--listen` / `REGISTRY_MEMORY_LISTEN_ON` (comma-separated, `tcp://host:port` or
-//! `unix:///path`). Prints `listening on <url>` (with the bound port) to stdout for each. Bad
+//! `unix:///path`). Prints `listening on <url>` (with the bound port) to stdout for each, then
+//! `ready` once every URL serves. Bad
 //! configuration exits with code 2 naming the flag and variable; SIGTERM/SIGINT stop it cleanly (0).
 
 use std::any::Any;
@@ -305,6 +306,7 @@ async fn serve(cfg: RegistryConfig) -> ExitCode {
             }
         }
     }
+    println!("ready");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     if let Err(e) = wait_for_signal().await {

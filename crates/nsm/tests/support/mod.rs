@@ -22,7 +22,10 @@ pub fn ctx() -> Ctx {
 /// A running `nsm registry`; killed with SIGKILL on drop.
 pub struct RegistryProcess {
     pub child: Option<Child>,
+    /// The first URL it listens on.
     pub url: NsmUrl,
+    /// Every URL it listens on, in `--listen` order.
+    pub urls: Vec<NsmUrl>,
 }
 
 impl RegistryProcess {
@@ -43,16 +46,27 @@ impl RegistryProcess {
         let mut child = cmd.spawn().expect("spawn nsm registry");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines.next().expect("nsm registry printed nothing").unwrap();
-        let url = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        let url = NsmUrl::parse(url).unwrap();
+        let mut urls = Vec::new();
+        loop {
+            let line = lines
+                .next()
+                .expect("nsm registry ended before `ready`")
+                .unwrap();
+            if line == "ready" {
+                break;
+            }
+            let url = line
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+            urls.push(NsmUrl::parse(url).unwrap());
+        }
+        let url = urls.first().cloned().expect("no URL");
         // Keep draining stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
         Self {
             child: Some(child),
             url,
+            urls,
         }
     }
 
