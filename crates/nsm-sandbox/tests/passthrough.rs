@@ -49,7 +49,6 @@ fn linear_ns(hops: usize) -> NetworkService {
         name: "test-network-service-linear".into(),
         payload: "IP".into(),
         matches,
-        ..Default::default()
     }
 }
 
@@ -235,7 +234,6 @@ async fn passthrough_selects_on_two_labels() {
                 route_match(&[(A, "aa"), (B, "bb")], &[(A, "aaa"), (B, "bbb")]),
                 route_match(&[], &[(A, "a"), (B, "b")]),
             ],
-            ..Default::default()
         })
         .await
         .unwrap();
