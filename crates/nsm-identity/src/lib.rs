@@ -1,4 +1,5 @@
 //! Workload identity for nsm-rs.
+
 //!
 //! - [`X509Source`]: where the current X.509-SVID (certificate chain, private key, SPIFFE ID) and the
 //!   trust bundle come from, with change notifications through a `tokio::sync::watch` channel. Sources:

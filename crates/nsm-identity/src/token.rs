@@ -132,3 +132,108 @@ impl TokenGenerator for JwtTokenGenerator {
             .map_err(|e| NsmError::internal(ELEMENT, e.to_string()))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{DevCa, MemorySource};
+
+    fn part(token: &str, i: usize) -> Vec<u8> {
+        URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(i).unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn token_format_matches_go_spiffejwt() {
+        let ca = DevCa::new("example.org").unwrap();
+        let nsc: SharedSource = Arc::new(MemorySource::new(
+            ca.material("nsc", Duration::from_secs(3600)).unwrap(),
+        ));
+        let server = ca.material("nsmgr", Duration::from_secs(120)).unwrap();
+        let peer = crate::peer_info(Some(server.svid.chain()));
+        let now = Clock::system().now();
+        let g = JwtTokenGenerator::new(&nsc, Duration::from_secs(600));
+        let t = g.sign(now, Some(&peer)).unwrap();
+        assert_eq!(part(&t.token, 0), br#"{"alg":"ES256","typ":"JWT"}"#);
+        let payload: serde_json::Value = serde_json::from_slice(&part(&t.token, 1)).unwrap();
+        let keys: Vec<_> = payload.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys.len(), 3, "exactly sub, aud, exp: {payload}");
+        assert_eq!(payload["sub"], "spiffe://example.org/nsc");
+        assert_eq!(
+            payload["aud"],
+            serde_json::json!(["spiffe://example.org/nsmgr"])
+        );
+        let exp = (now + Duration::from_secs(600))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(payload["exp"], serde_json::json!(exp), "whole seconds");
+        // The raw payload keeps Go's field order.
+        let raw = String::from_utf8(part(&t.token, 1)).unwrap();
+        assert!(
+            raw.starts_with(r#"{"sub":"spiffe://example.org/nsc","aud":["#),
+            "{raw}"
+        );
+        // The returned expiry is capped by the peer's NotAfter (2 minutes), the claim is not.
+        assert_eq!(t.expires, server.svid.not_after());
+        // The signature verifies with the signer's certificate and not with another.
+        let key = jsonwebtoken::DecodingKey::from_ec_pem(nsc.current().svid.leaf_pem().as_bytes())
+            .unwrap();
+        let (msg, sig) = t.token.rsplit_once('.').unwrap();
+        assert!(
+            jsonwebtoken::crypto::verify(sig, msg.as_bytes(), &key, jsonwebtoken::Algorithm::ES256)
+                .unwrap()
+        );
+        let other =
+            jsonwebtoken::DecodingKey::from_ec_pem(server.svid.leaf_pem().as_bytes()).unwrap();
+        assert!(
+            !jsonwebtoken::crypto::verify(
+                sig,
+                msg.as_bytes(),
+                &other,
+                jsonwebtoken::Algorithm::ES256
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn exp_is_capped_by_own_svid_and_may_be_in_the_past() {
+        let ca = DevCa::new("example.org").unwrap();
+        let src: SharedSource = Arc::new(MemorySource::new(
+            ca.material("nse", Duration::from_secs(30)).unwrap(),
+        ));
+        let now = Clock::system().now();
+        let t = JwtTokenGenerator::new(&src, Duration::from_secs(600))
+            .sign(now, None)
+            .unwrap();
+        let not_after = src.current().svid.not_after();
+        assert_eq!(t.expires, not_after);
+        let payload: serde_json::Value = serde_json::from_slice(&part(&t.token, 1)).unwrap();
+        assert!(payload.get("aud").is_none(), "no peer, no audience");
+        let negative = SignedDuration {
+            negative: true,
+            magnitude: Duration::from_secs(60),
+        };
+        let t = JwtTokenGenerator::new(&src, negative)
+            .sign(now, None)
+            .unwrap();
+        assert!(t.expires < now);
+    }
+
+    #[test]
+    fn go_durations() {
+        let p = |s| crate::parse_go_duration(s).unwrap();
+        assert_eq!(p("10m"), SignedDuration::positive(Duration::from_secs(600)));
+        assert_eq!(p("1h30m").magnitude, Duration::from_secs(5400));
+        assert_eq!(p("250ms").magnitude, Duration::from_millis(250));
+        assert!(p("-1m").negative);
+        assert_eq!(p("0"), SignedDuration::positive(Duration::ZERO));
+        assert!(crate::parse_go_duration("10").is_err());
+        assert!(crate::parse_go_duration("abc").is_err());
+    }
+}

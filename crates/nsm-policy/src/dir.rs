@@ -85,11 +85,11 @@ impl PolicyDir {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(",");
+        let mut last = stamp(&paths);
         let policies = Arc::new(RwLock::new(load(&paths, &runtime)?));
         let task = poll.map(|period| {
             let weak = Arc::downgrade(&policies);
             tokio::spawn(async move {
-                let mut last = stamp(&paths);
                 loop {
                     tokio::time::sleep(period).await;
                     let Some(current) = weak.upgrade() else { return };

@@ -72,10 +72,11 @@ impl PemFileSource {
         poll: Duration,
     ) -> Result<Arc<Self>, IdentityError> {
         let paths = vec![cert.into(), key.into(), bundle.into()];
+        // Stamp before loading: a change racing with the load is seen by the first poll.
+        let mut last = stamp(&paths);
         let inner = Arc::new(MemorySource::new(load(&paths[0], &paths[1], &paths[2])?));
         let weak = Arc::downgrade(&inner);
         let task = tokio::spawn(async move {
-            let mut last = stamp(&paths);
             loop {
                 tokio::time::sleep(poll).await;
                 let Some(mem) = weak.upgrade() else { return };
