@@ -482,6 +482,12 @@ pub fn netns_path(side: &'static str, url: &str) -> Result<PathBuf, PlanError> {
         ));
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
+    if path.starts_with("/proc/thread-self/") || path.starts_with("/proc/self/") {
+        // Meaningful only inside the sender: without fd passing the forwarder would open its *own* netns.
+        return Err(bad(
+            "; /proc/self and /proc/thread-self name the sender's own namespace: send /proc/<pid>/ns/net or pass the fd",
+        ));
+    }
     if !path.starts_with('/') || path.contains("/../") || path.ends_with("/..") {
         return Err(bad(""));
     }

@@ -323,11 +323,11 @@ async fn bad_input_is_a_typed_error_and_leaves_nothing() {
 
     // An inode URL naming no namespace (a plain file, and a missing one).
     let mut ghost = kernel_mech(&c, "nsm-1");
-    ghost.set_param("inodeURL", "file:///proc/self/status");
+    ghost.set_param("inodeURL", "file:///etc/hostname");
     let p = mk_plan("fwd", "x", "x", &ghost, &kernel_mech(&e, "nsm-1"), &ctx, 0);
     let err = exec.apply(&p).await.unwrap_err();
     assert!(matches!(err, ApplyError::Netns { .. }), "{err}");
-    assert!(err.to_string().contains("/proc/self/status"), "{err}");
+    assert!(err.to_string().contains("/etc/hostname"), "{err}");
     ghost.set_param("inodeURL", "file:///proc/999999999/ns/net");
     let p = mk_plan("fwd", "x", "x", &ghost, &kernel_mech(&e, "nsm-1"), &ctx, 0);
     assert!(matches!(

@@ -227,6 +227,9 @@ fn bad_inputs_are_typed_errors() {
     let inode = kernel_mech("inode://4/4026532", "nsm-1");
     let e = plan(&cfg, &request(&inode, &good, &ctx)).unwrap_err();
     assert!(matches!(e, PlanError::BadNetnsUrl { .. }), "{e}");
+    let own = kernel_mech("file:///proc/thread-self/ns/net", "nsm-1");
+    let e = plan(&cfg, &request(&own, &good, &ctx)).unwrap_err();
+    assert!(e.to_string().contains("sender's own namespace"), "{e}");
     let relative = kernel_mech("file://proc/1/ns/net", "nsm-1");
     assert!(plan(&cfg, &request(&relative, &good, &ctx)).is_err());
 
