@@ -374,3 +374,40 @@ async fn endpoint_created_during_a_request() {
     nsc.close(&mut sb.ctx(TIMEOUT), other).await.unwrap();
     assert_clean(&sb).await;
 }
+
+/// Go `Test_Local_NoURLUsecase` (in spirit): NSMgr, forwarder and endpoint serve on unix sockets.
+#[tokio::test]
+async fn local_usecase_over_unix_sockets() {
+    let dir = std::env::temp_dir().join(format!("nsm-sandbox-unix-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sb = Sandbox::builder().unix_sockets(&dir).build().await.unwrap();
+    assert!(sb.nodes[0].nsmgr.url().to_string().starts_with("unix://"));
+    register_service(&sb, "my-service").await;
+    let counter = Counter::new();
+    sb.nodes[0]
+        .new_endpoint(
+            EndpointSpec::new("final-endpoint", "my-service"),
+            vec![counter.clone()],
+        )
+        .await
+        .unwrap();
+    let nsc = sb.nodes[0].new_client("nsc", vec![]);
+    let req = request("1", "my-service");
+    let conn = nsc
+        .request(&mut sb.ctx(TIMEOUT), req.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&conn),
+        ["nsc", "nsmgr-node-0", "forwarder-0", "final-endpoint"]
+    );
+    let conn = nsc
+        .request(&mut sb.ctx(TIMEOUT), refresh(&req, &conn))
+        .await
+        .unwrap();
+    nsc.close(&mut sb.ctx(TIMEOUT), conn).await.unwrap();
+    assert_eq!((counter.requests(), counter.closes()), (2, 1));
+    assert_clean(&sb).await;
+    drop(sb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
