@@ -19,6 +19,7 @@ use nsm_core::{Chain, Clock};
 use nsm_networkservice::begin::BeginClient;
 use nsm_networkservice::connect::ConnectServer;
 use nsm_networkservice::discover::DiscoverServer;
+use nsm_networkservice::mechanisms::kernel::KernelClient;
 use nsm_networkservice::mechanismtranslation::MechanismTranslationClient;
 use nsm_networkservice::roundrobin::RoundRobinServer;
 use nsm_registry::{ClientUrlServer, ConnectServer as RegistryConnect};
@@ -37,7 +38,8 @@ pub trait Dataplane: Send + Sync {
     fn client_elements(&self) -> Vec<Element>;
 }
 
-/// A data plane that wires nothing: the connection is negotiated but no interface is made.
+/// A data plane that wires nothing: it offers the endpoint a KERNEL mechanism, so the connection is
+/// negotiated as with a real data plane, but no interface is made.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoopDataplane;
 
@@ -46,7 +48,7 @@ impl Dataplane for NoopDataplane {
         Vec::new()
     }
     fn client_elements(&self) -> Vec<Element> {
-        Vec::new()
+        vec![Arc::new(KernelClient::new(None))]
     }
 }
 

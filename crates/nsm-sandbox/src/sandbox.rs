@@ -10,7 +10,7 @@ use nsm_api::url::NsmUrl;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_chains::client::{ClientOptions, ClientParts, new_client_parts};
 use nsm_chains::endpoint::{Endpoint, EndpointOptions};
-use nsm_chains::forwarder::{Dataplane, Forwarder, ForwarderOptions, registration};
+use nsm_chains::forwarder::{Forwarder, ForwarderOptions, NoopDataplane, registration};
 use nsm_chains::icmp_responder::IcmpResponder;
 use nsm_chains::nsmgr::{Nsmgr, NsmgrOptions};
 use nsm_chains::registry_client::{ns_registry_client, nse_registry_client};
@@ -36,19 +36,6 @@ use crate::restartable::{Component, ConnState, Restartable};
 
 /// Time to establish gRPC connections inside the sandbox (all on loopback).
 pub const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// The sandbox forwarders' data plane: nothing is wired, but the outgoing side offers KERNEL (as a
-/// kernel forwarder would), so endpoints that insist on a mechanism (icmp-responder) can choose one.
-struct SandboxDataplane;
-
-impl Dataplane for SandboxDataplane {
-    fn server_elements(&self) -> Vec<Element> {
-        Vec::new()
-    }
-    fn client_elements(&self) -> Vec<Element> {
-        vec![Arc::new(KernelClient::new(None))]
-    }
-}
 
 /// Builds a [`Sandbox`].
 pub struct SandboxBuilder {
@@ -574,7 +561,7 @@ impl Node {
                         dial_timeout: DIAL_TIMEOUT,
                         clock,
                     },
-                    &SandboxDataplane,
+                    &NoopDataplane,
                 );
                 (f.routes(), Box::new(f) as Box<dyn Component>)
             },

@@ -20,6 +20,14 @@ enum Command {
     Api,
     /// Run the registry (network services and endpoints) on the memory store or on etcd.
     Registry(cmd::registry::RegistryArgs),
+    /// Run a node's Network Service Manager.
+    Nsmgr(cmd::nsmgr::NsmgrArgs),
+    /// Run a forwarder that registers with its NSMgr.
+    Forwarder(cmd::forwarder::ForwarderArgs),
+    /// Run the icmp-responder endpoint.
+    Nse(cmd::nse::NseArgs),
+    /// Run a client that requests network services and holds the connections.
+    Nsc(cmd::nsc::NscArgs),
     /// Benchmarks (figures for BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -41,6 +49,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Registry(args)) => cmd::registry::run(&args),
+        Some(Command::Nsmgr(args)) => cmd::nsmgr::run(&args),
+        Some(Command::Forwarder(args)) => cmd::forwarder::run(&args),
+        Some(Command::Nse(args)) => cmd::nse::run(&args),
+        Some(Command::Nsc(args)) => cmd::nsc::run(&args),
         Some(Command::Bench(b)) => cmd::bench::run(&b),
         None => {
             use clap::CommandFactory;

@@ -129,18 +129,22 @@ pub(crate) async fn find_network_service(
         .ok_or_else(|| NsmError::not_found(element, format!("network service {name} is not found")))
 }
 
-/// Finds endpoints matching `template` (deleted entries are dropped).
+/// Finds endpoints matching `template` (deleted entries are dropped). An endpoint listed twice — an
+/// NSMgr answers with its local copy and the central registry's — is kept once, at its first place, so
+/// a failing endpoint is neither tried nor reported twice.
 pub(crate) async fn find_nses(
     registry: &RegistryChain<NetworkServiceEndpoint>,
     ctx: &Ctx,
     template: NetworkServiceEndpoint,
 ) -> Result<Vec<NetworkServiceEndpoint>> {
+    let mut seen = std::collections::HashSet::new();
     Ok(registry
         .find_all(&mut ctx.clone(), template)
         .await?
         .into_iter()
         .filter(|f| !f.deleted)
         .map(|f| f.item)
+        .filter(|nse| seen.insert(nse.name.clone()))
         .collect())
 }
 

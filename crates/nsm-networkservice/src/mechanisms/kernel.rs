@@ -22,6 +22,7 @@ pub const NETNS_URL: &str = "file:///proc/thread-self/ns/net";
 /// Client side: offers a KERNEL mechanism.
 pub struct KernelClient {
     interface_name: Option<String>,
+    netns_url: String,
 }
 
 /// Server side (endpoint): completes the selected KERNEL mechanism.
@@ -34,7 +35,16 @@ impl KernelClient {
     pub fn new(interface_name: Option<String>) -> Self {
         Self {
             interface_name: interface_name.map(|n| limit_name(&n)),
+            netns_url: NETNS_URL.to_string(),
         }
+    }
+
+    /// Offers `url` as the client's network namespace instead of [`NETNS_URL`] — a process without fd
+    /// passing names its namespace as `file:///proc/<pid>/ns/net`, which peers in the same PID
+    /// namespace can open.
+    pub fn with_netns_url(mut self, url: impl Into<String>) -> Self {
+        self.netns_url = url.into();
+        self
     }
 
     fn name_for(&self, conn: &Connection) -> String {
@@ -104,14 +114,14 @@ impl NetworkServiceServer for KernelClient {
                 if m.interface_name().is_none() {
                     m.set_param(kernel::INTERFACE_NAME, self.name_for(&conn));
                 }
-                m.set_param(kernel::NETNS_URL, NETNS_URL);
+                m.set_param(kernel::NETNS_URL, self.netns_url.clone());
                 offered = true;
             }
         }
         if !offered {
             let mut m: Mechanism = MechanismType::Kernel.mechanism();
             m.set_param(kernel::INTERFACE_NAME, self.name_for(&conn));
-            m.set_param(kernel::NETNS_URL, NETNS_URL);
+            m.set_param(kernel::NETNS_URL, self.netns_url.clone());
             request.mechanism_preferences.push(m);
         }
         next.request(ctx, request).await

@@ -35,7 +35,10 @@ pub fn parse_url(what: &str, s: &str) -> Result<NsmUrl, ConfigError> {
 }
 
 /// Parses `k1:v1,k2:v2` (Go envconfig maps; `=` is accepted too).
-pub fn parse_labels(what: &str, s: &str) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+pub fn parse_labels(
+    what: &str,
+    s: &str,
+) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
     let mut out = std::collections::BTreeMap::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair
@@ -122,7 +125,10 @@ pub fn run_async<F>(who: &str, main: F) -> ExitCode
 where
     F: std::future::Future<Output = ExitCode>,
 {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(main),
         Err(e) => {
             eprintln!("{who}: cannot start the runtime: {e}");
@@ -134,7 +140,9 @@ where
 /// The log level from a flag value, then `NSM_LOG_LEVEL`, then INFO.
 pub fn log_level(flag: Option<&str>) -> Result<tracing::Level, ConfigError> {
     match flag {
-        Some(l) => super::config::parse_log_level(l).map_err(|e| bad("--log-level / NSM_LOG_LEVEL", l, e)),
+        Some(l) => {
+            super::config::parse_log_level(l).map_err(|e| bad("--log-level / NSM_LOG_LEVEL", l, e))
+        }
         None => Ok(tracing::Level::INFO),
     }
 }

@@ -16,11 +16,14 @@ use nsm_chains::endpoint::Endpoint;
 use nsm_chains::forwarder::{Dataplane, Forwarder, ForwarderOptions, NoopDataplane, registration};
 use nsm_chains::registry_client::nse_registry_client;
 use nsm_core::{Clock, Ctx};
+use nsm_dataplane::netns::Netns;
+use nsm_dataplane::{Executor, KernelDataplane, PlanConfig};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{
-    bad, parse_duration, parse_labels, parse_signed_duration, parse_url, parse_urls, run_async, serve_all,
-    stop_all, token_generator, wait_for_signal,
+    bad, parse_duration, parse_labels, parse_signed_duration, parse_url, parse_urls, run_async,
+    serve_all, stop_all, token_generator, wait_for_signal,
 };
 use super::config::{ConfigError, init_logging};
 
@@ -37,13 +40,22 @@ pub struct ForwarderArgs {
     #[arg(long, env = "NSM_NSNAME", default_value = "forwarder")]
     pub nsname: String,
     /// The NSMgr.
-    #[arg(long, env = "NSM_CONNECT_TO", default_value = "unix:///var/lib/networkservicemesh/nsm.io.sock")]
+    #[arg(
+        long,
+        env = "NSM_CONNECT_TO",
+        default_value = "unix:///var/lib/networkservicemesh/nsm.io.sock"
+    )]
     pub connect_to: String,
     /// Where to serve (default: a unix socket in the temporary directory); also the registered URL.
     #[arg(long, env = "NSM_LISTEN_ON")]
     pub listen_on: Option<String>,
     /// Longest token lifetime (Go duration).
-    #[arg(long, env = "NSM_MAX_TOKEN_LIFETIME", default_value = "10m", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "NSM_MAX_TOKEN_LIFETIME",
+        default_value = "10m",
+        allow_hyphen_values = true
+    )]
     pub max_token_lifetime: String,
     /// Time to dial next hops.
     #[arg(long, env = "NSM_DIAL_TIMEOUT", default_value = "50ms")]
@@ -54,8 +66,9 @@ pub struct ForwarderArgs {
     /// VXLAN UDP port (0 = 4789).
     #[arg(long, env = "NSM_VXLAN_PORT", default_value = "0")]
     pub vxlan_port: String,
-    /// Data plane: `noop`.
-    #[arg(long, env = "NSM_DATAPLANE", default_value = "noop")]
+    /// Data plane: `kernel` (veth + VXLAN through netlink; needs CAP_NET_ADMIN) or `noop` (negotiate
+    /// connections without wiring anything).
+    #[arg(long, env = "NSM_DATAPLANE", default_value = "kernel")]
     pub dataplane: String,
     /// Log level (TRACE, DEBUG, INFO, WARN, ERROR).
     #[arg(long, env = "NSM_LOG_LEVEL")]
@@ -77,6 +90,8 @@ pub struct ForwarderConfig {
     pub tunnel_ip: Option<IpAddr>,
     /// VXLAN port.
     pub vxlan_port: u16,
+    /// Use the kernel data plane (otherwise no-op).
+    pub kernel: bool,
     log_level: tracing::Level,
 }
 
@@ -85,14 +100,22 @@ impl ForwarderConfig {
     pub fn from_args(args: &ForwarderArgs) -> Result<Self, ConfigError> {
         let listen = match &args.listen_on {
             Some(l) => parse_urls("--listen-on / NSM_LISTEN_ON", l)?,
-            None => vec![NsmUrl::Unix(
-                std::env::temp_dir().join(format!("nsm-forwarder-{}-{}.sock", args.name, std::process::id())),
-            )],
+            None => vec![NsmUrl::Unix(std::env::temp_dir().join(format!(
+                "nsm-forwarder-{}-{}.sock",
+                args.name,
+                std::process::id()
+            )))],
         };
-        let (negative, lifetime) =
-            parse_signed_duration("--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME", &args.max_token_lifetime)?;
+        let (negative, lifetime) = parse_signed_duration(
+            "--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME",
+            &args.max_token_lifetime,
+        )?;
         if negative {
-            return Err(bad("--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME", &args.max_token_lifetime, "must be positive for a forwarder"));
+            return Err(bad(
+                "--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME",
+                &args.max_token_lifetime,
+                "must be positive for a forwarder",
+            ));
         }
         let tunnel_ip = match args.tunnel_ip.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -109,9 +132,17 @@ impl ForwarderConfig {
             .trim()
             .parse()
             .map_err(|e| bad("--vxlan-port / NSM_VXLAN_PORT", &args.vxlan_port, e))?;
-        if args.dataplane != "noop" {
-            return Err(bad("--dataplane / NSM_DATAPLANE", &args.dataplane, "supported: noop"));
-        }
+        let kernel = match args.dataplane.as_str() {
+            "kernel" => true,
+            "noop" => false,
+            other => {
+                return Err(bad(
+                    "--dataplane / NSM_DATAPLANE",
+                    other,
+                    "supported: kernel, noop",
+                ));
+            }
+        };
         Ok(Self {
             connect_to: parse_url("--connect-to / NSM_CONNECT_TO", &args.connect_to)?,
             listen,
@@ -119,7 +150,12 @@ impl ForwarderConfig {
             token_lifetime: lifetime,
             dial_timeout: parse_duration("--dial-timeout / NSM_DIAL_TIMEOUT", &args.dial_timeout)?,
             tunnel_ip,
-            vxlan_port: if port == 0 { nsm_api::mechanisms::vxlan::DEFAULT_PORT } else { port },
+            vxlan_port: if port == 0 {
+                nsm_api::mechanisms::vxlan::DEFAULT_PORT
+            } else {
+                port
+            },
+            kernel,
             log_level: super::common::log_level(args.log_level.as_deref())?,
         })
     }
@@ -136,7 +172,76 @@ pub fn run(args: &ForwarderArgs) -> ExitCode {
     };
     init_logging(cfg.log_level);
     let args = args.clone();
-    run_async("nsm forwarder", async move { serve(args, cfg, &NoopDataplane).await })
+    run_async("nsm forwarder", async move {
+        if !cfg.kernel {
+            return serve(args, cfg, &NoopDataplane).await;
+        }
+        match kernel_dataplane(&args.name, &cfg).await {
+            Ok(dp) => serve(args, cfg, &dp).await,
+            Err(e) => {
+                eprintln!("nsm forwarder: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The kernel data plane in this process's network namespace, after removing whatever an earlier run
+/// of this forwarder left behind.
+async fn kernel_dataplane(name: &str, cfg: &ForwarderConfig) -> Result<KernelDataplane, String> {
+    let tunnel_ip = match cfg.tunnel_ip {
+        Some(ip) => ip,
+        None => default_source_ip().ok_or_else(|| {
+            "NSM_TUNNEL_IP / --tunnel-ip is not set and there is no default route to take an address from".to_string()
+        })?,
+    };
+    let node = Netns::current().map_err(|e| format!("cannot open this network namespace: {e}"))?;
+    let executor = Executor::new(node, name).map_err(|e| format!("cannot open netlink: {e}"))?;
+    match executor.adopt_or_cleanup().await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(
+                "forwarder: removed {} links left by an earlier run: {removed:?}",
+                removed.len()
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("cannot clean up links of an earlier run: {e}")),
+    }
+    let mut plan = PlanConfig::new(name);
+    plan.vxlan_port = cfg.vxlan_port;
+    plan.underlay_mtu = underlay_mtu(tunnel_ip).unwrap_or(1500);
+    tracing::info!(%tunnel_ip, underlay_mtu = plan.underlay_mtu, vxlan_port = cfg.vxlan_port, "forwarder: kernel data plane");
+    Ok(KernelDataplane::new(Arc::new(executor), plan, tunnel_ip))
+}
+
+/// The source address the kernel would use for the default route (no packet is sent).
+fn default_source_ip() -> Option<IpAddr> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect("192.0.2.1:9").ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// MTU of the interface holding `ip`, from `ip -o addr` and sysfs.
+fn underlay_mtu(ip: IpAddr) -> Option<u32> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "addr", "show"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ifname = text.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let _index = f.next()?;
+        let name = f.next()?;
+        let _family = f.next()?;
+        let addr = f.next()?;
+        (addr.split('/').next()? == ip.to_string()).then(|| name.to_string())
+    })?;
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 async fn serve(args: ForwarderArgs, cfg: ForwarderConfig, dataplane: &dyn Dataplane) -> ExitCode {
@@ -163,11 +268,19 @@ async fn serve(args: ForwarderArgs, cfg: ForwarderConfig, dataplane: &dyn Datapl
         }
     };
     let stop = CancellationToken::new();
-    let reg = registration(&args.name, &args.nsname, cfg.labels.clone(), servers[0].url());
+    let reg = registration(
+        &args.name,
+        &args.nsname,
+        cfg.labels.clone(),
+        servers[0].url(),
+    );
     let client = nse_registry_client(cfg.connect_to.clone(), Duration::from_secs(5), &stop);
     let ctx = || Ctx::new(clock).with_timeout(Duration::from_secs(15));
     if let Err(e) = client.run_register(&mut ctx(), reg.clone()).await {
-        eprintln!("nsm forwarder: cannot register with {}: {e}", cfg.connect_to);
+        eprintln!(
+            "nsm forwarder: cannot register with {}: {e}",
+            cfg.connect_to
+        );
         stop_all(servers).await;
         return ExitCode::FAILURE;
     }

@@ -1,5 +1,10 @@
 //! Subcommands of `nsm`, one module each.
 
 pub mod bench;
+pub mod common;
 pub mod config;
+pub mod forwarder;
+pub mod nsc;
+pub mod nse;
+pub mod nsmgr;
 pub mod registry;

@@ -16,7 +16,9 @@ use nsm_core::{Chain, Clock, Ctx};
 use nsm_networkservice::mechanisms::kernel::KernelClient;
 use nsm_networkservice::retry::RetryClient;
 
-use super::common::{bad, parse_duration, parse_signed_duration, parse_url, run_async, wait_for_signal};
+use super::common::{
+    bad, parse_duration, parse_signed_duration, parse_url, run_async, wait_for_signal,
+};
 use super::config::{ConfigError, init_logging};
 
 /// `nsm nsc` options; every flag also reads the environment variable shown.
@@ -26,7 +28,11 @@ pub struct NscArgs {
     #[arg(long, env = "NSM_NAME", default_value = "nsc")]
     pub name: String,
     /// The NSMgr.
-    #[arg(long, env = "NSM_CONNECT_TO", default_value = "unix:///var/lib/networkservicemesh/nsm.io.sock")]
+    #[arg(
+        long,
+        env = "NSM_CONNECT_TO",
+        default_value = "unix:///var/lib/networkservicemesh/nsm.io.sock"
+    )]
     pub connect_to: String,
     /// Network services to request, comma-separated (`kernel://icmp-responder/nsm-1`).
     #[arg(long, env = "NSM_NETWORK_SERVICES", default_value = "")]
@@ -38,7 +44,12 @@ pub struct NscArgs {
     #[arg(long, env = "NSM_DIAL_TIMEOUT", default_value = "5s")]
     pub dial_timeout: String,
     /// Longest token lifetime (Go duration; a negative one issues already-expired tokens).
-    #[arg(long, env = "NSM_MAX_TOKEN_LIFETIME", default_value = "10m", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "NSM_MAX_TOKEN_LIFETIME",
+        default_value = "10m",
+        allow_hyphen_values = true
+    )]
     pub max_token_lifetime: String,
     /// Log level (TRACE, DEBUG, INFO, WARN, ERROR).
     #[arg(long, env = "NSM_LOG_LEVEL")]
@@ -61,16 +72,28 @@ impl NscConfig {
     fn from_args(args: &NscArgs) -> Result<Self, ConfigError> {
         let what = "--network-services / NSM_NETWORK_SERVICES";
         let mut services = Vec::new();
-        for u in args.network_services.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        for u in args
+            .network_services
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
             services.push(NetworkServiceUrl::parse(u).map_err(|e| bad(what, u, e))?);
         }
         if services.is_empty() {
-            return Err(bad(what, &args.network_services, "no network service to request"));
+            return Err(bad(
+                what,
+                &args.network_services,
+                "no network service to request",
+            ));
         }
         Ok(Self {
             connect_to: parse_url("--connect-to / NSM_CONNECT_TO", &args.connect_to)?,
             services,
-            request_timeout: parse_duration("--request-timeout / NSM_REQUEST_TIMEOUT", &args.request_timeout)?,
+            request_timeout: parse_duration(
+                "--request-timeout / NSM_REQUEST_TIMEOUT",
+                &args.request_timeout,
+            )?,
             dial_timeout: parse_duration("--dial-timeout / NSM_DIAL_TIMEOUT", &args.dial_timeout)?,
             token_lifetime: parse_signed_duration(
                 "--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME",

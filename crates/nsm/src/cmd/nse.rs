@@ -20,8 +20,8 @@ use nsm_core::{Clock, Ctx};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{
-    bad, parse_duration, parse_labels, parse_signed_duration, parse_url, parse_urls, run_async, serve_all,
-    stop_all, token_generator, wait_for_signal,
+    bad, parse_duration, parse_labels, parse_signed_duration, parse_url, parse_urls, run_async,
+    serve_all, stop_all, token_generator, wait_for_signal,
 };
 use super::config::{ConfigError, init_logging};
 
@@ -32,7 +32,11 @@ pub struct NseArgs {
     #[arg(long, env = "NSM_NAME", default_value = "icmp-server")]
     pub name: String,
     /// The NSMgr to register with.
-    #[arg(long, env = "NSM_CONNECT_TO", default_value = "unix:///var/lib/networkservicemesh/nsm.io.sock")]
+    #[arg(
+        long,
+        env = "NSM_CONNECT_TO",
+        default_value = "unix:///var/lib/networkservicemesh/nsm.io.sock"
+    )]
     pub connect_to: String,
     /// Where to serve (default: a unix socket in the temporary directory).
     #[arg(long, env = "NSM_LISTEN_ON")]
@@ -59,7 +63,12 @@ pub struct NseArgs {
     #[arg(long, env = "NSM_IDLE_TIMEOUT", default_value = "0")]
     pub idle_timeout: String,
     /// Longest token lifetime (Go duration).
-    #[arg(long, env = "NSM_MAX_TOKEN_LIFETIME", default_value = "10m", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "NSM_MAX_TOKEN_LIFETIME",
+        default_value = "10m",
+        allow_hyphen_values = true
+    )]
     pub max_token_lifetime: String,
     /// Log level (TRACE, DEBUG, INFO, WARN, ERROR).
     #[arg(long, env = "NSM_LOG_LEVEL")]
@@ -95,9 +104,11 @@ impl NseConfig {
         let connect_to = parse_url("--connect-to / NSM_CONNECT_TO", &args.connect_to)?;
         let listen = match &args.listen_on {
             Some(l) => parse_urls("--listen-on / NSM_LISTEN_ON", l)?,
-            None => vec![NsmUrl::Unix(
-                std::env::temp_dir().join(format!("nsm-nse-{}-{}.sock", args.name, std::process::id())),
-            )],
+            None => vec![NsmUrl::Unix(std::env::temp_dir().join(format!(
+                "nsm-nse-{}-{}.sock",
+                args.name,
+                std::process::id()
+            )))],
         };
         let services: Vec<String> = args
             .service_names
@@ -106,26 +117,54 @@ impl NseConfig {
             .filter(|s| !s.is_empty())
             .collect();
         if services.is_empty() {
-            return Err(bad("--service-names / NSM_SERVICE_NAMES", &args.service_names, "no service given"));
+            return Err(bad(
+                "--service-names / NSM_SERVICE_NAMES",
+                &args.service_names,
+                "no service given",
+            ));
         }
         let mut cidrs = Vec::new();
-        for c in args.cidr_prefix.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-            cidrs.push(c.parse::<IpNet>().map_err(|e| bad("--cidr-prefix / NSM_CIDR_PREFIX", c, e))?);
+        for c in args
+            .cidr_prefix
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            cidrs.push(
+                c.parse::<IpNet>()
+                    .map_err(|e| bad("--cidr-prefix / NSM_CIDR_PREFIX", c, e))?,
+            );
         }
         if cidrs.is_empty() {
-            return Err(bad("--cidr-prefix / NSM_CIDR_PREFIX", &args.cidr_prefix, "no prefix given"));
+            return Err(bad(
+                "--cidr-prefix / NSM_CIDR_PREFIX",
+                &args.cidr_prefix,
+                "no prefix given",
+            ));
         }
         let dns: Vec<DnsConfigJson> = serde_json::from_str(&args.dns_configs)
             .map_err(|e| bad("--dns-configs / NSM_DNS_CONFIGS", &args.dns_configs, e))?;
         let register_service = match args.register_service.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "t" | "yes" => true,
             "false" | "0" | "f" | "no" => false,
-            _ => return Err(bad("--register-service / NSM_REGISTER_SERVICE", &args.register_service, "expected true or false")),
+            _ => {
+                return Err(bad(
+                    "--register-service / NSM_REGISTER_SERVICE",
+                    &args.register_service,
+                    "expected true or false",
+                ));
+            }
         };
-        let (negative, lifetime) =
-            parse_signed_duration("--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME", &args.max_token_lifetime)?;
+        let (negative, lifetime) = parse_signed_duration(
+            "--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME",
+            &args.max_token_lifetime,
+        )?;
         if negative {
-            return Err(bad("--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME", &args.max_token_lifetime, "must be positive for an endpoint"));
+            return Err(bad(
+                "--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME",
+                &args.max_token_lifetime,
+                "must be positive for an endpoint",
+            ));
         }
         Ok(Self {
             connect_to,
@@ -166,7 +205,11 @@ pub fn run(args: &NseArgs) -> ExitCode {
 async fn serve(name: String, payload: String, cfg: NseConfig) -> ExitCode {
     let clock = Clock::system();
     let tokens = token_generator(cfg.max_token_lifetime);
-    let nse = IcmpResponder::new(EndpointOptions::new(name.clone(), tokens, clock), cfg.cidrs.clone(), cfg.dns.clone());
+    let nse = IcmpResponder::new(
+        EndpointOptions::new(name.clone(), tokens, clock),
+        cfg.cidrs.clone(),
+        cfg.dns.clone(),
+    );
     let servers = match serve_all(&cfg.listen, nse.endpoint.routes(), &Endpoint::SERVICES).await {
         Ok(s) => s,
         Err(e) => {
@@ -186,7 +229,10 @@ async fn serve(name: String, payload: String, cfg: NseConfig) -> ExitCode {
                 ..Default::default()
             };
             if let Err(e) = ns_client.run_register(&mut ctx(), ns).await {
-                eprintln!("nsm nse: cannot register network service {svc:?} at {}: {e}", cfg.connect_to);
+                eprintln!(
+                    "nsm nse: cannot register network service {svc:?} at {}: {e}",
+                    cfg.connect_to
+                );
                 stop_all(servers).await;
                 return ExitCode::FAILURE;
             }
@@ -198,13 +244,23 @@ async fn serve(name: String, payload: String, cfg: NseConfig) -> ExitCode {
         network_service_labels: cfg
             .services
             .iter()
-            .map(|s| (s.clone(), NetworkServiceLabels { labels: cfg.labels.clone() }))
+            .map(|s| {
+                (
+                    s.clone(),
+                    NetworkServiceLabels {
+                        labels: cfg.labels.clone(),
+                    },
+                )
+            })
             .collect(),
         url: servers[0].url().to_string(),
         ..Default::default()
     };
     let nse_client = nse_registry_client(cfg.connect_to.clone(), dial, &stop);
-    if let Err(e) = nse_client.run_register(&mut ctx(), registration.clone()).await {
+    if let Err(e) = nse_client
+        .run_register(&mut ctx(), registration.clone())
+        .await
+    {
         eprintln!("nsm nse: cannot register with {}: {e}", cfg.connect_to);
         stop_all(servers).await;
         return ExitCode::FAILURE;

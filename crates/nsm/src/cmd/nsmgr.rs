@@ -27,19 +27,32 @@ pub struct NsmgrArgs {
     #[arg(long, env = "NSM_NAME", default_value = "nmgr")]
     pub name: String,
     /// URLs to serve on, comma-separated; the first tcp:// one is the public URL.
-    #[arg(long, env = "NSM_LISTEN_ON", default_value = "unix:///var/lib/networkservicemesh/nsm.io.sock")]
+    #[arg(
+        long,
+        env = "NSM_LISTEN_ON",
+        default_value = "unix:///var/lib/networkservicemesh/nsm.io.sock"
+    )]
     pub listen_on: String,
     /// The registry.
     #[arg(long, env = "NSM_REGISTRY_URL", default_value = "tcp://localhost:5001")]
     pub registry_url: String,
     /// Longest token lifetime (Go duration).
-    #[arg(long, env = "NSM_MAX_TOKEN_LIFETIME", default_value = "10m", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "NSM_MAX_TOKEN_LIFETIME",
+        default_value = "10m",
+        allow_hyphen_values = true
+    )]
     pub max_token_lifetime: String,
     /// Time to dial forwarders and the registry (Go duration).
     #[arg(long, env = "NSM_DIAL_TIMEOUT", default_value = "100ms")]
     pub dial_timeout: String,
     /// Service forwarders register under.
-    #[arg(long, env = "NSM_FORWARDER_NETWORK_SERVICE_NAME", default_value = "forwarder")]
+    #[arg(
+        long,
+        env = "NSM_FORWARDER_NETWORK_SERVICE_NAME",
+        default_value = "forwarder"
+    )]
     pub forwarder_network_service_name: String,
     /// Node name (the `nodeName` label).
     #[arg(long, env = "NODE_NAME")]
@@ -85,8 +98,10 @@ impl NsmgrConfig {
             .map(public_address)
             .unwrap_or_else(|| listen[0].clone());
         let registry_url = parse_url("--registry-url / NSM_REGISTRY_URL", &args.registry_url)?;
-        let (negative, lifetime) =
-            parse_signed_duration("--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME", &args.max_token_lifetime)?;
+        let (negative, lifetime) = parse_signed_duration(
+            "--max-token-lifetime / NSM_MAX_TOKEN_LIFETIME",
+            &args.max_token_lifetime,
+        )?;
         if negative {
             return Err(ConfigError(
                 "invalid --max-token-lifetime / NSM_MAX_TOKEN_LIFETIME: an NSMgr needs a positive lifetime".into(),
@@ -151,8 +166,14 @@ pub fn run(args: &NsmgrArgs) -> ExitCode {
         let nsmgr = Nsmgr::new(o);
         if args.print_chain {
             println!("{}", nsmgr.chain().element_names().join(" -> "));
-            println!("nse registry: {}", nsmgr.nse_registry.element_names().join(" -> "));
-            println!("ns registry: {}", nsmgr.ns_registry.element_names().join(" -> "));
+            println!(
+                "nse registry: {}",
+                nsmgr.nse_registry.element_names().join(" -> ")
+            );
+            println!(
+                "ns registry: {}",
+                nsmgr.ns_registry.element_names().join(" -> ")
+            );
             return ExitCode::SUCCESS;
         }
         let servers = match serve_all(&cfg.listen, nsmgr.routes(), &Nsmgr::SERVICES).await {
