@@ -306,3 +306,81 @@ async fn client_svid_rotation_mid_connection_keeps_refresh_working() {
         .await
         .unwrap();
 }
+
+/// Counts Closes that reach the end of the endpoint chain.
+#[derive(Default)]
+struct CloseCounter(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl nsm_core::NetworkServiceServer for CloseCounter {
+    async fn request(
+        &self,
+        ctx: &mut Ctx,
+        request: NetworkServiceRequest,
+        next: nsm_core::Next,
+    ) -> nsm_core::Result<Connection> {
+        next.request(ctx, request).await
+    }
+    async fn close(
+        &self,
+        ctx: &mut Ctx,
+        conn: Connection,
+        next: nsm_core::Next,
+    ) -> nsm_core::Result<()> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        next.close(ctx, conn).await
+    }
+    fn name(&self) -> &'static str {
+        "closecounter"
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_refreshing_is_closed_when_its_token_expires() {
+    let ca = DevCa::new(TD).unwrap();
+    let (_s, server_tls) = identity(&ca, "nsmgr");
+    let closes = Arc::new(CloseCounter::default());
+    let mut opts = EndpointOptions::new(
+        "nse",
+        jwt(&server_tls, Duration::from_secs(600)),
+        Clock::system(),
+    );
+    opts.authorize = Arc::new(AuthorizeServer::new(default_server_policies()));
+    opts.additional = vec![closes.clone()];
+    let ep = Endpoint::new(opts);
+    let serving = serve_tls(
+        &tcp(),
+        Server::builder().add_routes(ep.routes()),
+        server_tls,
+    )
+    .await
+    .unwrap();
+    // The client's tokens live 1 s (NSM_MAX_TOKEN_LIFETIME=1s) and it never refreshes.
+    let (_c, tls) = identity(&ca, "nsc");
+    let chain = client(
+        tls.clone(),
+        serving.url(),
+        jwt(&tls, Duration::from_secs(1)),
+    );
+    let conn = chain
+        .run_request(&mut Ctx::new(Clock::system()), request())
+        .await
+        .unwrap();
+    let expires = conn.path.as_ref().unwrap().path_segments[0]
+        .expires
+        .clone()
+        .unwrap();
+    let left = Clock::system().until_timestamp(&expires);
+    assert!(left <= Duration::from_secs(1), "{left:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(closes.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while closes.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not closed by timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    serving.stop().await.unwrap();
+}

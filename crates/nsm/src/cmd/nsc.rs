@@ -191,10 +191,11 @@ async fn serve(args: NscArgs, cfg: NscConfig) -> ExitCode {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    if code == ExitCode::SUCCESS && !args.once {
-        if let Err(e) = wait_for_signal().await {
-            eprintln!("nsm nsc: cannot wait for signals: {e}");
-        }
+    if code == ExitCode::SUCCESS
+        && !args.once
+        && let Err(e) = wait_for_signal().await
+    {
+        eprintln!("nsm nsc: cannot wait for signals: {e}");
     }
     for (chain, conn) in held {
         let mut ctx = Ctx::new(clock).with_timeout(cfg.request_timeout);
