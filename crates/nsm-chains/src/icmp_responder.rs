@@ -53,12 +53,27 @@ impl nsm_core::NetworkServiceServer for Passthrough {
 
 impl IcmpResponder {
     /// Builds the endpoint on `base` options, serving addresses from `cidrs`.
-    pub fn new(mut base: EndpointOptions, cidrs: Vec<IpNet>, dns: Vec<DnsConfig>) -> Self {
+    pub fn new(base: EndpointOptions, cidrs: Vec<IpNet>, dns: Vec<DnsConfig>) -> Self {
+        Self::with_netns_url(base, cidrs, dns, None)
+    }
+
+    /// Like [`IcmpResponder::new`], but the KERNEL mechanism names `netns_url` as the endpoint's
+    /// network namespace (a process without fd passing: `file:///proc/<pid>/ns/net`).
+    pub fn with_netns_url(
+        mut base: EndpointOptions,
+        cidrs: Vec<IpNet>,
+        dns: Vec<DnsConfig>,
+        netns_url: Option<String>,
+    ) -> Self {
+        let kernel_server = match netns_url {
+            Some(url) => KernelServer::new(None).with_netns_url(url),
+            None => KernelServer::new(None),
+        };
         let ipam = Arc::new(Point2PointIpamServer::new(cidrs));
         let mechanisms: BTreeMap<String, Element> = [
             (
                 kernel::MECHANISM.to_string(),
-                Arc::new(KernelServer::new(None)) as Element,
+                Arc::new(kernel_server) as Element,
             ),
             (
                 noop::MECHANISM.to_string(),

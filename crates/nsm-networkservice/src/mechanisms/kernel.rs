@@ -28,6 +28,7 @@ pub struct KernelClient {
 /// Server side (endpoint): completes the selected KERNEL mechanism.
 pub struct KernelServer {
     interface_name: Option<String>,
+    netns_url: String,
 }
 
 impl KernelClient {
@@ -60,7 +61,15 @@ impl KernelServer {
     pub fn new(interface_name: Option<String>) -> Self {
         Self {
             interface_name: interface_name.map(|n| limit_name(&n)),
+            netns_url: NETNS_URL.to_string(),
         }
+    }
+
+    /// Names `url` as the endpoint's network namespace instead of [`NETNS_URL`] (an endpoint process
+    /// without fd passing sends `file:///proc/<pid>/ns/net`, like [`KernelClient::with_netns_url`]).
+    pub fn with_netns_url(mut self, url: impl Into<String>) -> Self {
+        self.netns_url = url.into();
+        self
     }
 }
 
@@ -163,7 +172,7 @@ impl NetworkServiceServer for KernelServer {
                 ));
             }
             m.set_param(kernel::INTERFACE_NAME, name);
-            m.set_param(kernel::NETNS_URL, NETNS_URL);
+            m.set_param(kernel::NETNS_URL, self.netns_url.clone());
         }
         next.request(ctx, request).await
     }

@@ -205,10 +205,13 @@ pub fn run(args: &NseArgs) -> ExitCode {
 async fn serve(name: String, payload: String, cfg: NseConfig) -> ExitCode {
     let clock = Clock::system();
     let tokens = token_generator(cfg.max_token_lifetime);
-    let nse = IcmpResponder::new(
+    // Without fd passing the forwarder opens our namespace through /proc/<pid>/ns/net (it shares our
+    // PID namespace); /proc/thread-self would name the forwarder's own.
+    let nse = IcmpResponder::with_netns_url(
         EndpointOptions::new(name.clone(), tokens, clock),
         cfg.cidrs.clone(),
         cfg.dns.clone(),
+        Some(format!("file:///proc/{}/ns/net", std::process::id())),
     );
     let servers = match serve_all(&cfg.listen, nse.endpoint.routes(), &Endpoint::SERVICES).await {
         Ok(s) => s,
