@@ -313,10 +313,9 @@ async fn close_during_heal(with_expiry: bool) {
         "close during heal (expiry {with_expiry}): Close returned after {:?}: {closed:?}",
         started.elapsed()
     );
-    // A failed heal attempt drops the client metadata (its reselect Close runs the metadata element),
-    // so Close cannot reach the heal state: the task ends at its next attempt, when it finds the
-    // connection closed — at most the longest heal interval (1 s) later.
-    let took = eventually("heal tasks to end", Duration::from_millis(1500), || {
+    // heal keeps its state per connection id, so the Close stops the heal task at once (not at its
+    // next attempt).
+    let took = eventually("heal tasks to end", Duration::from_millis(100), || {
         nsc.heal_tasks() == 0
     })
     .await;

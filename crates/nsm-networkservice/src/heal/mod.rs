@@ -14,10 +14,16 @@
 //! **Close**: stops the monitor and any healing (no task outlives the connection), then closes. The
 //! Close that a reselect runs on the old path does not stop the healing it is part of.
 //!
-//! **State**: in client metadata, the connection's stop tokens and whether a heal is in progress.
+//! **State**: per connection id, in the element (not in connection metadata, which a failed reselect
+//! drops): the connection's stop tokens and whether a heal is in progress. An external Close finds it
+//! even mid-heal and stops everything at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use nsm_core::values::FromEvent;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,8 +43,8 @@ const FIRST_ATTEMPT_AFTER: Duration = Duration::from_millis(200);
 /// Longest delay between heal attempts.
 const MAX_ATTEMPT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Per-connection heal state in client metadata.
-#[derive(Clone)]
+/// Per-connection heal state.
+#[derive(Clone, Debug)]
 struct HealState {
     /// Cancelled by a real Close: ends monitoring and healing for good.
     closed: CancellationToken,
@@ -52,6 +58,7 @@ struct HealState {
 #[derive(Debug, Default)]
 pub struct HealClient {
     tasks: Arc<AtomicUsize>,
+    states: Arc<Mutex<HashMap<String, HealState>>>,
 }
 
 impl HealClient {
@@ -65,14 +72,39 @@ impl HealClient {
         self.tasks.load(Ordering::Acquire)
     }
 
+    /// Number of connections with heal state (for leak checks).
+    pub fn tracked(&self) -> usize {
+        self.states.lock().len()
+    }
+
     fn spawn(&self, watch: Watch) {
         let tasks = self.tasks.clone();
+        let states = self.states.clone();
         tasks.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
-            watch.run().await;
+            let id = watch.event.connection_id().to_string();
+            let closed = watch.state.closed.clone();
+            if watch.run().await == Outcome::Gone {
+                // The connection went away while healing: forget it, unless a new Request of the same
+                // id already installed fresh state.
+                closed.cancel();
+                let mut st = states.lock();
+                if st.get(&id).is_some_and(|s| s.closed.is_cancelled()) {
+                    st.remove(&id);
+                }
+            }
             tasks.fetch_sub(1, Ordering::AcqRel);
         });
     }
+}
+
+/// How a watch ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Monitoring was stopped, or the connection was healed (a new watch took over).
+    Done,
+    /// The connection no longer exists.
+    Gone,
 }
 
 /// One connection's monitor loop, and the healing that follows it.
@@ -85,16 +117,16 @@ struct Watch {
 }
 
 impl Watch {
-    async fn run(mut self) {
+    async fn run(mut self) -> Outcome {
         if !self.wait_for_trouble().await {
-            return;
+            return Outcome::Done;
         }
         drop(self.stream);
         let closed = self.state.closed.clone();
         let mut wait = FIRST_ATTEMPT_AFTER;
         loop {
             tokio::select! {
-                () = closed.cancelled() => return,
+                () = closed.cancelled() => return Outcome::Done,
                 () = self.clock.sleep(wait) => {}
             }
             self.state.healing.store(true, Ordering::Release);
@@ -103,13 +135,15 @@ impl Watch {
                 cancel: Some(closed.clone()),
             };
             let attempt = tokio::select! {
-                () = closed.cancelled() => return,
+                () = closed.cancelled() => return Outcome::Done,
                 r = self.event.request(opts) => r,
             };
             self.state.healing.store(false, Ordering::Release);
             match attempt {
-                // Healed (the new Request monitors again), or the connection is gone.
-                Ok(_) => return,
+                // Healed: the new Request monitors again.
+                Ok(Some(_)) => return Outcome::Done,
+                // Nothing to re-request: the connection was closed meanwhile.
+                Ok(None) => return Outcome::Gone,
                 Err(e) => {
                     tracing::debug!(id = %self.event.connection_id(), error = %e, "heal: re-request failed")
                 }
@@ -151,7 +185,12 @@ impl NetworkServiceServer for HealClient {
         next: Next,
     ) -> Result<Connection> {
         let md = ctx.metadata().cloned();
-        let previous = md.as_ref().and_then(|m| m.get::<HealState>(Side::Client));
+        let id = request
+            .connection
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        let previous = self.states.lock().get(&id).cloned();
         if let Some(p) = &previous {
             p.monitor.cancel();
         }
@@ -185,7 +224,7 @@ impl NetworkServiceServer for HealClient {
             closed,
             healing,
         };
-        md.insert(Side::Client, state.clone());
+        self.states.lock().insert(conn.id.clone(), state.clone());
         self.spawn(Watch {
             stream,
             filter: ClientFilter::new(conn.clone()),
@@ -197,13 +236,16 @@ impl NetworkServiceServer for HealClient {
     }
 
     async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
-        if let Some(md) = ctx.metadata()
-            && let Some(st) = md.get::<HealState>(Side::Client)
-        {
+        let st = self.states.lock().get(&conn.id).cloned();
+        if let Some(st) = st {
             st.monitor.cancel();
-            if !st.healing.load(Ordering::Acquire) {
+            // The Close a reselect sends along the old path comes from begin's event handle; it must
+            // not stop the heal it belongs to. Any other Close ends monitoring and healing for good.
+            let part_of_heal =
+                ctx.get::<FromEvent>().is_some() && st.healing.load(Ordering::Acquire);
+            if !part_of_heal {
                 st.closed.cancel();
-                md.remove::<HealState>(Side::Client);
+                self.states.lock().remove(&conn.id);
             }
         }
         next.close(ctx, conn).await
