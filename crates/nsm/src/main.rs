@@ -28,6 +28,8 @@ enum Command {
     Nse(cmd::nse::NseArgs),
     /// Run a client that requests network services and holds the connections.
     Nsc(cmd::nsc::NscArgs),
+    /// Inspect a running mesh: registry, connections hop by hop, `check`.
+    Ctl(cmd::ctl::CtlArgs),
     /// Benchmarks (figures for BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Some(Command::Forwarder(args)) => cmd::forwarder::run(&args),
         Some(Command::Nse(args)) => cmd::nse::run(&args),
         Some(Command::Nsc(args)) => cmd::nsc::run(&args),
+        Some(Command::Ctl(args)) => cmd::ctl::run(&args),
         Some(Command::Bench(b)) => cmd::bench::run(&b),
         None => {
             use clap::CommandFactory;

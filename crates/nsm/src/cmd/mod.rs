@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod common;
 pub mod config;
+pub mod ctl;
 pub mod forwarder;
 pub mod nsc;
 pub mod nse;
