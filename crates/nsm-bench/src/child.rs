@@ -1,0 +1,81 @@
+//! The isolated NSMgr: an NSMgr alone in a child process, so its memory can be read apart from the
+//! client, forwarder and endpoint (which stay in the parent).
+//!
+//! Protocol on stdio, one line each: the child prints `URL <url>` once serving; then for every `stats`
+//! line it reads it prints `STATS <rss bytes> <net heap bytes or -> <connections held>`; it exits at
+//! end of input or on `quit`.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use nsm_api::url::NsmUrl;
+use nsm_chains::nsmgr::{Nsmgr, NsmgrOptions};
+use nsm_core::token::TestTokenGenerator;
+use nsm_networkservice::begin::BeginServer;
+use nsm_sandbox::Restartable;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::Result;
+use crate::alloc;
+use crate::setup::DIAL_TIMEOUT;
+use crate::stats::rss_bytes;
+
+/// The NSMgr's name in the isolated setup.
+pub const NSMGR_NAME: &str = "nsmgr-bench";
+
+/// Runs the child side: serves an NSMgr (no central registry: network services and this node's
+/// endpoints are kept in its memory) on 127.0.0.1 and answers `stats` on stdin.
+pub async fn nsmgr_child() -> Result<()> {
+    let counting = alloc::enable();
+    let begin: Arc<Mutex<Option<Arc<BeginServer>>>> = Arc::default();
+    let slot = begin.clone();
+    let server = Restartable::start(NSMGR_NAME, loopback(), move |url| {
+        let mut o = NsmgrOptions::new(NSMGR_NAME, url, Arc::new(TestTokenGenerator::default()));
+        o.dial_timeout = DIAL_TIMEOUT;
+        let n = Nsmgr::new(o);
+        if let Ok(mut s) = slot.lock() {
+            *s = Some(n.endpoint.begin.clone());
+        }
+        (n.routes(), Box::new(n))
+    })
+    .await?;
+    say(&format!("URL {}", server.url()))?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        match line.trim() {
+            "stats" => {
+                let rss = rss_bytes(None).unwrap_or(0);
+                let heap = if counting {
+                    alloc::net_bytes().to_string()
+                } else {
+                    "-".to_string()
+                };
+                let held = begin
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.as_ref().map(|b| b.len()))
+                    .unwrap_or(0);
+                say(&format!("STATS {rss} {heap} {held}"))?;
+            }
+            "quit" => break,
+            _ => {}
+        }
+    }
+    server.stop().await;
+    Ok(())
+}
+
+fn say(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `127.0.0.1`, any port.
+pub fn loopback() -> NsmUrl {
+    NsmUrl::Tcp {
+        host: "127.0.0.1".into(),
+        port: 0,
+    }
+}
