@@ -1,0 +1,310 @@
+//! Security cost benchmark (not a test): `cargo run --release -p nsm-policy --example security_bench`.
+//!
+//! Prints p50/p90 of: authorize per hop (the four default server policies on a 4-segment path, warm
+//! caches), the same with cold caches, ES256 signing, signature verification, a TLS handshake over
+//! loopback, and an in-process Request+Close nsc → endpoint over mTLS with tokens and all default
+//! policies on both sides.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nsm_api::url::NsmUrl;
+use nsm_api::{Connection, NetworkServiceRequest, Path, PathSegment};
+use nsm_chains::client::{ClientOptions, new_client_parts_with_security};
+use nsm_chains::endpoint::{Endpoint, EndpointOptions};
+use nsm_core::token::{SharedTokenGenerator, TestTokenGenerator, TokenGenerator};
+use nsm_core::{Clock, Ctx};
+use nsm_identity::{
+    DevCa, JwtTokenGenerator, MemorySource, SharedSource, TlsIdentity, TransportSecurity, peer_info,
+};
+use nsm_networkservice::authorize::{
+    AuthorizeClient, AuthorizeServer, Policy, PolicyInput, Verdict,
+};
+use nsm_networkservice::grpc::serve_tls;
+use nsm_policy::{
+    JwtCache, PolicyRuntime, default_client_policies, default_server_policies,
+    default_server_policies_with,
+};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "{name:<62} p50 {:>9.1} µs   p90 {:>9.1} µs   (n={})",
+        p(0.5).as_secs_f64() * 1e6,
+        p(0.9).as_secs_f64() * 1e6,
+        samples.len()
+    );
+}
+
+fn four_hop_input(ca: &DevCa) -> PolicyInput {
+    let names = ["nsc", "nsmgr1", "fwd", "nsmgr2"];
+    let mats: Vec<_> = names
+        .iter()
+        .map(|n| ca.material(n, HOUR).unwrap())
+        .collect();
+    let peers: Vec<_> = mats
+        .iter()
+        .map(|m| peer_info(Some(m.svid.chain())))
+        .collect();
+    let clock = Clock::system();
+    let mut segs = Vec::new();
+    for (i, m) in mats.into_iter().enumerate() {
+        let src: SharedSource = Arc::new(MemorySource::new(m));
+        let aud = if i + 1 < names.len() {
+            &peers[i + 1]
+        } else {
+            &peers[i - 1]
+        };
+        let t = JwtTokenGenerator::new(&src, Duration::from_secs(600))
+            .generate(&clock, Some(aud))
+            .unwrap();
+        let mut s = PathSegment::new(names[i], format!("id-{i}"));
+        s.token = t.token;
+        s.expires = Some(clock.now_timestamp());
+        segs.push(s);
+    }
+    PolicyInput {
+        path: Path {
+            index: 3,
+            path_segments: segs,
+        },
+        peer: Some(peers[2].clone()),
+    }
+}
+
+async fn authorize_all(
+    policies: &[nsm_networkservice::authorize::SharedPolicy],
+    input: &PolicyInput,
+) {
+    for p in policies {
+        assert_eq!(
+            p.check(input).await.unwrap(),
+            Verdict::Allow,
+            "{}",
+            p.name()
+        );
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    nsm_identity::install_crypto_provider();
+    let ca = DevCa::new("example.org").unwrap();
+    let input = four_hop_input(&ca);
+
+    // authorize per hop, warm caches (a refresh or a long path seen before).
+    let rt = PolicyRuntime::new(Clock::system());
+    let policies = default_server_policies_with(&rt);
+    authorize_all(&policies, &input).await;
+    let mut s = Vec::new();
+    for _ in 0..5000 {
+        let t = now();
+        authorize_all(&policies, &input).await;
+        s.push(t.elapsed());
+    }
+    report("authorize/hop, 4 default policies, 4 segments, warm", s);
+
+    // Per policy, warm.
+    for p in &policies {
+        let mut s = Vec::new();
+        for _ in 0..3000 {
+            let t = now();
+            p.check(&input).await.unwrap();
+            s.push(t.elapsed());
+        }
+        report(&format!("  policy {}", p.name()), s);
+    }
+
+    // Cold: fresh caches every time (first sight of every token).
+    let mut s = Vec::new();
+    for _ in 0..300 {
+        let rt = PolicyRuntime::new(Clock::system());
+        let policies = default_server_policies_with(&rt);
+        let t = now();
+        authorize_all(&policies, &input).await;
+        s.push(t.elapsed());
+    }
+    report(
+        "authorize/hop, cold caches (1 signature check + decodes)",
+        s,
+    );
+
+    // Signing and verification.
+    let m = ca.material("nsc", HOUR).unwrap();
+    let pem = m.svid.leaf_pem().to_string();
+    let src: SharedSource = Arc::new(MemorySource::new(m));
+    let g = JwtTokenGenerator::new(&src, Duration::from_secs(600));
+    let peer = input.peer.clone().unwrap();
+    let clock = Clock::system();
+    let mut s = Vec::new();
+    let mut token = String::new();
+    for _ in 0..3000 {
+        let t = now();
+        token = g.generate(&clock, Some(&peer)).unwrap().token;
+        s.push(t.elapsed());
+    }
+    report("ES256 token signing (JwtTokenGenerator)", s);
+    let mut s = Vec::new();
+    for _ in 0..3000 {
+        let cache = JwtCache::new();
+        let t = now();
+        assert!(cache.verify_es256(&token, &pem, clock.now()));
+        s.push(t.elapsed());
+    }
+    report("ES256 verification, uncached (incl. PEM key parse)", s);
+
+    // TLS handshake over loopback (full mTLS handshake, both sides verifying).
+    let server = TlsIdentity::new(Arc::new(MemorySource::new(
+        ca.material("nse", HOUR).unwrap(),
+    )))
+    .unwrap();
+    let client = TlsIdentity::new(Arc::new(MemorySource::new(
+        ca.material("nsc", HOUR).unwrap(),
+    )))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = server.acceptor();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let a = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut t) = a.accept(s).await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = t.write_all(b"x").await;
+                }
+            });
+        }
+    });
+    let connector = client.connector();
+    let mut s = Vec::new();
+    for _ in 0..300 {
+        let t = now();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = connector
+            .connect(rustls_pki_types::ServerName::try_from("nsm").unwrap(), tcp)
+            .await
+            .unwrap();
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).await.unwrap();
+        s.push(t.elapsed());
+    }
+    report("mTLS handshake over loopback (TLS 1.3, P-256)", s);
+
+    // In-process Request+Close nsc → endpoint: plaintext baseline, mTLS + tokens, and + policies.
+    for (label, secure, policies) in [
+        (
+            "Request+Close nsc→endpoint, plaintext, test tokens, Any",
+            false,
+            false,
+        ),
+        (
+            "Request+Close nsc→endpoint, mTLS + ES256 tokens, Any",
+            true,
+            false,
+        ),
+        (
+            "Request+Close nsc→endpoint, mTLS + tokens + default policies",
+            true,
+            true,
+        ),
+    ] {
+        let nse_tls = TlsIdentity::new(Arc::new(MemorySource::new(
+            ca.material("nse", HOUR).unwrap(),
+        )))
+        .unwrap();
+        let nsc_tls = TlsIdentity::new(Arc::new(MemorySource::new(
+            ca.material("nsc", HOUR).unwrap(),
+        )))
+        .unwrap();
+        let (nse_tokens, nsc_tokens): (SharedTokenGenerator, SharedTokenGenerator) = if secure {
+            (
+                Arc::new(JwtTokenGenerator::new(
+                    nse_tls.source(),
+                    Duration::from_secs(600),
+                )),
+                Arc::new(JwtTokenGenerator::new(
+                    nsc_tls.source(),
+                    Duration::from_secs(600),
+                )),
+            )
+        } else {
+            (
+                Arc::new(TestTokenGenerator::default()),
+                Arc::new(TestTokenGenerator::default()),
+            )
+        };
+        let mut opts = EndpointOptions::new("nse", nse_tokens, Clock::system());
+        if policies {
+            opts.authorize = Arc::new(AuthorizeServer::new(default_server_policies()));
+        }
+        let ep = Endpoint::new(opts);
+        let bind = NsmUrl::Tcp {
+            host: "127.0.0.1".into(),
+            port: 0,
+        };
+        let router = tonic::transport::Server::builder().add_routes(ep.routes());
+        let serving = if secure {
+            serve_tls(&bind, router, nse_tls).await.unwrap()
+        } else {
+            nsm_networkservice::grpc::serve(&bind, router)
+                .await
+                .unwrap()
+        };
+        let security = if secure {
+            TransportSecurity::Tls(nsc_tls)
+        } else {
+            TransportSecurity::Insecure
+        };
+        let authorize: nsm_core::chain::Element = if policies {
+            Arc::new(AuthorizeClient::new(default_client_policies()))
+        } else {
+            Arc::new(AuthorizeClient::any())
+        };
+        let chain = new_client_parts_with_security(
+            ClientOptions {
+                url: Some(serving.url().clone()),
+                authorize,
+                dial_timeout: Duration::from_secs(2),
+                ..ClientOptions::new("nsc", nsc_tokens)
+            },
+            security,
+        )
+        .chain;
+        let mut s = Vec::new();
+        for i in 0..1000 {
+            let req = NetworkServiceRequest {
+                connection: Some(Connection {
+                    id: format!("c-{i}"),
+                    network_service: "ns".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let t = now();
+            let conn = chain
+                .run_request(&mut Ctx::new(Clock::system()), req)
+                .await
+                .unwrap();
+            chain
+                .run_close(&mut Ctx::new(Clock::system()), conn)
+                .await
+                .unwrap();
+            s.push(t.elapsed());
+        }
+        report(label, s);
+        serving.stop().await.unwrap();
+    }
+}
