@@ -19,9 +19,7 @@ use nsm_core::{Clock, Ctx};
 use nsm_identity::{
     DevCa, JwtTokenGenerator, MemorySource, SharedSource, TlsIdentity, TransportSecurity, peer_info,
 };
-use nsm_networkservice::authorize::{
-    AuthorizeClient, AuthorizeServer, Policy, PolicyInput, Verdict,
-};
+use nsm_networkservice::authorize::{AuthorizeClient, AuthorizeServer, PolicyInput, Verdict};
 use nsm_networkservice::grpc::serve_tls;
 use nsm_policy::{
     JwtCache, PolicyRuntime, default_client_policies, default_server_policies,

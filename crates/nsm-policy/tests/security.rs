@@ -368,7 +368,6 @@ async fn a_client_that_stops_refreshing_is_closed_when_its_token_expires() {
         .unwrap();
     let expires = conn.path.as_ref().unwrap().path_segments[0]
         .expires
-        .clone()
         .unwrap();
     let left = Clock::system().until_timestamp(&expires);
     assert!(left <= Duration::from_secs(1), "{left:?}");
