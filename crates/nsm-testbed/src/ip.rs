@@ -42,8 +42,12 @@ pub struct LinkInfo {
     pub port: Option<u16>,
     /// MAC address.
     pub mac: String,
-    /// Operationally/administratively up.
+    /// Administratively up.
     pub up: bool,
+    /// Interface index in its namespace.
+    pub ifindex: u32,
+    /// veth: the peer's interface index (in the peer's namespace).
+    pub peer_ifindex: Option<u32>,
 }
 
 /// Links of namespace `ns` other than `lo`.
@@ -69,6 +73,8 @@ pub fn links(ns: &str) -> io::Result<Vec<LinkInfo>> {
             up: l["flags"]
                 .as_array()
                 .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("UP"))),
+            ifindex: l["ifindex"].as_u64().unwrap_or_default() as u32,
+            peer_ifindex: l["link_index"].as_u64().map(|v| v as u32),
         });
     }
     Ok(out)

@@ -30,6 +30,10 @@ enum Command {
     Nsc(cmd::nsc::NscArgs),
     /// Inspect a running mesh: registry, connections hop by hop, `check`.
     Ctl(cmd::ctl::CtlArgs),
+    /// Start a whole local mesh in network namespaces (as root), show it and ping through it.
+    Up(cmd::up::UpArgs),
+    /// Remove what a crashed `nsm up` left behind (and only that).
+    Down(cmd::up::DownArgs),
     /// Benchmarks (figures for BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -56,6 +60,8 @@ fn main() -> ExitCode {
         Some(Command::Nse(args)) => cmd::nse::run(&args),
         Some(Command::Nsc(args)) => cmd::nsc::run(&args),
         Some(Command::Ctl(args)) => cmd::ctl::run(&args),
+        Some(Command::Up(args)) => cmd::up::run(&args),
+        Some(Command::Down(args)) => cmd::up::down(&args),
         Some(Command::Bench(b)) => cmd::bench::run(&b),
         None => {
             use clap::CommandFactory;

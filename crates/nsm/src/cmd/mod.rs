@@ -9,3 +9,4 @@ pub mod nsc;
 pub mod nse;
 pub mod nsmgr;
 pub mod registry;
+pub mod up;
