@@ -19,7 +19,7 @@ use nsm_core::values::PeerInfo;
 use serde::Serialize;
 
 use super::get::{endpoint_rows, is_forwarder};
-use super::mesh::{Mesh, nsmgrs_of};
+use super::mesh::{Mesh, dial_reason, nsmgrs_of};
 use super::output::{fmt_duration, seconds_until};
 
 /// An identity closer to expiry than this fails the check.
@@ -171,8 +171,7 @@ async fn dead_behind_nsmgrs(
         match mesh.health(&url, "").await {
             Ok(_) => None,
             Err(e) => {
-                let prefix = format!("failed to dial {url}: ");
-                let why = e.strip_prefix(&prefix).unwrap_or(&e);
+                let why = dial_reason(&url, &e);
                 Some(format!(
                     "{name} (registered through NSMgr {nsmgr}, not answering at {url}: {why})"
                 ))
@@ -250,7 +249,14 @@ pub async fn run(mesh: &Mesh, forwarder_service: &str) -> Report {
                 peers.push((format!("registry {}", mesh.registry), p));
             }
         }
-        Err(e) => c.fail(g, format!("registry {} is not serving: {e}", mesh.registry)),
+        Err(e) => c.fail(
+            g,
+            format!(
+                "registry {} is not serving: {}",
+                mesh.registry,
+                dial_reason(&mesh.registry, &e)
+            ),
+        ),
     }
     let services = mesh.services().await;
     let endpoints = mesh.endpoints().await;
@@ -308,7 +314,10 @@ pub async fn run(mesh: &Mesh, forwarder_service: &str) -> Report {
                     peers.push((format!("NSMgr {u}"), p.clone()));
                 }
             }
-            Some(Err(e)) => c.fail(g, format!("NSMgr {u} is not answering: {e}")),
+            Some(Err(e)) => c.fail(
+                g,
+                format!("NSMgr {u} is not answering: {}", dial_reason(u, e)),
+            ),
             None => {}
         }
     }
@@ -338,7 +347,9 @@ pub async fn run(mesh: &Mesh, forwarder_service: &str) -> Report {
                 .filter_map(|e| {
                     let u = NsmUrl::parse(&e.url).ok()?;
                     match answers.get(&u) {
-                        Some(Err(why)) => Some(format!("{} ({u}: {why})", e.name)),
+                        Some(Err(why)) => {
+                            Some(format!("{} ({u}: {})", e.name, dial_reason(&u, why)))
+                        }
                         _ => None,
                     }
                 })

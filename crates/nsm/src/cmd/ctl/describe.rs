@@ -268,7 +268,7 @@ async fn hop_view(
                 }
                 why.push(format!("{u}: no such connection"));
             }
-            Err(e) => why.push(format!("{u}: {e}")),
+            Err(e) => why.push(format!("{u}: {}", super::mesh::dial_reason(&u, &e))),
         }
     }
     Err(why.join("; "))

@@ -270,6 +270,12 @@ pub fn short_error(e: &str) -> String {
     parts.join(": ")
 }
 
+/// `e` without a leading `failed to dial <url>: ` (for messages that name `url` already).
+pub fn dial_reason(url: &NsmUrl, e: &str) -> String {
+    let prefix = format!("failed to dial {url}: ");
+    e.strip_prefix(&prefix).unwrap_or(e).to_string()
+}
+
 /// Distinct endpoint URLs, sorted.
 pub fn nsmgrs_of(endpoints: &[NetworkServiceEndpoint]) -> Vec<NsmUrl> {
     endpoints
