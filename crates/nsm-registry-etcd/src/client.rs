@@ -173,23 +173,19 @@ impl EtcdClient {
         })
     }
 
-    /// How many keys start with `prefix` and the highest `mod_revision` among them (0 if none) — one
-    /// cheap linearizable read, to tell whether a local mirror has caught up.
-    pub async fn prefix_version(&self, prefix: &[u8]) -> Result<(i64, i64), NsmError> {
-        use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+    /// How many keys start with `prefix`, and the store revision now — one cheap linearizable
+    /// count-only read, to tell whether a local mirror has caught up.
+    pub async fn prefix_count(&self, prefix: &[u8]) -> Result<(i64, i64), NsmError> {
         let req = RangeRequest {
             key: prefix.to_vec(),
             range_end: prefix_end(prefix),
-            limit: 1,
-            sort_order: SortOrder::Descend as i32,
-            sort_target: SortTarget::Mod as i32,
-            keys_only: true,
+            count_only: true,
             ..Default::default()
         };
         let r = self
             .call("range", KvClient::new(self.channel.clone()).range(req))
             .await?;
-        Ok((r.count, r.kvs.first().map_or(0, |kv| kv.mod_revision)))
+        Ok((r.count, r.header.map_or(0, |h| h.revision)))
     }
 
     /// Puts `value` under `key`, attached to `lease` (0: none); returns the previous key-value.
@@ -276,15 +272,21 @@ impl EtcdClient {
 
     /// Watches every key starting with `prefix` from `start_revision` (inclusive), with previous
     /// values. The stream yields batches of changes (one etcd revision or more each) together with the
-    /// revision they bring the store to, and ends with an error when the watch breaks or is cancelled
-    /// by etcd (compaction).
+    /// revision they bring the store to — progress notifications are empty batches — and ends with an
+    /// error when the watch breaks or is cancelled by etcd (compaction). The handle asks etcd for a
+    /// progress notification.
     pub async fn watch_prefix(
         &self,
         prefix: &[u8],
         start_revision: i64,
-    ) -> Result<impl Stream<Item = Result<(i64, Vec<WatchEvent>), NsmError>> + Send + use<>, NsmError>
-    {
-        let (tx, rx) = mpsc::channel(4);
+    ) -> Result<
+        (
+            impl Stream<Item = Result<(i64, Vec<WatchEvent>), NsmError>> + Send + use<>,
+            WatchHandle,
+        ),
+        NsmError,
+    > {
+        let (tx, rx) = mpsc::channel(16);
         let create = WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
                 key: prefix.to_vec(),
@@ -304,6 +306,7 @@ impl EtcdClient {
             .call("watch", client.watch(ReceiverStream::new(rx)))
             .await?;
         let this = self.clone();
+        let handle = WatchHandle { tx: tx.clone() };
         // `tx` is kept in the stream state: dropping it would end the request half and the watch.
         let stream = futures::stream::unfold(
             (responses, tx, this, false),
@@ -359,7 +362,25 @@ impl EtcdClient {
                 }
             },
         );
-        Ok(stream)
+        Ok((stream, handle))
+    }
+}
+
+/// Sends requests on an open watch stream.
+#[derive(Debug, Clone)]
+pub struct WatchHandle {
+    tx: mpsc::Sender<WatchRequest>,
+}
+
+impl WatchHandle {
+    /// Asks etcd to report the watch's progress (an empty batch at the current revision, sent once
+    /// every earlier event has been delivered). Does nothing if a request is already queued.
+    pub fn request_progress(&self) {
+        let _ = self.tx.try_send(WatchRequest {
+            request_union: Some(RequestUnion::ProgressRequest(
+                crate::pb::etcdserverpb::WatchProgressRequest {},
+            )),
+        });
     }
 }
 

@@ -11,8 +11,8 @@
 //!   services are put without a lease.
 //! - Unregister: deletes the key (unknown names are fine) and continues down the chain.
 //! - Find: answers from the in-memory mirror (below) once it has caught up with etcd: one cheap
-//!   linearizable Range (key count and newest `mod_revision` under the prefix) tells how far etcd is,
-//!   and the Find waits (up to 250 ms) for the mirror to get there — so a registration acknowledged by
+//!   linearizable count-only Range tells etcd's current revision, and the Find waits (up to 250 ms,
+//!   asking the mirror's etcd watch for a progress notification) for the mirror to get there — so a registration acknowledged by
 //!   any replica before the Find is seen. A mirror still behind after that makes the Find read the
 //!   whole prefix from etcd instead. Matching is `nsm_registry::matchutils` (the memory store's rules,
 //!   with the same service-name index). `watch=true` takes the snapshot and subscribes to the local
@@ -46,7 +46,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{EtcdClient, Snapshot, WatchEvent};
+use crate::client::{EtcdClient, Snapshot, WatchEvent, WatchHandle};
 use crate::pb::mvccpb::KeyValue;
 
 const NAME: &str = "etcd";
@@ -277,6 +277,8 @@ pub struct EtcdServer<T: EtcdItem> {
     mirror: Arc<Mutex<MirrorState<T>>>,
     /// Signalled whenever the mirror applies changes.
     changed: Arc<Notify>,
+    /// The mirror's current etcd watch (to ask for progress).
+    watch_handle: Arc<Mutex<Option<WatchHandle>>>,
     watch_buffer: usize,
     stop: CancellationToken,
 }
@@ -316,6 +318,7 @@ impl<T: EtcdItem> EtcdServer<T> {
                 next_watcher: 0,
             })),
             changed: Arc::new(Notify::new()),
+            watch_handle: Arc::default(),
             watch_buffer: DEFAULT_WATCH_BUFFER,
             stop: CancellationToken::new(),
         };
@@ -324,6 +327,7 @@ impl<T: EtcdItem> EtcdServer<T> {
             s.prefix.clone(),
             Arc::downgrade(&s.mirror),
             s.changed.clone(),
+            s.watch_handle.clone(),
             s.stop.clone(),
         ));
         s
@@ -381,22 +385,27 @@ impl<T: EtcdItem> EtcdServer<T> {
         });
     }
 
-    /// Waits until the mirror holds everything etcd held when this was called (same key count and
-    /// nothing newer than the mirror's revision), up to [`CATCH_UP`]. After the newest put under the
-    /// prefix only deletions can follow, and each lowers the count, so matching counts mean the mirror
-    /// applied them all.
+    /// Waits until the mirror holds everything etcd held when this was called, up to [`CATCH_UP`]:
+    /// reads the key count and store revision R (one count-only Range), then — unless the mirror is
+    /// already at R — asks the mirror's etcd watch for a progress notification, which etcd sends once
+    /// every event up to its current revision has been delivered.
     async fn barrier(&self) -> Result<Barrier> {
-        let (count, max_mod) = self.client.prefix_version(&self.prefix).await?;
+        let (count, revision) = self.client.prefix_count(&self.prefix).await?;
         let caught_up = |m: &MirrorState<T>| {
             m.synced
-                && m.revision >= max_mod
+                && m.revision >= revision
                 && i64::try_from(m.items.len()).is_ok_and(|n| n == count)
         };
         let wait = async {
+            let mut asked = false;
             loop {
                 let notified = self.changed.notified();
                 if caught_up(&self.mirror.lock()) {
                     return;
+                }
+                if !asked && let Some(h) = self.watch_handle.lock().as_ref() {
+                    h.request_progress();
+                    asked = true;
                 }
                 notified.await;
             }
@@ -515,6 +524,7 @@ async fn run_mirror<T: EtcdItem>(
     prefix: Vec<u8>,
     mirror: Weak<Mutex<MirrorState<T>>>,
     changed: Arc<Notify>,
+    watch_handle: Arc<Mutex<Option<WatchHandle>>>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -528,7 +538,9 @@ async fn run_mirror<T: EtcdItem>(
             m.lock().resync(snap.revision, fresh);
             drop(m);
             changed.notify_waiters();
-            let mut changes = Box::pin(client.watch_prefix(&prefix, snap.revision + 1).await?);
+            let (changes, handle) = client.watch_prefix(&prefix, snap.revision + 1).await?;
+            *watch_handle.lock() = Some(handle);
+            let mut changes = Box::pin(changes);
             while let Some(batch) = changes.next().await {
                 let (revision, events) = batch?;
                 let Some(m) = mirror.upgrade() else {
@@ -543,6 +555,7 @@ async fn run_mirror<T: EtcdItem>(
             () = stop.cancelled() => return,
             r = round => r.err(),
         };
+        *watch_handle.lock() = None;
         if mirror.strong_count() == 0 {
             return;
         }
