@@ -235,6 +235,11 @@ pub fn connection_table(rows: &[ConnectionRow]) -> Table {
 /// Connections from every NSMgr as rows; errors name the NSMgrs that did not answer.
 pub async fn connections(mesh: &Mesh) -> Result<(Vec<ConnectionRow>, Vec<String>), String> {
     let nsmgrs = mesh.nsmgr_urls(None).await?;
+    if nsmgrs.is_empty() {
+        eprintln!(
+            "nsm ctl: no NSMgr to ask: none given with --nsmgr / NSM_CTL_NSMGRS and no endpoint registered"
+        );
+    }
     let (seen, failed) = mesh.all_connections(&nsmgrs).await;
     let errors = failed
         .into_iter()

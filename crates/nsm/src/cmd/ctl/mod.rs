@@ -37,8 +37,16 @@ use output::{Format, Table, structured};
 
 /// `nsm ctl` options.
 #[derive(Debug, Clone, Args)]
+#[command(after_long_help = "\
+NSMgrs: without --nsmgr, the NSMgrs are the distinct URLs endpoints are registered under: an NSMgr's \
+localbypass registers its forwarders and endpoints with the NSMgr's public URL (its first tcp:// \
+listen URL).
+
+Transport: mTLS when NSM_IDENTITY_DIR or SPIFFE_ENDPOINT_SOCKET is set, plaintext otherwise.
+
+Exit codes: 0 success; 1 a request failed, an NSMgr did not answer or a check failed; 2 bad flags.")]
 pub struct CtlArgs {
-    /// The registry.
+    /// The registry (`nsm registry` listens on tcp://:5002 by default).
     #[arg(
         long,
         env = "NSM_REGISTRY_URL",
@@ -46,7 +54,8 @@ pub struct CtlArgs {
         global = true
     )]
     pub registry: String,
-    /// NSMgrs to ask about connections, comma-separated (default: discovered from the registry).
+    /// NSMgrs to ask about connections, comma-separated tcp:// or unix:// URLs (default: discovered
+    /// from the registry, see below).
     #[arg(long, env = "NSM_CTL_NSMGRS", global = true)]
     pub nsmgr: Option<String>,
     /// Output format.
