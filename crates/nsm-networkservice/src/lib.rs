@@ -17,6 +17,7 @@ pub mod updatetoken;
 
 // Timers driven through begin's event handle.
 pub mod heal;
+pub mod livenesscheck;
 pub mod refresh;
 pub mod retry;
 pub mod timeout;

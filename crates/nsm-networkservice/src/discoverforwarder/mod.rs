@@ -8,7 +8,10 @@
 //! the Request fails with `NotFound` (the next Request selects again). Otherwise the network service is
 //! found (exact name), then all forwarders, and the service's matches choose the candidates (see
 //! [`select_forwarders`]); candidates are tried in registry order with their URL as next hop, and the
-//! first success is stored as the connection's forwarder. No candidate → `NotFound` listing the labels
+//! first success is stored as the connection's forwarder. If the request's path already names a
+//! forwarder after this NSMgr's segment (a refresh or heal reaching a restarted NSMgr that does not
+//! know the connection), that forwarder is tried first when it qualifies, so the data path stays
+//! where it is instead of being built a second time elsewhere (sdk#1230). No candidate → `NotFound` listing the labels
 //! required and the forwarders seen; all failing → every candidate and why.
 //!
 //! **Close**: closes through the stored forwarder (an error if none is stored or it is gone).
@@ -103,8 +106,17 @@ impl DiscoverForwarderServer {
                 selection.describe_none(&ns, &conn.labels),
             ));
         }
+        let mut candidates = selection.candidates;
+        if let Some(on_path) = forwarder_on_path(&conn)
+            && let Some(i) = candidates.iter().position(|f| f.name == on_path)
+        {
+            // A connection this NSMgr does not know but whose path already names a forwarder (the
+            // NSMgr restarted): keep the data path where it is.
+            let fwd = candidates.remove(i);
+            candidates.insert(0, fwd);
+        }
         let mut failures = Vec::new();
-        for fwd in &selection.candidates {
+        for fwd in &candidates {
             let attempt = async {
                 let mut ctx = ctx.clone();
                 ctx.insert(ClientUrl(endpoint_url(NAME, fwd)?));
@@ -127,6 +139,17 @@ impl DiscoverForwarderServer {
             candidates: failures,
         })
     }
+}
+
+/// The name of the path segment after ours (the forwarder an earlier run of this NSMgr selected), if
+/// the request's path has one.
+fn forwarder_on_path(conn: &Connection) -> Option<String> {
+    let path = conn.path.as_ref()?;
+    let next = usize::try_from(path.index).ok()?.checked_add(1)?;
+    path.path_segments
+        .get(next)
+        .map(|s| s.name.clone())
+        .filter(|n| !n.is_empty())
 }
 
 fn metadata(ctx: &Ctx) -> Result<Arc<ConnMetadata>> {

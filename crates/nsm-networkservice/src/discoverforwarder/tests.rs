@@ -259,3 +259,34 @@ async fn unknown_service_close_without_selection_and_missing_metadata_fail() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Internal);
 }
+
+#[tokio::test]
+async fn a_restarted_nsmgr_keeps_the_forwarder_named_in_the_path() {
+    use nsm_api::{Path, PathSegment};
+    let fwds = vec![
+        fwd("fwd-a", &[("p2p", "true")]),
+        fwd("fwd-b", &[("p2p", "true")]),
+    ];
+    let s = setup(ns("icmp"), fwds, Probe::ok());
+    // A refresh of a connection this (fresh) NSMgr never saw: its path says nsc → nsmgr → fwd-b.
+    let mut req = request("c", "icmp", &[]);
+    let seg = |n: &str| PathSegment {
+        name: n.into(),
+        id: format!("{n}-id"),
+        ..Default::default()
+    };
+    req.connection.as_mut().unwrap().path = Some(Path {
+        index: 1,
+        path_segments: vec![seg("nsc"), seg("nsmgr"), seg("fwd-b")],
+    });
+    s.chain.run_request(&mut ctx(), req).await.unwrap();
+    assert_eq!(s.probe.urls(), ["unix:///fwd-b.sock"]);
+    // A name on the path that is not a registered forwarder changes nothing.
+    let mut req = request("d", "icmp", &[]);
+    req.connection.as_mut().unwrap().path = Some(Path {
+        index: 1,
+        path_segments: vec![seg("nsc"), seg("nsmgr"), seg("gone")],
+    });
+    s.chain.run_request(&mut ctx(), req).await.unwrap();
+    assert_eq!(s.probe.urls()[1], "unix:///fwd-a.sock");
+}

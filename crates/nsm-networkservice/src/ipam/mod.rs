@@ -9,6 +9,14 @@
 //! first Request of a connection fails, and report an empty pool as `ResourceExhausted` naming it.
 //! Their state is a lease table keyed by connection id inside the element, so it does not depend on
 //! the `metadata` element.
+//!
+//! **Restarts and heals** (sdk#1358): a connection new to the element (no lease: the endpoint restarted,
+//! or the client healed to it) that *brings* addresses — the ones an earlier run of this endpoint handed
+//! out — gets them back when they lie in one of its prefixes with the element's prefix length and are
+//! free, so clients are not reshuffled when the same endpoint comes back. Addresses it brings that are
+//! not honoured (another endpoint's CIDR, or now taken) are removed from the context with their routes
+//! before new ones are allocated, so a client healed to an endpoint with another CIDR ends up with only
+//! the new addresses.
 
 pub mod point2point;
 pub mod singlepoint;
@@ -47,4 +55,29 @@ fn add_route(routes: &mut Vec<Route>, prefix: &str) {
 
 fn remove_route(routes: &mut Vec<Route>, prefix: &str) {
     routes.retain(|r| r.prefix != prefix);
+}
+
+/// Parses `addr/len` into the address and the length.
+fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    Some((a.trim().parse().ok()?, l.trim().parse().ok()?))
+}
+
+/// Drops every address of `ipc` (and the routes to them) except `keep`: what a connection new to this
+/// IPAM brought from elsewhere.
+fn strip_foreign(ipc: &mut IpContext, keep: &[String]) {
+    let mut gone = Vec::new();
+    for list in [&mut ipc.src_ip_addrs, &mut ipc.dst_ip_addrs] {
+        list.retain(|a| {
+            let k = keep.contains(a);
+            if !k {
+                gone.push(a.clone());
+            }
+            k
+        });
+    }
+    for g in &gone {
+        remove_route(&mut ipc.src_routes, g);
+        remove_route(&mut ipc.dst_routes, g);
+    }
 }

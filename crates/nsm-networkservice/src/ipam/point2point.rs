@@ -18,7 +18,9 @@ use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use parking_lot::Mutex;
 
 use super::pool::{Excluded, Pool};
-use super::{add_addr, add_route, ip_context, remove_addr, remove_route};
+use super::{
+    add_addr, add_route, ip_context, parse_cidr, remove_addr, remove_route, strip_foreign,
+};
 
 const NAME: &str = "point2pointipam";
 
@@ -77,14 +79,44 @@ impl Point2PointIpamServer {
             remove_route(&mut ipc.dst_routes, &src);
             st.free(id);
         }
-        let lease = st.allocate(&excluded)?;
+        let lease = match st.recover(ipc, &excluded) {
+            Some(lease) => lease,
+            None => st.allocate(&excluded)?,
+        };
         st.leases.insert(id.to_string(), lease);
         let pool = &st.pools[lease.pool];
-        Ok((pool.cidr(lease.dst, true), pool.cidr(lease.src, true), true))
+        let (dst, src) = (pool.cidr(lease.dst, true), pool.cidr(lease.src, true));
+        strip_foreign(ipc, &[dst.clone(), src.clone()]);
+        Ok((dst, src, true))
     }
 }
 
 impl State {
+    /// The pair the request brings, if both addresses are host addresses of one pool and free there
+    /// (an earlier run of this endpoint handed them out). Takes them.
+    fn recover(&mut self, ipc: &IpContext, excluded: &Excluded) -> Option<Lease> {
+        let host = |s: &String| {
+            let (ip, len) = parse_cidr(s)?;
+            (u32::from(len) == if ip.is_ipv4() { 32 } else { 128 }).then_some(ip)
+        };
+        for dst_ip in ipc.dst_ip_addrs.iter().filter_map(host) {
+            for src_ip in ipc.src_ip_addrs.iter().filter_map(host) {
+                for (i, pool) in self.pools.iter_mut().enumerate() {
+                    let (Some(dst), Some(src)) = (pool.offset_of(dst_ip), pool.offset_of(src_ip))
+                    else {
+                        continue;
+                    };
+                    if dst != src && pool.is_free(excluded, dst) && pool.is_free(excluded, src) {
+                        pool.take(dst);
+                        pool.take(src);
+                        return Some(Lease { pool: i, dst, src });
+                    }
+                }
+            }
+        }
+        None
+    }
+
     fn allocate(&mut self, excluded: &Excluded) -> Result<Lease> {
         for (i, pool) in self.pools.iter_mut().enumerate() {
             let Some(dst) = pool.first_free(excluded, None) else {
@@ -288,6 +320,84 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("10.0.0.0/31, 10.0.1.0/32"), "{msg}");
         assert_eq!(ipam.leased(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_endpoint_gives_each_client_its_old_pair_back() {
+        let first = ipam(&["10.0.0.0/24"]);
+        let c = chain(vec![first.clone()]);
+        let a = c
+            .run_request(&mut ctx(), request("a", "svc", &[]))
+            .await
+            .unwrap();
+        let b = c
+            .run_request(&mut ctx(), request("b", "svc", &[]))
+            .await
+            .unwrap();
+        // The endpoint restarts (empty lease table); b refreshes first, then a.
+        let second = ipam(&["10.0.0.0/24"]);
+        let c = chain(vec![second.clone()]);
+        let again = |conn: &Connection| NetworkServiceRequest {
+            connection: Some(conn.clone()),
+            ..Default::default()
+        };
+        let b2 = c.run_request(&mut ctx(), again(&b)).await.unwrap();
+        let a2 = c.run_request(&mut ctx(), again(&a)).await.unwrap();
+        assert_eq!(ipc(&b2), ipc(&b), "no reshuffle, nothing duplicated");
+        assert_eq!(ipc(&a2), ipc(&a));
+        assert_eq!(second.leased(), 4);
+        // A brand-new client gets fresh addresses, not theirs.
+        let n = c
+            .run_request(&mut ctx(), request("n", "svc", &[]))
+            .await
+            .unwrap();
+        assert_eq!(ipc(&n).dst_ip_addrs, ["10.0.0.4/32"]);
+    }
+
+    #[tokio::test]
+    async fn addresses_of_another_cidr_or_taken_ones_are_replaced() {
+        let old = ipam(&["10.0.0.0/24"]);
+        let a = chain(vec![old])
+            .run_request(&mut ctx(), request("a", "svc", &[]))
+            .await
+            .unwrap();
+        let other = ipam(&["10.1.0.0/24"]);
+        let healed = chain(vec![other.clone()])
+            .run_request(
+                &mut ctx(),
+                NetworkServiceRequest {
+                    connection: Some(a.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let ip = ipc(&healed);
+        assert_eq!(ip.dst_ip_addrs, ["10.1.0.0/32"]);
+        assert_eq!(ip.src_ip_addrs, ["10.1.0.1/32"]);
+        assert_eq!(routes(&ip.src_routes), ["10.1.0.0/32"]);
+        assert_eq!(routes(&ip.dst_routes), ["10.1.0.1/32"]);
+
+        // Same CIDR, but someone else already holds the pair: a new pair, the old one dropped.
+        let same = ipam(&["10.0.0.0/24"]);
+        let c = chain(vec![same.clone()]);
+        c.run_request(&mut ctx(), request("z", "svc", &[]))
+            .await
+            .unwrap();
+        let moved = c
+            .run_request(
+                &mut ctx(),
+                NetworkServiceRequest {
+                    connection: Some(a),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(ipc(&moved).dst_ip_addrs, ["10.0.0.2/32"]);
+        assert_eq!(ipc(&moved).src_ip_addrs, ["10.0.0.3/32"]);
+        assert_eq!(routes(&ipc(&moved).src_routes), ["10.0.0.2/32"]);
+        assert_eq!(same.leased(), 4);
     }
 
     #[tokio::test]

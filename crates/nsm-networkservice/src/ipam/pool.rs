@@ -84,6 +84,16 @@ impl Pool {
         self.taken.len()
     }
 
+    /// `ip` as a pool address, if the pool's prefix holds it.
+    pub(super) fn offset_of(&self, ip: IpAddr) -> Option<u128> {
+        self.net.contains(&ip).then(|| to_u128(ip))
+    }
+
+    /// True if `addr` is neither taken nor excluded.
+    pub(super) fn is_free(&self, excluded: &Excluded, addr: u128) -> bool {
+        !self.taken.contains(&addr) && !self.is_excluded(excluded, addr)
+    }
+
     pub(super) fn is_excluded(&self, excluded: &Excluded, addr: u128) -> bool {
         excluded.covering_end(self.is_v4(), addr).is_some()
     }

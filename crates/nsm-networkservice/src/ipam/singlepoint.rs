@@ -19,7 +19,7 @@ use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use parking_lot::Mutex;
 
 use super::pool::{Excluded, Pool};
-use super::{add_addr, ip_context, remove_addr};
+use super::{add_addr, ip_context, parse_cidr, remove_addr, strip_foreign};
 
 const NAME: &str = "singlepointipam";
 
@@ -77,18 +77,65 @@ impl SinglePointIpamServer {
             remove_addr(&mut ipc.src_ip_addrs, &src);
             st.free(id);
         }
-        let lease = st.allocate(&excluded)?;
+        let lease = match st.recover(ipc, &excluded) {
+            Some(lease) => lease,
+            None => st.allocate(&excluded)?,
+        };
         st.leases.insert(id.to_string(), lease);
         let pool = &st.pools[lease.pool];
-        Ok((
-            pool.cidr(lease.dst, false),
-            pool.cidr(lease.src, false),
-            true,
-        ))
+        let (dst, src) = (pool.cidr(lease.dst, false), pool.cidr(lease.src, false));
+        strip_foreign(ipc, &[dst.clone(), src.clone()]);
+        Ok((dst, src, true))
     }
 }
 
 impl State {
+    /// The client address the request brings, if it has a pool's own prefix length and is free there
+    /// (an earlier run of this endpoint handed it out); the endpoint address it brings becomes the
+    /// pool's own one if none is chosen yet. Takes them.
+    fn recover(&mut self, ipc: &IpContext, excluded: &Excluded) -> Option<Lease> {
+        for (src_ip, len) in ipc.src_ip_addrs.iter().filter_map(|a| parse_cidr(a)) {
+            for i in 0..self.pools.len() {
+                let pool = &mut self.pools[i];
+                if pool.net().prefix_len() != len {
+                    continue;
+                }
+                let Some(src) = pool.offset_of(src_ip) else {
+                    continue;
+                };
+                if !pool.is_free(excluded, src) {
+                    continue;
+                }
+                let wanted_own = ipc
+                    .dst_ip_addrs
+                    .iter()
+                    .filter_map(|a| parse_cidr(a))
+                    .filter(|(_, l)| *l == len)
+                    .find_map(|(ip, _)| pool.offset_of(ip))
+                    .filter(|d| *d != src && pool.is_free(excluded, *d));
+                let own = match (self.own[i], wanted_own) {
+                    (Some(own), _) if !pool.is_excluded(excluded, own) => own,
+                    (_, Some(own)) => {
+                        pool.take(own);
+                        self.own[i] = Some(own);
+                        own
+                    }
+                    _ => continue,
+                };
+                if own == src {
+                    continue;
+                }
+                pool.take(src);
+                return Some(Lease {
+                    pool: i,
+                    dst: own,
+                    src,
+                });
+            }
+        }
+        None
+    }
+
     fn allocate(&mut self, excluded: &Excluded) -> Result<Lease> {
         for i in 0..self.pools.len() {
             let pool = &mut self.pools[i];
@@ -180,6 +227,37 @@ mod tests {
         let ip = conn.context.clone().unwrap().ip_context.unwrap();
         assert!(ip.src_routes.is_empty() && ip.dst_routes.is_empty());
         (ip.dst_ip_addrs, ip.src_ip_addrs)
+    }
+
+    #[tokio::test]
+    async fn a_restarted_endpoint_gives_clients_their_old_addresses_back() {
+        let c = chain(vec![ipam(&["192.168.0.0/24"])]);
+        let a = c
+            .run_request(&mut ctx(), request("a", "svc", &[]))
+            .await
+            .unwrap();
+        let b = c
+            .run_request(&mut ctx(), request("b", "svc", &[]))
+            .await
+            .unwrap();
+        let fresh = ipam(&["192.168.0.0/24"]);
+        let c = chain(vec![fresh.clone()]);
+        let again = |conn: &Connection| NetworkServiceRequest {
+            connection: Some(conn.clone()),
+            ..Default::default()
+        };
+        let b2 = c.run_request(&mut ctx(), again(&b)).await.unwrap();
+        let a2 = c.run_request(&mut ctx(), again(&a)).await.unwrap();
+        assert_eq!(addrs(&b2), addrs(&b));
+        assert_eq!(addrs(&a2), addrs(&a));
+        assert_eq!(fresh.leased(), 2);
+        // Another CIDR: the old addresses are replaced, not kept next to the new ones.
+        let other = chain(vec![ipam(&["192.168.7.0/24"])]);
+        let moved = other.run_request(&mut ctx(), again(&a)).await.unwrap();
+        assert_eq!(
+            addrs(&moved),
+            (vec!["192.168.7.0/24".into()], vec!["192.168.7.1/24".into()])
+        );
     }
 
     #[tokio::test]
