@@ -6,23 +6,29 @@
 //! sdk's prefix pool does: host bits cleared, overlapping and adjacent ranges merged, IPv4 before IPv6
 //! in address order.
 //!
-//! The file is checked on every Request (one `stat`; re-read only when its modification time or size
-//! changed), so edits apply to the next Request without a watcher task. A missing file means no
+//! The file is checked at most once per [`RECHECK_INTERVAL`] (measured on the context's clock): one
+//! `stat`, and a re-read only when its modification time or size changed; Requests in between use the
+//! last list without touching the file system. So an edit applies within a second, without a watcher
+//! task. A missing file means no
 //! prefixes; an unreadable or malformed file is logged and the last good list is kept.
 //!
 //! **Close**: passes through. **State**: the last good list. No background events.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::{Ctx, NetworkServiceServer, Next, Result};
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 const ELEMENT: &str = "excludedprefixes";
+
+/// How long a look at the file is trusted before the next Request checks it again.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the NSMgr reads excluded prefixes from unless told otherwise.
 pub const DEFAULT_PATH: &str = "/var/lib/networkservicemesh/config/excluded_prefixes.yaml";
@@ -38,6 +44,8 @@ struct Stamp {
 struct Loaded {
     /// `None` until the first look, `Some(None)` while the file is missing.
     stamp: Option<Option<Stamp>>,
+    /// When the file was last looked at (on the context's clock).
+    checked_at: Option<Instant>,
     prefixes: Arc<Vec<String>>,
 }
 
@@ -96,8 +104,21 @@ impl ExcludedPrefixesServer {
         }
     }
 
-    /// The prefixes of the current file version (re-read if it changed).
-    async fn prefixes(&self) -> Arc<Vec<String>> {
+    /// The prefixes of the current file version: the last list if the file was looked at less than
+    /// [`RECHECK_INTERVAL`] ago, otherwise after a `stat` (and a re-read if it changed).
+    async fn prefixes(&self, now: Instant) -> Arc<Vec<String>> {
+        {
+            let mut loaded = self.loaded.lock();
+            let recent = loaded
+                .checked_at
+                .is_some_and(|at| now.saturating_duration_since(at) < RECHECK_INTERVAL);
+            // (Until the first look has finished, every Request looks itself.)
+            if recent && loaded.stamp.is_some() {
+                return loaded.prefixes.clone();
+            }
+            // Concurrent Requests in the same second use the last list rather than stat again.
+            loaded.checked_at = Some(now);
+        }
         let stamp = match tokio::fs::metadata(&self.path).await {
             Ok(m) => Some(Stamp {
                 modified: m.modified().ok(),
@@ -149,7 +170,7 @@ impl NetworkServiceServer for ExcludedPrefixesServer {
         mut request: NetworkServiceRequest,
         next: Next,
     ) -> Result<Connection> {
-        let prefixes = self.prefixes().await;
+        let prefixes = self.prefixes(ctx.clock().instant()).await;
         let ip = request
             .connection
             .get_or_insert_with(Default::default)
@@ -274,7 +295,12 @@ mod tests {
         assert_eq!(excluded(&chain, &given).await, want);
     }
 
-    #[tokio::test]
+    /// Lets the next Request look at the file again.
+    async fn after_recheck_interval() {
+        tokio::time::advance(RECHECK_INTERVAL).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn file_appearing_changing_breaking_and_vanishing() {
         let dir = TempDir::new();
         let chain = Chain::new(
@@ -285,15 +311,18 @@ mod tests {
         );
         assert!(excluded(&chain, &[]).await.is_empty(), "no file yet");
 
+        after_recheck_interval().await;
         std::fs::write(dir.file(), yaml(&["10.80.0.0/12", "172.16.1.0/24"])).unwrap();
         assert_eq!(
             excluded(&chain, &[]).await,
             ["10.80.0.0/12", "172.16.1.0/24"]
         );
 
+        after_recheck_interval().await;
         std::fs::write(dir.file(), "prefixes: [10.96.0.0/12, fd00::/8]\n").unwrap();
         assert_eq!(excluded(&chain, &[]).await, ["10.96.0.0/12", "fd00::/8"]);
 
+        after_recheck_interval().await;
         std::fs::write(
             dir.file(),
             "prefixes: [not-a-prefix, also bad, 1.2.3.4/40]\n",
@@ -305,10 +334,37 @@ mod tests {
             "bad file keeps the last list"
         );
 
+        after_recheck_interval().await;
         std::fs::remove_file(dir.file()).unwrap();
         assert!(
             excluded(&chain, &[]).await.is_empty(),
             "removed file means no prefixes"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_file_is_looked_at_at_most_once_per_interval() {
+        let dir = TempDir::new();
+        let chain = Chain::new(
+            "t",
+            vec![Arc::new(ExcludedPrefixesServer::with_config_path(
+                dir.file(),
+            ))],
+        );
+        std::fs::write(dir.file(), yaml(&["10.80.0.0/12"])).unwrap();
+        assert_eq!(excluded(&chain, &[]).await, ["10.80.0.0/12"]);
+        std::fs::write(dir.file(), yaml(&["10.96.0.0/12", "10.200.0.0/16"])).unwrap();
+        tokio::time::advance(RECHECK_INTERVAL / 2).await;
+        assert_eq!(
+            excluded(&chain, &[]).await,
+            ["10.80.0.0/12"],
+            "within the interval the last list is used"
+        );
+        tokio::time::advance(RECHECK_INTERVAL / 2).await;
+        assert_eq!(
+            excluded(&chain, &[]).await,
+            ["10.96.0.0/12", "10.200.0.0/16"],
+            "the edit applies once the interval has passed"
         );
     }
 

@@ -64,34 +64,41 @@ impl ClientFilter {
     /// and state from the event; a DELETE reads as DOWN.
     pub(crate) fn apply(&mut self, event: &ConnectionEvent) -> Option<Connection> {
         let deleted = event.r#type() == ConnectionEventType::Delete;
-        let index = self.conn.path_or_default().index;
         let mut changed = None;
         for incoming in event.connections.values() {
-            let path = incoming.path_or_default();
-            let ours = path
-                .path_segments
-                .get(index as usize)
-                .is_some_and(|s| s.id == self.conn.id);
-            if !ours || (path.index != index && path.index != index + 1) {
-                continue;
+            if let Some(c) = self.apply_one(deleted, incoming) {
+                changed = Some(c);
             }
-            let mut out = self.conn.clone();
-            let mut p = path.clone();
-            p.index = index;
-            out.path = Some(p);
-            out.context = incoming.context.clone();
-            out.state = if deleted {
-                State::Down as i32
-            } else {
-                incoming.state
-            };
-            if out == self.conn {
-                continue;
-            }
-            self.conn = out.clone();
-            changed = Some(out);
         }
         changed
+    }
+
+    /// [`apply`](Self::apply) for one connection of an event (`deleted`: the event is a DELETE).
+    pub(crate) fn apply_one(&mut self, deleted: bool, incoming: &Connection) -> Option<Connection> {
+        let index = self.conn.path_or_default().index;
+        let path = incoming.path_or_default();
+        let ours = path
+            .path_segments
+            .get(index as usize)
+            .is_some_and(|s| s.id == self.conn.id);
+        if !ours || (path.index != index && path.index != index + 1) {
+            return None;
+        }
+        let mut out = self.conn.clone();
+        let mut p = path.clone();
+        p.index = index;
+        out.path = Some(p);
+        out.context = incoming.context.clone();
+        out.state = if deleted {
+            State::Down as i32
+        } else {
+            incoming.state
+        };
+        if out == self.conn {
+            return None;
+        }
+        self.conn = out.clone();
+        Some(out)
     }
 }
 

@@ -1,8 +1,14 @@
 //! The connections of one hop and the subscribers watching them.
+//!
+//! Subscribers are indexed so that publishing an event costs in proportion to the subscribers that can
+//! match it, not to all of them: a selector naming a segment id (what every per-connection client — a
+//! Go NSC, our `heal` — sends) is filed under that id, and an event is offered to the subscribers filed
+//! under the ids of its connection's path segments plus the "wide" ones (selectors without any id: our
+//! passthrough hops' shared streams, `nsm ctl watch`), which are few.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -15,9 +21,16 @@ use tonic::Status;
 /// Events a subscriber may have queued before it is considered stuck and disconnected.
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
 
+/// A wide subscriber (no segment id in its selector) sees the events of many connections — e.g. a
+/// passthrough hop sharing one stream for all its connections through us — so it may queue this many
+/// times more before it counts as stuck.
+const WIDE_BUFFER_FACTOR: usize = 64;
+
 /// True if `conn` is in the scope of `selector`: the selector's segments match a consecutive run of the
-/// connection's path segments by name (an empty name matches any; ids are ignored). An empty selector
-/// matches every connection.
+/// connection's path segments by name (an empty name matches any) and, where the selector's segment
+/// has an id, by id too (as later API versions of Go's `MatchesMonitorScopeSelector` do; v1.1.1 compared
+/// names only, which made a per-connection subscriber receive every connection through the same hops).
+/// An empty selector matches every connection.
 pub fn matches_selector(conn: &Connection, selector: &MonitorScopeSelector) -> bool {
     let wanted = &selector.path_segments;
     if wanted.is_empty() {
@@ -25,9 +38,9 @@ pub fn matches_selector(conn: &Connection, selector: &MonitorScopeSelector) -> b
     }
     let have = &conn.path_or_default().path_segments;
     have.windows(wanted.len()).any(|run| {
-        run.iter()
-            .zip(wanted)
-            .all(|(h, w)| w.name.is_empty() || h.name == w.name)
+        run.iter().zip(wanted).all(|(h, w)| {
+            (w.name.is_empty() || h.name == w.name) && (w.id.is_empty() || h.id == w.id)
+        })
     })
 }
 
@@ -42,8 +55,18 @@ fn select(
         .collect()
 }
 
+/// The segment id a selector requires, if any: the subscriber is filed under it.
+fn index_id(selector: &MonitorScopeSelector) -> Option<String> {
+    selector
+        .path_segments
+        .iter()
+        .find(|s| !s.id.is_empty())
+        .map(|s| s.id.clone())
+}
+
 struct Subscriber {
     selector: MonitorScopeSelector,
+    index: Option<String>,
     tx: mpsc::Sender<ConnectionEvent>,
     lagged: Arc<AtomicBool>,
 }
@@ -52,19 +75,71 @@ struct Subscriber {
 struct HubState {
     connections: BTreeMap<String, Connection>,
     subscribers: HashMap<u64, Subscriber>,
+    /// Subscribers by the segment id their selector requires.
+    by_segment_id: HashMap<String, Vec<u64>>,
+    /// Subscribers whose selector requires no id.
+    wide: Vec<u64>,
     next_id: u64,
+}
+
+impl HubState {
+    fn remove(&mut self, id: u64) {
+        let Some(sub) = self.subscribers.remove(&id) else {
+            return;
+        };
+        match sub.index {
+            Some(seg) => {
+                if let Some(ids) = self.by_segment_id.get_mut(&seg) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        self.by_segment_id.remove(&seg);
+                    }
+                }
+            }
+            None => self.wide.retain(|i| *i != id),
+        }
+    }
+
+    /// The subscribers that may match one of `conns`, each once.
+    fn candidates<'a>(&self, conns: impl Iterator<Item = &'a Connection>) -> Vec<u64> {
+        let mut out = self.wide.clone();
+        for c in conns {
+            for seg in &c.path_or_default().path_segments {
+                if let Some(ids) = self.by_segment_id.get(&seg.id) {
+                    out.extend_from_slice(ids);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// Removes its subscriber from the hub when the subscriber's stream is dropped.
+struct Unsubscribe {
+    state: Weak<Mutex<HubState>>,
+    id: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.upgrade() {
+            state.lock().remove(self.id);
+        }
+    }
 }
 
 /// Shared by the element and the gRPC service.
 pub(super) struct Hub {
-    state: Mutex<HubState>,
+    state: Arc<Mutex<HubState>>,
     buffer: usize,
 }
 
 impl Hub {
     pub(super) fn new(buffer: usize) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Arc::default(),
             buffer: buffer.max(1),
         }
     }
@@ -90,38 +165,55 @@ impl Hub {
             // Only a new subscriber gets an initial state transfer.
             ConnectionEventType::InitialStateTransfer => return,
         }
-        st.subscribers.retain(|_, sub| {
+        let mut gone = Vec::new();
+        for id in st.candidates(event.connections.values()) {
+            let Some(sub) = st.subscribers.get(&id) else {
+                continue;
+            };
             let connections = select(&event.connections, &sub.selector);
             if connections.is_empty() {
-                return !sub.tx.is_closed();
+                if sub.tx.is_closed() {
+                    gone.push(id);
+                }
+                continue;
             }
             let out = ConnectionEvent {
                 r#type: event.r#type,
                 connections,
             };
             match sub.tx.try_send(out) {
-                Ok(()) => true,
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     sub.lagged.store(true, Ordering::Release);
-                    false
+                    gone.push(id);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
             }
-        });
+        }
+        for id in gone {
+            st.remove(id);
+        }
     }
 
     pub(super) fn publish(&self, event: ConnectionEvent) {
         self.publish_if(|| true, event);
     }
 
-    /// A new subscriber's stream: the initial state transfer, then its events.
+    /// A new subscriber's stream: the initial state transfer, then its events. Dropping the stream
+    /// unsubscribes.
     pub(super) fn subscribe(
         &self,
         selector: MonitorScopeSelector,
     ) -> BoxStream<'static, Result<ConnectionEvent, Status>> {
-        let (tx, rx) = mpsc::channel(self.buffer);
+        let index = index_id(&selector);
+        let buffer = if index.is_some() {
+            self.buffer
+        } else {
+            self.buffer.saturating_mul(WIDE_BUFFER_FACTOR)
+        };
+        let (tx, rx) = mpsc::channel(buffer);
         let lagged = Arc::new(AtomicBool::new(false));
-        {
+        let unsubscribe = {
             let mut st = self.state.lock();
             let initial = ConnectionEvent {
                 r#type: ConnectionEventType::InitialStateTransfer as i32,
@@ -131,30 +223,41 @@ impl Hub {
             let _ = tx.try_send(initial);
             let id = st.next_id;
             st.next_id += 1;
+            match &index {
+                Some(seg) => st.by_segment_id.entry(seg.clone()).or_default().push(id),
+                None => st.wide.push(id),
+            }
             st.subscribers.insert(
                 id,
                 Subscriber {
                     selector,
+                    index,
                     tx,
                     lagged: lagged.clone(),
                 },
             );
-        }
-        let buffer = self.buffer;
-        futures::stream::unfold((rx, Some(lagged)), move |(mut rx, lagged)| async move {
-            match rx.recv().await {
-                Some(ev) => Some((Ok(ev), (rx, lagged))),
-                None => {
-                    let lagged = lagged?;
-                    lagged.load(Ordering::Acquire).then(|| {
-                        let err = Status::resource_exhausted(format!(
-                            "monitor: subscriber fell more than {buffer} events behind; subscribe again"
-                        ));
-                        (Err(err), (rx, None))
-                    })
-                }
+            Unsubscribe {
+                state: Arc::downgrade(&self.state),
+                id,
             }
-        })
+        };
+        futures::stream::unfold(
+            (rx, Some(lagged), unsubscribe),
+            move |(mut rx, lagged, unsubscribe)| async move {
+                match rx.recv().await {
+                    Some(ev) => Some((Ok(ev), (rx, lagged, unsubscribe))),
+                    None => {
+                        let lagged = lagged?;
+                        lagged.load(Ordering::Acquire).then(|| {
+                            let err = Status::resource_exhausted(format!(
+                                "monitor: subscriber fell more than {buffer} events behind; subscribe again"
+                            ));
+                            (Err(err), (rx, None, unsubscribe))
+                        })
+                    }
+                }
+            },
+        )
         .boxed()
     }
 
@@ -166,7 +269,15 @@ impl Hub {
     /// Number of live subscribers.
     pub(super) fn subscriber_count(&self) -> usize {
         let mut st = self.state.lock();
-        st.subscribers.retain(|_, s| !s.tx.is_closed());
+        let closed: Vec<u64> = st
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.tx.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closed {
+            st.remove(id);
+        }
         st.subscribers.len()
     }
 }
@@ -192,10 +303,7 @@ mod tests {
 
     fn sel(names: &[&str]) -> MonitorScopeSelector {
         MonitorScopeSelector {
-            path_segments: names
-                .iter()
-                .map(|n| PathSegment::new(*n, "ignored"))
-                .collect(),
+            path_segments: names.iter().map(|n| PathSegment::new(*n, "")).collect(),
         }
     }
 
@@ -226,6 +334,89 @@ mod tests {
             !matches_selector(&Connection::default(), &sel(&[""])),
             "no path, no match"
         );
+    }
+
+    fn sel_ids(segs: &[(&str, &str)]) -> MonitorScopeSelector {
+        MonitorScopeSelector {
+            path_segments: segs.iter().map(|(n, i)| PathSegment::new(*n, *i)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_selector_segment_with_an_id_matches_that_id_only() {
+        let c = conn("c", &["nsc", "nsmgr", "fwd", "nse"]);
+        assert!(matches_selector(&c, &sel_ids(&[("nsmgr", "nsmgr-id")])));
+        assert!(
+            matches_selector(&c, &sel_ids(&[("", "fwd-id")])),
+            "id alone"
+        );
+        assert!(matches_selector(
+            &c,
+            &sel_ids(&[("nsmgr", "nsmgr-id"), ("fwd", "")])
+        ));
+        assert!(
+            !matches_selector(&c, &sel_ids(&[("nsmgr", "another-connection")])),
+            "same name, other id"
+        );
+        assert!(
+            !matches_selector(&c, &sel_ids(&[("nsmgr", "fwd-id")])),
+            "name and id must be of the same segment"
+        );
+    }
+
+    fn conn_with_ids(id: &str, segs: &[(&str, &str)]) -> Connection {
+        Connection {
+            id: id.into(),
+            path: Some(Path {
+                index: 0,
+                path_segments: segs.iter().map(|(n, i)| PathSegment::new(*n, *i)).collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn update(c: Connection) -> ConnectionEvent {
+        ConnectionEvent {
+            r#type: ConnectionEventType::Update as i32,
+            connections: [(c.id.clone(), c)].into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn per_connection_subscribers_get_their_connection_only_and_wide_ones_get_all() {
+        let hub = Hub::new(8);
+        let mut one = hub.subscribe(sel_ids(&[("nsc", "c1")]));
+        let mut two = hub.subscribe(sel_ids(&[("nsc", "c2")]));
+        let mut wide = hub.subscribe(sel(&["nsc"]));
+        for s in [&mut one, &mut two, &mut wide] {
+            let initial = s.next().await.unwrap().unwrap();
+            assert_eq!(initial.r#type(), ConnectionEventType::InitialStateTransfer);
+        }
+        hub.publish(update(conn_with_ids(
+            "m1",
+            &[("nsc", "c1"), ("nsmgr", "m1")],
+        )));
+        hub.publish(update(conn_with_ids(
+            "m2",
+            &[("nsc", "c2"), ("nsmgr", "m2")],
+        )));
+        let got = one.next().await.unwrap().unwrap();
+        assert_eq!(got.connections.keys().collect::<Vec<_>>(), ["m1"]);
+        let got = two.next().await.unwrap().unwrap();
+        assert_eq!(got.connections.keys().collect::<Vec<_>>(), ["m2"]);
+        for want in ["m1", "m2"] {
+            let got = wide.next().await.unwrap().unwrap();
+            assert_eq!(got.connections.keys().collect::<Vec<_>>(), [want]);
+        }
+        let nothing = tokio::time::timeout(std::time::Duration::from_millis(50), one.next()).await;
+        assert!(nothing.is_err(), "c1's subscriber saw nothing of c2");
+
+        // A dropped stream leaves the hub (and its index) at once.
+        drop(one);
+        assert_eq!(hub.subscriber_count(), 2);
+        let st = hub.state.lock();
+        assert!(!st.by_segment_id.contains_key("c1"));
+        assert_eq!(st.wide.len(), 1);
     }
 
     #[tokio::test]
@@ -267,7 +458,8 @@ mod tests {
     #[tokio::test]
     async fn a_stuck_subscriber_is_cut_off_with_an_error() {
         let hub = Hub::new(2);
-        let mut slow = hub.subscribe(sel(&[]));
+        // A per-connection subscriber (its selector names a segment id; wide ones may queue more).
+        let mut slow = hub.subscribe(sel_ids(&[("n", "n-id")]));
         for i in 0..5 {
             let id = format!("c{i}");
             hub.publish(ConnectionEvent {

@@ -1,31 +1,61 @@
-//! The `monitor` element and its passthrough loop.
+//! The `monitor` element and its passthrough.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use nsm_api::{Connection, ConnectionEvent, ConnectionEventType, NetworkServiceRequest, State};
+use nsm_api::{Connection, ConnectionEvent, ConnectionEventType, NetworkServiceRequest};
 use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
-use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::{Status, Streaming};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
 
-use super::client_filter::{ClientFilter, subscribe_next_hop};
 use super::grpc::MonitorConnectionGrpc;
 use super::hub::{DEFAULT_SUBSCRIBER_BUFFER, Hub};
+use super::upstream::{Upstreams, WatchGuard, Watcher};
 use crate::dial::ClientConn;
 
 const ELEMENT: &str = "monitor";
 
-/// Stops the connection's passthrough loop when removed from metadata (or when the metadata goes).
+/// The connection's registration on the next hop's shared stream; removing it from metadata (or
+/// dropping the metadata) stops the passthrough of this connection at once.
 #[derive(Clone)]
-struct PassthroughLoop(#[allow(dead_code)] Arc<DropGuard>);
+struct PassthroughLoop(#[allow(dead_code)] Arc<Passthrough>);
+
+struct Passthrough {
+    stop: CancellationToken,
+    _guard: WatchGuard,
+}
+
+impl Drop for Passthrough {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Re-publishes the next hop's view of one connection into our hub.
+struct Republish {
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+}
+
+impl Watcher for Republish {
+    fn changed(&self, conn: Connection) {
+        self.hub.publish_if(
+            || !self.stop.is_cancelled(),
+            event(ConnectionEventType::Update, conn),
+        );
+    }
+
+    fn broken(&self, down: Connection) {
+        self.changed(down);
+    }
+}
 
 /// The `monitor` server element.
 pub struct MonitorServer {
     hub: Arc<Hub>,
-    loops: Arc<AtomicUsize>,
+    upstreams: Upstreams,
 }
 
 impl std::fmt::Debug for MonitorServer {
@@ -59,7 +89,7 @@ impl MonitorServer {
     pub fn with_subscriber_buffer(events: usize) -> Self {
         Self {
             hub: Arc::new(Hub::new(events)),
-            loops: Arc::default(),
+            upstreams: Upstreams::default(),
         }
     }
 
@@ -75,14 +105,27 @@ impl MonitorServer {
         self.hub.connections()
     }
 
-    /// Number of running passthrough loops (one per connection monitored at the next hop).
+    /// Number of connections whose next hop is being monitored (passthrough).
     pub fn passthrough_loops(&self) -> usize {
-        self.loops.load(Ordering::Acquire)
+        self.upstreams.watching()
+    }
+
+    /// Number of MonitorConnections streams open to next hops: one per next-hop URL, shared by every
+    /// connection through this hop to it (kept a while after its last connection closes).
+    pub fn upstream_streams(&self) -> usize {
+        self.upstreams.streams()
     }
 
     /// Number of live MonitorConnections subscribers.
     pub fn subscribers(&self) -> usize {
         self.hub.subscriber_count()
+    }
+
+    /// Closes shared next-hop streams after `idle` without connections (tests).
+    #[cfg(test)]
+    pub(crate) fn with_upstream_idle_timeout(mut self, idle: std::time::Duration) -> Self {
+        self.upstreams = Upstreams::with_idle_timeout(idle);
+        self
     }
 
     /// Publishes an event as if the chain had produced it (tests of subscribers).
@@ -97,53 +140,32 @@ impl MonitorServer {
         }
     }
 
-    fn start_loop(&self, ctx: &Ctx, stream: Streaming<ConnectionEvent>, conn: Connection) {
-        let Some(md) = ctx.metadata() else { return };
+    async fn start_loop(
+        &self,
+        ctx: &Ctx,
+        cc: &ClientConn,
+        conn: &Connection,
+    ) -> std::result::Result<(), Status> {
+        let Some(md) = ctx.metadata() else {
+            return Ok(());
+        };
         let stop = CancellationToken::new();
+        let watcher = Arc::new(Republish {
+            hub: self.hub.clone(),
+            stop: stop.clone(),
+        });
+        let guard = self
+            .upstreams
+            .watch(cc, conn, ctx.remaining(), *ctx.clock(), watcher)
+            .await?;
         md.insert(
             Side::Server,
-            PassthroughLoop(Arc::new(stop.clone().drop_guard())),
+            PassthroughLoop(Arc::new(Passthrough {
+                stop,
+                _guard: guard,
+            })),
         );
-        let hub = self.hub.clone();
-        let loops = self.loops.clone();
-        loops.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            passthrough(&hub, stream, ClientFilter::new(conn), &stop).await;
-            loops.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-}
-
-/// Re-publishes the next hop's view of one connection until stopped; a broken stream means DOWN.
-async fn passthrough(
-    hub: &Hub,
-    mut stream: Streaming<ConnectionEvent>,
-    mut filter: ClientFilter,
-    stop: &CancellationToken,
-) {
-    loop {
-        let msg = tokio::select! {
-            () = stop.cancelled() => return,
-            m = stream.message() => m,
-        };
-        let changed = match msg {
-            Ok(Some(ev)) => filter.apply(&ev),
-            Ok(None) | Err(_) => {
-                let mut down = filter.current().clone();
-                down.state = State::Down as i32;
-                hub.publish_if(
-                    || !stop.is_cancelled(),
-                    event(ConnectionEventType::Update, down),
-                );
-                return;
-            }
-        };
-        if let Some(conn) = changed {
-            hub.publish_if(
-                || !stop.is_cancelled(),
-                event(ConnectionEventType::Update, conn),
-            );
-        }
+        Ok(())
     }
 }
 
@@ -166,11 +188,8 @@ impl NetworkServiceServer for MonitorServer {
         else {
             return Ok(conn);
         };
-        match subscribe_next_hop(&cc, &conn, ctx.remaining()).await {
-            Ok(stream) => {
-                self.start_loop(ctx, stream, conn.clone());
-                Ok(conn)
-            }
+        match self.start_loop(ctx, &cc, &conn).await {
+            Ok(()) => Ok(conn),
             Err(status) => {
                 let mut close_ctx = entry.postpone();
                 if let Err(e) = next.close(&mut close_ctx, conn.clone()).await {

@@ -119,12 +119,17 @@ async fn subscribers_get_initial_state_then_updates_and_deletes_in_their_scope()
 /// nsc → nsmgr (monitor + connect) → nse (monitor); returns the nsmgr's monitor and servers.
 struct TwoHops {
     nsmgr_monitor: Arc<MonitorServer>,
+    nse_monitor: Arc<MonitorServer>,
     nsmgr: Serving,
     nse: Serving,
     nse_tail: Arc<Tail>,
 }
 
 async fn two_hops(nse_url: &NsmUrl) -> TwoHops {
+    two_hops_with(nse_url, MonitorServer::new()).await
+}
+
+async fn two_hops_with(nse_url: &NsmUrl, nsmgr_monitor: MonitorServer) -> TwoHops {
     let nse_monitor = Arc::new(MonitorServer::new());
     let nse_tail = Arc::new(Tail::default());
     let nse = serve_chain(
@@ -133,7 +138,7 @@ async fn two_hops(nse_url: &NsmUrl) -> TwoHops {
         Some(&nse_monitor),
     )
     .await;
-    let nsmgr_monitor = Arc::new(MonitorServer::new());
+    let nsmgr_monitor = Arc::new(nsmgr_monitor);
     let towards_nse = dialing_chain(
         "nsmgr-client",
         nse.url().clone(),
@@ -148,6 +153,7 @@ async fn two_hops(nse_url: &NsmUrl) -> TwoHops {
     let nsmgr = serve_chain(&any_local_port(), nsmgr_chain, Some(&nsmgr_monitor)).await;
     TwoHops {
         nsmgr_monitor,
+        nse_monitor,
         nsmgr,
         nse,
         nse_tail,
@@ -257,4 +263,117 @@ async fn a_next_hop_without_monitor_fails_the_request_and_closes_it() {
     assert!(err.to_string().contains("unable to monitor"), "{err}");
     assert_eq!(nse_tail.closes(), 1, "the just-made connection is closed");
     assert!(monitor.connections().is_empty());
+}
+
+fn nsc_towards(url: &NsmUrl) -> Chain {
+    dialing_chain(
+        "nsc",
+        url.clone(),
+        Arc::new(DialClient::new(Duration::from_secs(2))),
+        vec![
+            Arc::new(FakeUpdatePath("nsc")),
+            Arc::new(FakeMetadata::default()),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn connections_through_a_hop_share_one_stream_to_the_next_hop() {
+    let hops = two_hops_with(
+        &any_local_port(),
+        MonitorServer::new().with_upstream_idle_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    let client = nsc_towards(hops.nsmgr.url());
+    let mut conns = Vec::new();
+    for i in 0..5 {
+        let conn = client
+            .run_request(&mut Ctx::new(Clock::system()), request(&format!("c{i}")))
+            .await
+            .unwrap();
+        conns.push(conn);
+    }
+    assert_eq!(hops.nsmgr_monitor.passthrough_loops(), 5);
+    assert_eq!(
+        hops.nsmgr_monitor.upstream_streams(),
+        1,
+        "one stream, 5 connections"
+    );
+    assert_eq!(
+        hops.nse_monitor.subscribers(),
+        1,
+        "the next hop sees one subscriber"
+    );
+
+    // A change of one connection at the next hop reaches that connection only.
+    let mut watch = subscribe(hops.nsmgr.url(), &["nsc"]).await;
+    let initial = next_event(&mut watch).await;
+    assert_eq!(initial.connections.len(), 5);
+    let mut at_nse = hops.nse_monitor.connections()["nse-nsmgr-c3"].clone();
+    at_nse.state = State::Down as i32;
+    hops.nse_monitor.publish(ConnectionEvent {
+        r#type: ConnectionEventType::Update as i32,
+        connections: [(at_nse.id.clone(), at_nse)].into(),
+    });
+    let down = next_event(&mut watch).await;
+    assert_eq!(down.connections.keys().collect::<Vec<_>>(), ["nsmgr-c3"]);
+    assert_eq!(down.connections["nsmgr-c3"].state(), State::Down);
+    let nothing = tokio::time::timeout(Duration::from_millis(200), watch.message()).await;
+    assert!(nothing.is_err(), "no other connection changed");
+
+    // Closing connections unregisters them; the stream outlives them for the idle timeout.
+    for conn in conns {
+        client
+            .run_close(&mut Ctx::new(Clock::system()), conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(hops.nsmgr_monitor.passthrough_loops(), 0);
+    assert_eq!(hops.nsmgr_monitor.upstream_streams(), 1, "kept while idle");
+    let again = client
+        .run_request(&mut Ctx::new(Clock::system()), request("c9"))
+        .await
+        .unwrap();
+    assert_eq!(
+        hops.nse_monitor.subscribers(),
+        1,
+        "the idle stream was reused"
+    );
+    client
+        .run_close(&mut Ctx::new(Clock::system()), again)
+        .await
+        .unwrap();
+    eventually("the idle stream to close", || {
+        hops.nsmgr_monitor.upstream_streams() == 0 && hops.nse_monitor.subscribers() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_broken_shared_stream_brings_every_connection_down() {
+    let hops = two_hops(&any_local_port()).await;
+    let client = nsc_towards(hops.nsmgr.url());
+    for i in 0..3 {
+        client
+            .run_request(&mut Ctx::new(Clock::system()), request(&format!("c{i}")))
+            .await
+            .unwrap();
+    }
+    let mut watch = subscribe(hops.nsmgr.url(), &["nsc"]).await;
+    next_event(&mut watch).await;
+    hops.nse.stop().await.unwrap();
+    let mut down = std::collections::BTreeSet::new();
+    while down.len() < 3 {
+        let ev = next_event(&mut watch).await;
+        for (id, c) in ev.connections {
+            assert_eq!(c.state(), State::Down);
+            down.insert(id);
+        }
+    }
+    assert_eq!(hops.nsmgr_monitor.passthrough_loops(), 0);
+    assert_eq!(
+        hops.nsmgr_monitor.upstream_streams(),
+        0,
+        "the broken stream is gone"
+    );
 }
