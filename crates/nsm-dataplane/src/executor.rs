@@ -8,9 +8,17 @@
 //! - **Remove** deletes the recorded objects. Deleting a node-side veth end deletes its pod end (and the
 //!   addresses, routes, neighbours and tc filters on either end). The VXLAN device is shared per
 //!   (VNI, port): it is deleted when the last connection's receive filter is gone.
-//! - [`Executor::adopt_or_cleanup`] deletes every link whose alias says this owner created it: what an
-//!   earlier run left behind after a crash. (Adopting them would need the control-plane state too, which
-//!   died with the process; the client's refresh re-creates the connection.)
+//! - **Restarts**: [`Executor::adopt`] reads back what an earlier run of this owner left in the kernel
+//!   (links by their alias `nsm:<owner>:<connection id>:<role>`, the receive filters on shared VXLAN
+//!   devices by their redirect target) and keeps it as *unclaimed* per connection id, touching nothing.
+//!   The first [`Executor::apply`] for such a connection (the refresh or heal that reaches the restarted
+//!   forwarder) **takes it over** without touching the kernel if it is exactly what the plan asks for
+//!   (node and pod ends with the plan's names, aliases, MAC and addresses; the tunnel filter on the plan's
+//!   device), so live traffic is not interrupted; if the plan differs, the old objects are removed first
+//!   and the plan is built anew (never half-applied). A Close removes an unclaimed connection.
+//!   [`Executor::sweep_unclaimed`] — run by the forwarder after a grace period — removes whatever no
+//!   request claimed, and shared tunnel devices nobody uses any more.
+//! - [`Executor::adopt_or_cleanup`] is the blunt alternative: delete every link of this owner at once.
 //!
 //! All calls are serialised by one lock: connections sharing a VXLAN device must not race.
 
@@ -35,6 +43,40 @@ pub struct Executor {
     node: Netns,
     handle: Handle,
     state: Mutex<HashMap<String, Applied>>,
+    /// What an earlier run left, per connection id, not yet claimed by a request. Locked after `state`.
+    adopted: Mutex<HashMap<String, Unclaimed>>,
+}
+
+/// Kernel objects of one connection made by an earlier run.
+#[derive(Debug, Clone, Default)]
+struct Unclaimed {
+    /// Node-side veth ends: (index, name).
+    veths: Vec<(u32, String)>,
+    /// Receive filters on shared VXLAN devices redirecting to one of those veths: (device, priority).
+    filters: Vec<(u32, u16)>,
+}
+
+impl Unclaimed {
+    /// What undoing it removes (filters first, as `undo` walks the list backwards).
+    fn created(&self) -> Vec<Created> {
+        let mut out: Vec<Created> = self
+            .veths
+            .iter()
+            .map(|(index, name)| Created::Veth {
+                index: *index,
+                name: name.clone(),
+            })
+            .collect();
+        out.extend(
+            self.filters
+                .iter()
+                .map(|(device, prio)| Created::TunnelFilter {
+                    device: *device,
+                    prio: *prio,
+                }),
+        );
+        out
+    }
 }
 
 /// What was applied for one connection.
@@ -73,6 +115,7 @@ impl Executor {
             node,
             handle,
             state: Mutex::default(),
+            adopted: Mutex::default(),
         })
     }
 
@@ -93,6 +136,35 @@ impl Executor {
     /// Applies `plan` (see the module doc).
     pub async fn apply(&self, plan: &Plan) -> Result<(), ApplyError> {
         let mut state = self.state.lock().await;
+        if !state.contains_key(&plan.connection_id) {
+            let unclaimed = self.adopted.lock().await.remove(&plan.connection_id);
+            if let Some(u) = unclaimed {
+                if let Some(created) = self.take_over(plan, &u).await {
+                    tracing::info!(connection = %plan.connection_id, "executor: adopted the interfaces of an earlier run");
+                    state.insert(
+                        plan.connection_id.clone(),
+                        Applied {
+                            plan: plan.clone(),
+                            created,
+                        },
+                    );
+                    return Ok(());
+                }
+                tracing::info!(connection = %plan.connection_id, "executor: an earlier run's interfaces differ from the request; replacing them");
+                self.undo_unclaimed(&u).await?;
+            }
+        }
+        for stale in self.same_interface_elsewhere(plan).await {
+            // The pod's interface belongs to another connection of ours: the client came back (a
+            // restarted NSC, a lost Close) and asks for the same interface again. It cannot hold two
+            // interfaces with one name, so the old connection gives way, completely.
+            tracing::info!(connection = %plan.connection_id, old = %stale, "executor: replacing an older connection's interface in the same pod");
+            if let Some(old) = state.remove(&stale) {
+                self.undo(&old.created, old.plan.tunnel.as_ref()).await?;
+            } else if let Some(u) = self.adopted.lock().await.remove(&stale) {
+                self.undo_unclaimed(&u).await?;
+            }
+        }
         if let Some(old) = state.get(&plan.connection_id) {
             if old.plan == *plan && self.still_there(old).await {
                 return Ok(());
@@ -125,9 +197,15 @@ impl Executor {
 
     /// Removes what was applied for `connection_id`; `Ok(false)` if nothing was.
     pub async fn remove(&self, connection_id: &str) -> Result<bool, ApplyError> {
-        let Some(old) = self.state.lock().await.remove(connection_id) else {
-            return Ok(false);
+        let mut state = self.state.lock().await;
+        let Some(old) = state.remove(connection_id) else {
+            let unclaimed = self.adopted.lock().await.remove(connection_id);
+            return match unclaimed {
+                Some(u) => self.undo_unclaimed(&u).await.map(|()| true),
+                None => Ok(false),
+            };
         };
+        drop(state);
         self.undo(&old.created, old.plan.tunnel.as_ref()).await?;
         Ok(true)
     }
@@ -135,6 +213,205 @@ impl Executor {
     /// Forgets every applied connection without touching the kernel (what a crash does; for tests).
     pub async fn forget_all(&self) {
         self.state.lock().await.clear();
+    }
+
+    /// Reads back what an earlier run of this owner left (see the module doc) and keeps it unclaimed;
+    /// changes nothing in the kernel. Returns the connection ids found.
+    pub async fn adopt(&self) -> Result<Vec<String>, ApplyError> {
+        let state = self.state.lock().await;
+        let links = ops::links(&self.handle)
+            .await
+            .map_err(|e| self.nl("dump links", "*", e))?;
+        let mut redirects = Vec::new();
+        let mut ours = Vec::new();
+        for m in &links {
+            let Some(alias) = ops::alias(m).and_then(LinkAlias::parse) else {
+                continue;
+            };
+            if alias.owner != self.owner {
+                continue;
+            }
+            if alias.role == Role::Tunnel {
+                let name = ops::name(m);
+                for (prio, target) in ops::ingress_redirects(&self.handle, m.header.index)
+                    .await
+                    .map_err(|e| self.nl("dump filters", name, e))?
+                {
+                    redirects.push((m.header.index, prio, target));
+                }
+            } else {
+                ours.push((alias.id, m.header.index, ops::name(m).to_string()));
+            }
+        }
+        let mut adopted = self.adopted.lock().await;
+        for (id, index, name) in ours {
+            if state.contains_key(&id) {
+                continue;
+            }
+            let u = adopted.entry(id).or_default();
+            if !u.veths.iter().any(|(i, _)| *i == index) {
+                u.veths.push((index, name));
+            }
+            for (device, prio, _) in redirects.iter().filter(|r| r.2 == index) {
+                if !u.filters.contains(&(*device, *prio)) {
+                    u.filters.push((*device, *prio));
+                }
+            }
+        }
+        let mut ids: Vec<String> = adopted.keys().cloned().collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Connection ids adopted by [`Executor::adopt`] that no request has claimed yet.
+    pub async fn unclaimed(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.adopted.lock().await.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Removes every adopted connection no request claimed, then this owner's tunnel devices that no
+    /// connection uses. Returns the removed link names.
+    pub async fn sweep_unclaimed(&self) -> Result<Vec<String>, ApplyError> {
+        let _state = self.state.lock().await;
+        let unclaimed: Vec<Unclaimed> = self.adopted.lock().await.drain().map(|(_, u)| u).collect();
+        let mut removed = Vec::new();
+        let mut first_error = None;
+        for u in unclaimed {
+            match self.undo_unclaimed(&u).await {
+                Ok(()) => removed.extend(u.veths.iter().map(|(_, n)| n.clone())),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match self.delete_unused_tunnels().await {
+            Ok(names) => removed.extend(names),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(removed), Err)
+    }
+
+    /// Removes an unclaimed connection's objects, and the tunnel devices they leave unused.
+    async fn undo_unclaimed(&self, u: &Unclaimed) -> Result<(), ApplyError> {
+        self.undo(&u.created(), None).await?;
+        self.delete_unused_tunnels().await.map(drop)
+    }
+
+    /// Deletes this owner's VXLAN devices without receive filters; returns their names.
+    async fn delete_unused_tunnels(&self) -> Result<Vec<String>, ApplyError> {
+        let links = ops::links(&self.handle)
+            .await
+            .map_err(|e| self.nl("dump links", "*", e))?;
+        let mut removed = Vec::new();
+        for m in &links {
+            let ours = ops::alias(m)
+                .and_then(LinkAlias::parse)
+                .is_some_and(|a| a.owner == self.owner && a.role == Role::Tunnel);
+            if !ours {
+                continue;
+            }
+            let name = ops::name(m).to_string();
+            let users = ops::ingress_priorities(&self.handle, m.header.index)
+                .await
+                .map_err(|e| self.nl("dump filters", &name, e))?;
+            if users.is_empty() {
+                self.delete_link(m.header.index, &name).await?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Ids of other connections of this owner whose interface sits in one of `plan`'s pods under the
+    /// name the plan wants there.
+    async fn same_interface_elsewhere(&self, plan: &Plan) -> Vec<String> {
+        let mut out = Vec::new();
+        for pod in &plan.pods {
+            let Ok(ns) = Netns::open(&pod.netns) else {
+                continue;
+            };
+            let Ok(h) = ns.netlink() else {
+                continue;
+            };
+            let Ok(Some(m)) = ops::link_by_name(&h, &pod.name).await else {
+                continue;
+            };
+            if let Some(a) = ops::alias(&m).and_then(LinkAlias::parse)
+                && a.owner == self.owner
+                && a.role == pod.role
+                && a.id != plan.connection_id
+                && !out.contains(&a.id)
+            {
+                out.push(a.id);
+            }
+        }
+        out
+    }
+
+    /// The record of `plan` if what an earlier run left is exactly what it asks for; `None` otherwise.
+    async fn take_over(&self, plan: &Plan, u: &Unclaimed) -> Option<Vec<Created>> {
+        if u.veths.len() != plan.pods.len() {
+            return None;
+        }
+        let mut created = Vec::new();
+        for pod in &plan.pods {
+            let (index, name) = u.veths.iter().find(|(_, n)| *n == pod.node_name)?;
+            let node_end = ops::link_by_name(&self.handle, name).await.ok()??;
+            let alias = pod.alias.to_string();
+            if node_end.header.index != *index || ops::alias(&node_end) != Some(alias.as_str()) {
+                return None;
+            }
+            let ns = Netns::open(&pod.netns).ok()?;
+            let h = ns.netlink().ok()?;
+            let pod_end = ops::link_by_name(&h, &pod.name).await.ok()??;
+            if ops::alias(&pod_end) != Some(alias.as_str())
+                || ops::mac(&pod_end) != Some(pod.mac)
+                || ops::mtu(&pod_end) != Some(pod.mtu)
+            {
+                return None;
+            }
+            let mut have = ops::link_addresses(&h, pod_end.header.index).await.ok()?;
+            let mut want = pod.addresses.clone();
+            have.sort();
+            want.sort();
+            if have != want {
+                return None;
+            }
+            created.push(Created::Veth {
+                index: *index,
+                name: name.clone(),
+            });
+        }
+        match &plan.tunnel {
+            Some(t) => {
+                let device = ops::link_by_name(&self.handle, &t.device)
+                    .await
+                    .ok()??
+                    .header
+                    .index;
+                let [(d, prio)] = u.filters.as_slice() else {
+                    return None;
+                };
+                if *d != device {
+                    return None;
+                }
+                created.push(Created::TunnelFilter {
+                    device,
+                    prio: *prio,
+                });
+                created.push(Created::Fdb {
+                    device,
+                    mac: t.far_mac,
+                    remote: t.remote,
+                });
+            }
+            None if !u.filters.is_empty() => return None,
+            None => {}
+        }
+        Some(created)
     }
 
     /// Deletes every link in the node namespace whose alias names this owner (see the module doc).

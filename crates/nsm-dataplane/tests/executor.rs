@@ -370,3 +370,85 @@ async fn bad_input_is_a_typed_error_and_leaves_nothing() {
     assert!(c.links().is_empty());
     assert_eq!(e.links().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_executor_adopts_live_connections_and_sweeps_the_rest() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let (n1, n2) = (TestNs::new("n1"), TestNs::new("n2"));
+    let (c, e, c2) = (TestNs::new("c"), TestNs::new("e"), TestNs::new("c2"));
+    underlay(&n1, "169.254.100.1/24", &n2, "169.254.100.2/24", "1");
+    let ctx = p2p(7);
+    let vx1 = vxlan_mech("169.254.100.1", "169.254.100.2", 77, None);
+    let p1 = mk_plan("fwd1", "a", "nsc", &kernel_mech(&c, "nsm-1"), &vx1, &ctx, 0);
+    let p2 = mk_plan("fwd2", "a", "nsc", &vx1, &kernel_mech(&e, "nsm-1"), &ctx, 0);
+    // A second, local connection on node 1 that nobody will claim after the restart.
+    let lone = mk_plan(
+        "fwd1",
+        "b",
+        "nsc-b",
+        &kernel_mech(&c2, "nsm-1"),
+        &kernel_mech(&e, "nsm-2"),
+        &p2p(8),
+        0,
+    );
+    let e2 = Executor::new(n2.netns(), "fwd2").unwrap();
+    e2.apply(&p2).await.unwrap();
+    {
+        let crashed = Executor::new(n1.netns(), "fwd1").unwrap();
+        crashed.apply(&p1).await.unwrap();
+        crashed.apply(&lone).await.unwrap();
+    } // SIGKILL
+    ping_both_ways(&c, &e, 7).await;
+    let before = n1.links();
+    let restarted = Executor::new(n1.netns(), "fwd1").unwrap();
+    assert_eq!(restarted.adopt().await.unwrap(), ["a", "b"]);
+    assert_eq!(n1.links(), before, "adopting changes nothing");
+    // The refresh of "a" claims it without touching the kernel: same links, same indexes.
+    let idx = n1.ip(&["-o", "link"]);
+    restarted.apply(&p1).await.unwrap();
+    assert_eq!(n1.ip(&["-o", "link"]), idx);
+    assert_eq!(restarted.unclaimed().await, ["b"]);
+    ping_both_ways(&c, &e, 7).await;
+    // The grace period passes: "b" is removed, "a" stays.
+    let removed = restarted.sweep_unclaimed().await.unwrap();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(c2.links().is_empty());
+    ping_both_ways(&c, &e, 7).await;
+    // A re-request with changed parameters replaces the interface (never half-applied)...
+    let mut changed = p2p(9);
+    changed.ethernet_context = ctx.ethernet_context.clone();
+    let p1b = mk_plan(
+        "fwd1",
+        "a",
+        "nsc",
+        &kernel_mech(&c, "nsm-1"),
+        &vx1,
+        &changed,
+        0,
+    );
+    restarted.apply(&p1b).await.unwrap();
+    assert!(c.ip(&["-o", "addr"]).contains("169.254.9.101/32"));
+    assert!(!c.ip(&["-o", "addr"]).contains("169.254.7.101/32"));
+    // ...and a new connection asking for the same interface in the same pod evicts the old one.
+    let again = mk_plan(
+        "fwd1",
+        "a2",
+        "nsc",
+        &kernel_mech(&c, "nsm-1"),
+        &vx1,
+        &ctx,
+        0,
+    );
+    restarted.apply(&again).await.unwrap();
+    assert_eq!(c.links(), ["nsm-1"]);
+    assert_eq!(restarted.applied("a").await, None);
+    restarted.remove("a2").await.unwrap();
+    e2.remove("a").await.unwrap();
+    assert!(c.links().is_empty() && e.links().is_empty());
+    let mut left = n1.links();
+    left.sort();
+    assert_eq!(left, ["u1a"], "tunnel device removed with its last user");
+}

@@ -13,8 +13,8 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteScope, RouteType};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-    TcActionOption, TcActionType, TcFilterU32Option, TcMessage, TcMirror, TcMirrorActionType,
-    TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    TcActionOption, TcActionType, TcAttribute, TcFilterU32Option, TcMessage, TcMirror,
+    TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
@@ -56,6 +56,22 @@ pub async fn links(h: &Handle) -> Result<Vec<LinkMessage>, Error> {
 pub fn alias(m: &LinkMessage) -> Option<&str> {
     m.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfAlias(s) => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+/// The MAC address of a link.
+pub fn mac(m: &LinkMessage) -> Option<[u8; 6]> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+/// The MTU of a link.
+pub fn mtu(m: &LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(v) => Some(*v),
         _ => None,
     })
 }
@@ -294,6 +310,88 @@ pub async fn ingress_priorities(h: &Handle, index: u32) -> Result<Vec<u16>, Erro
     out.sort_unstable();
     out.dedup();
     Ok(out)
+}
+
+/// `(priority, redirect target)` of every ingress `mirred` redirect filter of link `index` (what an
+/// earlier run installed; read back when adopting its links).
+pub async fn ingress_redirects(h: &Handle, index: u32) -> Result<Vec<(u16, u32)>, Error> {
+    let msgs: Vec<TcMessage> = h
+        .clone()
+        .traffic_filter(index as i32)
+        .get()
+        .ingress()
+        .execute()
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for m in &msgs {
+        let prio = (m.header.info >> 16) as u16;
+        let actions = m
+            .attributes
+            .iter()
+            .filter_map(|a| match a {
+                TcAttribute::Options(o) => Some(o),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|o| match o {
+                TcOption::U32(TcFilterU32Option::Action(a)) => Some(a),
+                _ => None,
+            })
+            .flatten();
+        for act in actions {
+            let targets = act
+                .attributes
+                .iter()
+                .filter_map(|a| match a {
+                    TcActionAttribute::Options(o) => Some(o),
+                    _ => None,
+                })
+                .flatten()
+                .filter_map(|o| match o {
+                    TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) => Some(p.ifindex),
+                    _ => None,
+                });
+            out.extend(targets.map(|t| (prio, t)));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Addresses (with prefix length) of link `index`.
+pub async fn link_addresses(h: &Handle, index: u32) -> Result<Vec<IpNet>, Error> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.index == index)
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let ip = ip.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            })?;
+            // Kernel-made IPv6 link-local addresses are not ours.
+            if let IpAddr::V6(v6) = ip
+                && v6.segments()[0] & 0xffc0 == 0xfe80
+            {
+                return None;
+            }
+            IpNet::new(ip, m.header.prefix_len).ok()
+        })
+        .collect())
 }
 
 /// Every address of the namespace.
