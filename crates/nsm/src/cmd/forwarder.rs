@@ -196,22 +196,37 @@ async fn kernel_dataplane(name: &str, cfg: &ForwarderConfig) -> Result<KernelDat
         })?,
     };
     let node = Netns::current().map_err(|e| format!("cannot open this network namespace: {e}"))?;
-    let executor = Executor::new(node, name).map_err(|e| format!("cannot open netlink: {e}"))?;
-    match executor.adopt_or_cleanup().await {
-        Ok(removed) if !removed.is_empty() => {
+    let executor =
+        Arc::new(Executor::new(node, name).map_err(|e| format!("cannot open netlink: {e}"))?);
+    // Keep what an earlier run built (refreshes and heals claim it without touching live traffic);
+    // remove what nobody claimed within one refresh interval.
+    match executor.adopt().await {
+        Ok(ids) if !ids.is_empty() => {
             tracing::info!(
-                "forwarder: removed {} links left by an earlier run: {removed:?}",
-                removed.len()
+                "forwarder: adopt {} connections of an earlier run: {ids:?}",
+                ids.len()
             );
+            let (executor, grace) = (executor.clone(), cfg.token_lifetime / 3);
+            tokio::spawn(async move {
+                Clock::system().sleep(grace).await;
+                match executor.sweep_unclaimed().await {
+                    Ok(removed) if !removed.is_empty() => tracing::info!(
+                        "forwarder: removed {} unclaimed links of an earlier run: {removed:?}",
+                        removed.len()
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("forwarder: removing unclaimed links failed: {e}"),
+                }
+            });
         }
         Ok(_) => {}
-        Err(e) => return Err(format!("cannot clean up links of an earlier run: {e}")),
+        Err(e) => return Err(format!("cannot read links of an earlier run: {e}")),
     }
     let mut plan = PlanConfig::new(name);
     plan.vxlan_port = cfg.vxlan_port;
     plan.underlay_mtu = underlay_mtu(tunnel_ip).unwrap_or(1500);
     tracing::info!(%tunnel_ip, underlay_mtu = plan.underlay_mtu, vxlan_port = cfg.vxlan_port, "forwarder: kernel data plane");
-    Ok(KernelDataplane::new(Arc::new(executor), plan, tunnel_ip))
+    Ok(KernelDataplane::new(executor, plan, tunnel_ip))
 }
 
 /// The source address the kernel would use for the default route (no packet is sent).

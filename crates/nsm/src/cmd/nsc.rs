@@ -13,6 +13,7 @@ use nsm_api::url::{NetworkServiceUrl, NsmUrl};
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_chains::client::{ClientOptions, new_client};
 use nsm_core::{Chain, Clock, Ctx};
+use nsm_networkservice::livenesscheck::{LivenessCheckClient, LivenessProbe, ProbeFuture};
 use nsm_networkservice::mechanisms::kernel::KernelClient;
 use nsm_networkservice::retry::RetryClient;
 
@@ -57,6 +58,12 @@ pub struct NscArgs {
     /// Request, print, close and exit instead of holding the connections until SIGTERM.
     #[arg(long)]
     pub once: bool,
+    /// Data-path liveness check: ICMP echo to the endpoint's addresses this often (Go duration; 0 = off).
+    #[arg(long, env = "NSM_LIVENESS_CHECK_INTERVAL", default_value = "0")]
+    pub liveness_check_interval: String,
+    /// Failed liveness checks in a row before the connection is healed.
+    #[arg(long, env = "NSM_LIVENESS_CHECK_THRESHOLD", default_value = "3")]
+    pub liveness_check_threshold: String,
 }
 
 struct NscConfig {
@@ -66,6 +73,8 @@ struct NscConfig {
     dial_timeout: Duration,
     token_lifetime: (bool, Duration),
     log_level: tracing::Level,
+    /// Liveness check interval and threshold, if on.
+    liveness: Option<(Duration, u32)>,
 }
 
 impl NscConfig {
@@ -100,6 +109,37 @@ impl NscConfig {
                 &args.max_token_lifetime,
             )?,
             log_level: super::common::log_level(args.log_level.as_deref())?,
+            liveness: liveness(args)?,
+        })
+    }
+}
+
+fn liveness(args: &NscArgs) -> Result<Option<(Duration, u32)>, ConfigError> {
+    let interval = parse_duration(
+        "--liveness-check-interval / NSM_LIVENESS_CHECK_INTERVAL",
+        &args.liveness_check_interval,
+    )?;
+    let what = "--liveness-check-threshold / NSM_LIVENESS_CHECK_THRESHOLD";
+    let threshold: u32 = args
+        .liveness_check_threshold
+        .trim()
+        .parse()
+        .map_err(|e| bad(what, &args.liveness_check_threshold, e))?;
+    if threshold == 0 {
+        return Err(bad(what, "0", "must be at least 1"));
+    }
+    Ok((!interval.is_zero()).then_some((interval, threshold)))
+}
+
+/// The liveness probe of `nsm nsc`: one ICMP echo from this process's namespace (the client pod).
+struct IcmpProbe;
+
+impl LivenessProbe for IcmpProbe {
+    fn alive(&self, dst: std::net::IpAddr, timeout: Duration) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || nsm_dataplane::icmp::ping_here(dst, 1, timeout))
+                .await
+                .is_ok_and(|r| r.is_ok_and(|rtts| !rtts.is_empty()))
         })
     }
 }
@@ -144,11 +184,22 @@ fn client_for(args: &NscArgs, cfg: &NscConfig, url: &NetworkServiceUrl) -> Chain
     };
     let kernel = KernelClient::new(url.interface.clone())
         .with_netns_url(format!("file:///proc/{}/ns/net", std::process::id()));
+    let mut additional: Vec<nsm_core::chain::Element> = vec![Arc::new(kernel)];
+    if let Some((interval, threshold)) = cfg.liveness {
+        additional.insert(
+            0,
+            Arc::new(LivenessCheckClient::new(
+                Arc::new(IcmpProbe),
+                interval,
+                threshold,
+            )),
+        );
+    }
     let client = new_client(ClientOptions {
         url: Some(cfg.connect_to.clone()),
         refresh: true,
         heal: true,
-        additional: vec![Arc::new(kernel)],
+        additional,
         dial_timeout: cfg.dial_timeout,
         ..ClientOptions::new(args.name.clone(), tokens)
     });
