@@ -149,7 +149,7 @@ pub fn forwarder_links(tb: &Testbed) -> Vec<(String, String)> {
 /// Waits (bounded) until the pods have no links and the nodes only their underlay veth.
 pub fn assert_clean(tb: &Testbed, pods: &[&str]) {
     let mut left = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..200 {
         left = forwarder_links(tb);
         for p in pods {
             for n in names(p) {
