@@ -416,11 +416,8 @@ impl Isolated {
         let forwarder = Restartable::start("forwarder-0", loopback(), move |_url| {
             let f = Forwarder::new(
                 ForwarderOptions {
-                    name: "forwarder-0".into(),
-                    connect_to: connect_to.clone(),
-                    token_generator: tg.clone(),
                     dial_timeout: DIAL_TIMEOUT,
-                    clock,
+                    ..ForwarderOptions::new("forwarder-0", connect_to.clone(), tg.clone(), clock)
                 },
                 &NoopDataplane,
             );

@@ -45,6 +45,8 @@ pub struct ClientOptions {
     pub authorize: Element,
     /// Time to establish a gRPC connection to the next hop.
     pub dial_timeout: Duration,
+    /// How to dial the next hop (plaintext by default; SPIFFE mTLS in production).
+    pub security: TransportSecurity,
 }
 
 impl ClientOptions {
@@ -59,6 +61,7 @@ impl ClientOptions {
             additional: Vec::new(),
             authorize: Arc::new(AuthorizeClient::any()),
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            security: TransportSecurity::Insecure,
         }
     }
 }
@@ -82,10 +85,11 @@ pub fn new_client(opts: ClientOptions) -> Chain {
 
 /// Builds a client chain and keeps handles on its stateful elements.
 pub fn new_client_parts(opts: ClientOptions) -> ClientParts {
-    new_client_parts_with_security(opts, TransportSecurity::Insecure)
+    let security = opts.security.clone();
+    new_client_parts_with_security(opts, security)
 }
 
-/// [`new_client_parts`] dialing with the given transport security (SPIFFE mTLS in production).
+/// [`new_client_parts`] dialing with the given transport security (overrides `opts.security`).
 pub fn new_client_parts_with_security(
     opts: ClientOptions,
     security: TransportSecurity,

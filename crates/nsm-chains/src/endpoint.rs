@@ -7,12 +7,15 @@
 use std::sync::Arc;
 
 use nsm_api::services;
+use nsm_api::url::NsmUrl;
 use nsm_core::chain::Element;
 use nsm_core::token::SharedTokenGenerator;
-use nsm_core::{Chain, Clock};
+use nsm_core::{Chain, Clock, NsmError};
+use nsm_identity::TransportSecurity;
 use nsm_networkservice::authorize::AuthorizeServer;
 use nsm_networkservice::begin::BeginServer;
 use nsm_networkservice::grpc::NetworkServiceGrpc;
+use nsm_networkservice::grpc::{Serving, serve_with};
 use nsm_networkservice::metadata::MetadataServer;
 use nsm_networkservice::monitor::{MonitorConnectionGrpc, MonitorServer};
 use nsm_networkservice::timeout::TimeoutServer;
@@ -33,6 +36,9 @@ pub struct EndpointOptions {
     pub additional: Vec<Element>,
     /// The clock every timer uses.
     pub clock: Clock,
+    /// How the endpoint is served ([`Endpoint::serve`]) and how onward clients built from these
+    /// options dial (plaintext by default; SPIFFE mTLS in production).
+    pub security: TransportSecurity,
 }
 
 impl EndpointOptions {
@@ -48,6 +54,7 @@ impl EndpointOptions {
             authorize: Arc::new(AuthorizeServer::any()),
             additional: Vec::new(),
             clock,
+            security: TransportSecurity::Insecure,
         }
     }
 }
@@ -66,6 +73,8 @@ pub struct Endpoint {
     pub metadata: Arc<MetadataServer>,
     /// The monitor element (to see the connections this hop reports).
     pub monitor_server: Arc<MonitorServer>,
+    /// The transport security [`Endpoint::serve`] uses.
+    pub security: TransportSecurity,
     clock: Clock,
 }
 
@@ -94,6 +103,7 @@ impl Endpoint {
             begin,
             metadata,
             monitor_server: monitor,
+            security: opts.security,
             clock: opts.clock,
         }
     }
@@ -102,6 +112,12 @@ impl Endpoint {
     pub fn routes(&self) -> Routes {
         Routes::new(NetworkServiceGrpc::new(self.chain.clone(), self.clock).into_service())
             .add_service(self.monitor.clone().into_service())
+    }
+
+    /// Serves [`Endpoint::routes`] on `url` with the endpoint's transport security.
+    pub async fn serve(&self, url: &NsmUrl) -> Result<Serving, NsmError> {
+        let router = tonic::transport::Server::builder().add_routes(self.routes());
+        serve_with(url, router, &self.security).await
     }
 
     /// Names of the services [`Endpoint::routes`] serves, for the health service.

@@ -16,17 +16,20 @@ use nsm_core::chain::Element;
 use nsm_core::registry::{RegistryChain, RegistryElement};
 use nsm_core::token::SharedTokenGenerator;
 use nsm_core::{Chain, Clock};
+use nsm_identity::TransportSecurity;
+use nsm_networkservice::authorize::AuthorizeServer;
 use nsm_networkservice::begin::BeginClient;
 use nsm_networkservice::connect::ConnectServer;
 use nsm_networkservice::discover::DiscoverServer;
 use nsm_networkservice::mechanisms::kernel::KernelClient;
 use nsm_networkservice::mechanismtranslation::MechanismTranslationClient;
 use nsm_networkservice::roundrobin::RoundRobinServer;
-use nsm_registry::{ClientUrlServer, ConnectServer as RegistryConnect};
+use nsm_registry::ClientUrlServer;
 use tonic::service::Routes;
 
 use crate::client::{ClientOptions, new_client_parts};
 use crate::endpoint::{Endpoint, EndpointOptions};
+use crate::registry_client::registry_connect;
 
 /// The part of a forwarder that moves packets: elements on the server side (incoming mechanism,
 /// cross-connect) and on the client side (outgoing mechanism preferences). The sandbox uses
@@ -64,6 +67,31 @@ pub struct ForwarderOptions {
     pub dial_timeout: Duration,
     /// The clock.
     pub clock: Clock,
+    /// How the forwarder is served and dials the NSMgr and endpoints (plaintext by default).
+    pub security: TransportSecurity,
+    /// The server authorize element (default: allow everything; `nsm forwarder` uses the default
+    /// Rego policies).
+    pub authorize: Element,
+}
+
+impl ForwarderOptions {
+    /// Options with plaintext, allow-all authorization and the default dial timeout.
+    pub fn new(
+        name: impl Into<String>,
+        connect_to: NsmUrl,
+        token_generator: SharedTokenGenerator,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            connect_to,
+            token_generator,
+            dial_timeout: crate::client::DEFAULT_DIAL_TIMEOUT,
+            clock,
+            security: TransportSecurity::Insecure,
+            authorize: Arc::new(AuthorizeServer::any()),
+        }
+    }
 }
 
 /// A built forwarder.
@@ -83,7 +111,7 @@ impl Forwarder {
                 Arc::new(ClientUrlServer::<NetworkService>::new(
                     opts.connect_to.clone(),
                 )) as RegistryElement<NetworkService>,
-                Arc::new(RegistryConnect::new(opts.dial_timeout)),
+                Arc::new(registry_connect(opts.dial_timeout, &opts.security)),
             ],
         );
         let nse_registry = RegistryChain::new(
@@ -92,7 +120,7 @@ impl Forwarder {
                 Arc::new(ClientUrlServer::<NetworkServiceEndpoint>::new(
                     opts.connect_to.clone(),
                 )) as RegistryElement<NetworkServiceEndpoint>,
-                Arc::new(RegistryConnect::new(opts.dial_timeout)),
+                Arc::new(registry_connect(opts.dial_timeout, &opts.security)),
             ],
         );
         let mut client_additional: Vec<Element> = vec![Arc::new(MechanismTranslationClient::new())];
@@ -100,6 +128,7 @@ impl Forwarder {
         let client = new_client_parts(ClientOptions {
             additional: client_additional,
             dial_timeout: opts.dial_timeout,
+            security: opts.security.clone(),
             ..ClientOptions::new(opts.name.clone(), opts.token_generator.clone())
         });
         let mut additional: Vec<Element> = vec![
@@ -109,6 +138,8 @@ impl Forwarder {
         additional.extend(dataplane.server_elements());
         additional.push(Arc::new(ConnectServer::new(client.chain)));
         let mut ep = EndpointOptions::new(opts.name, opts.token_generator, opts.clock);
+        ep.security = opts.security;
+        ep.authorize = opts.authorize;
         ep.additional = additional;
         Self {
             endpoint: Endpoint::new(ep),

@@ -13,9 +13,12 @@ use std::time::Duration;
 use nsm_api::registry::{NetworkService, NetworkServiceEndpoint};
 use nsm_api::services;
 use nsm_api::url::NsmUrl;
+use nsm_core::chain::Element;
 use nsm_core::registry::{RegistryChain, RegistryElement};
 use nsm_core::token::SharedTokenGenerator;
 use nsm_core::{Chain, Clock};
+use nsm_identity::TransportSecurity;
+use nsm_networkservice::authorize::AuthorizeServer;
 use nsm_networkservice::begin::BeginClient;
 use nsm_networkservice::clientinfo::{ClientInfo, ClientInfoLabels};
 use nsm_networkservice::connect::ConnectServer;
@@ -23,14 +26,15 @@ use nsm_networkservice::discoverforwarder::DiscoverForwarderServer;
 use nsm_networkservice::excludedprefixes::ExcludedPrefixesServer;
 use nsm_registry::grpc::{NetworkServiceEndpointRegistryGrpc, NetworkServiceRegistryGrpc};
 use nsm_registry::{
-    ClientInfoServer, ClientUrlServer, ConnectServer as RegistryConnect, ExpireServer,
-    LocalBypassServer, MemoryServer, SerializeServer, ValidateServer,
+    ClientInfoServer, ClientUrlServer, ExpireServer, LocalBypassServer, MemoryServer,
+    SerializeServer, ValidateServer,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::client::{ClientOptions, new_client_parts};
 use crate::endpoint::{Endpoint, EndpointOptions};
+use crate::registry_client::registry_connect;
 
 /// How long a registration lives without refresh (Go hard-codes one minute).
 pub const NSE_EXPIRY: Duration = Duration::from_secs(60);
@@ -57,6 +61,11 @@ pub struct NsmgrOptions {
     pub excluded_prefixes_file: Option<std::path::PathBuf>,
     /// The clock.
     pub clock: Clock,
+    /// How the NSMgr is served and dials forwarders and the registry (plaintext by default).
+    pub security: TransportSecurity,
+    /// The server authorize element (default: allow everything, as the sdk chains; `nsm nsmgr` uses
+    /// the default Rego policies).
+    pub authorize: Element,
 }
 
 impl NsmgrOptions {
@@ -77,6 +86,8 @@ impl NsmgrOptions {
             nse_expiry: NSE_EXPIRY,
             excluded_prefixes_file: None,
             clock: Clock::system(),
+            security: TransportSecurity::Insecure,
+            authorize: Arc::new(AuthorizeServer::any()),
         }
     }
 }
@@ -129,7 +140,10 @@ impl Nsmgr {
         ];
         if let Some(url) = &opts.registry_url {
             nse.push(Arc::new(ClientUrlServer::new(url.clone())));
-            nse.push(Arc::new(RegistryConnect::new(opts.dial_timeout)));
+            nse.push(Arc::new(registry_connect(
+                opts.dial_timeout,
+                &opts.security,
+            )));
         }
         let nse_registry = RegistryChain::new("nsmgr-nse-registry", nse);
         let local_chain = RegistryChain::new(
@@ -143,10 +157,13 @@ impl Nsmgr {
         };
         let client = new_client_parts(ClientOptions {
             dial_timeout: opts.dial_timeout,
+            security: opts.security.clone(),
             ..ClientOptions::new(opts.name.clone(), opts.token_generator.clone())
         });
         let mut ep =
             EndpointOptions::new(opts.name.clone(), opts.token_generator.clone(), opts.clock);
+        ep.security = opts.security.clone();
+        ep.authorize = opts.authorize.clone();
         ep.additional = vec![
             Arc::new(ClientInfo::new(opts.labels.clone())),
             Arc::new(DiscoverForwarderServer::new(
@@ -196,7 +213,10 @@ fn ns_registry_chain(opts: &NsmgrOptions) -> RegistryChain<NetworkService> {
     match &opts.registry_url {
         Some(url) => {
             ns.push(Arc::new(ClientUrlServer::new(url.clone())));
-            ns.push(Arc::new(RegistryConnect::new(opts.dial_timeout)));
+            ns.push(Arc::new(registry_connect(
+                opts.dial_timeout,
+                &opts.security,
+            )));
         }
         None => ns.push(Arc::new(MemoryServer::<NetworkService>::new())),
     }

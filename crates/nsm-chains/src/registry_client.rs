@@ -10,8 +10,34 @@ use std::time::Duration;
 use nsm_api::registry::{NetworkService, NetworkServiceEndpoint};
 use nsm_api::url::NsmUrl;
 use nsm_core::registry::{RegistryChain, RegistryElement};
-use nsm_registry::{ClientUrlServer, ConnectServer, HealClient, RefreshClient, SerializeServer};
+use nsm_identity::TransportSecurity;
+use nsm_registry::connect::GrpcRegistryItem;
+use nsm_registry::{
+    ClientUrlServer, ConnectServer, Dialer, HealClient, RefreshClient, SerializeServer,
+};
 use tokio_util::sync::CancellationToken;
+
+/// How registry `connect` dials with `security`: `None` (plaintext) or an mTLS dialer.
+pub fn registry_dialer(security: &TransportSecurity) -> Option<Dialer> {
+    security.tls()?;
+    let security = security.clone();
+    Some(Arc::new(move |url: NsmUrl, timeout: Duration| {
+        let security = security.clone();
+        Box::pin(async move {
+            nsm_networkservice::grpc::client_channel_with(&url, timeout, &security)
+                .await
+                .map(|(channel, _)| channel)
+        })
+    }))
+}
+
+/// Registry `connect` dialing with `security`.
+pub fn registry_connect<T: GrpcRegistryItem>(
+    dial_timeout: Duration,
+    security: &TransportSecurity,
+) -> ConnectServer<T> {
+    ConnectServer::new(dial_timeout).with_dialer(registry_dialer(security))
+}
 
 /// An endpoint registry client that keeps its registrations alive (refresh) and re-registers them
 /// after the registry restarts (heal). Background work stops when `stop` is cancelled.
@@ -20,6 +46,16 @@ pub fn nse_registry_client(
     dial_timeout: Duration,
     stop: &CancellationToken,
 ) -> RegistryChain<NetworkServiceEndpoint> {
+    nse_registry_client_with(url, dial_timeout, stop, &TransportSecurity::Insecure)
+}
+
+/// [`nse_registry_client`] dialing with `security`.
+pub fn nse_registry_client_with(
+    url: NsmUrl,
+    dial_timeout: Duration,
+    stop: &CancellationToken,
+    security: &TransportSecurity,
+) -> RegistryChain<NetworkServiceEndpoint> {
     RegistryChain::new(
         "nse-registry-client",
         vec![
@@ -27,7 +63,7 @@ pub fn nse_registry_client(
             Arc::new(RefreshClient::new().with_cancellation(stop)),
             Arc::new(ClientUrlServer::new(url)),
             Arc::new(HealClient::<NetworkServiceEndpoint>::new().with_cancellation(stop)),
-            Arc::new(ConnectServer::new(dial_timeout)),
+            Arc::new(registry_connect(dial_timeout, security)),
         ],
     )
 }
@@ -38,12 +74,22 @@ pub fn ns_registry_client(
     dial_timeout: Duration,
     stop: &CancellationToken,
 ) -> RegistryChain<NetworkService> {
+    ns_registry_client_with(url, dial_timeout, stop, &TransportSecurity::Insecure)
+}
+
+/// [`ns_registry_client`] dialing with `security`.
+pub fn ns_registry_client_with(
+    url: NsmUrl,
+    dial_timeout: Duration,
+    stop: &CancellationToken,
+    security: &TransportSecurity,
+) -> RegistryChain<NetworkService> {
     RegistryChain::new(
         "ns-registry-client",
         vec![
             Arc::new(ClientUrlServer::new(url)) as RegistryElement<NetworkService>,
             Arc::new(HealClient::<NetworkService>::new().with_cancellation(stop)),
-            Arc::new(ConnectServer::new(dial_timeout)),
+            Arc::new(registry_connect(dial_timeout, security)),
         ],
     )
 }

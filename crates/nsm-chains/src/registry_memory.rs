@@ -11,12 +11,15 @@ use nsm_api::registry::{NetworkService, NetworkServiceEndpoint};
 use nsm_api::url::NsmUrl;
 use nsm_core::Clock;
 use nsm_core::registry::{RegistryChain, RegistryElement};
+use nsm_identity::TransportSecurity;
 use nsm_registry::grpc::{NetworkServiceEndpointRegistryGrpc, NetworkServiceRegistryGrpc};
 use nsm_registry::{
-    ConnectServer, ExpireServer, MemoryServer, ProxyServer, SerializeServer, SetPayloadServer,
+    ExpireServer, MemoryServer, ProxyServer, SerializeServer, SetPayloadServer,
     SetRegistrationTimeServer, ValidateServer,
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::registry_client::registry_connect;
 use tonic::service::Routes;
 
 /// A built registry.
@@ -45,6 +48,23 @@ impl Registry {
         dial_timeout: Duration,
         clock: Clock,
     ) -> Self {
+        Self::new_with(
+            expiry,
+            proxy_url,
+            dial_timeout,
+            clock,
+            &TransportSecurity::Insecure,
+        )
+    }
+
+    /// [`Registry::new`] dialing the proxy registry with `security`.
+    pub fn new_with(
+        expiry: Duration,
+        proxy_url: Option<NsmUrl>,
+        dial_timeout: Duration,
+        clock: Clock,
+        security: &TransportSecurity,
+    ) -> Self {
         let stop = CancellationToken::new();
         let nse_store = Arc::new(MemoryServer::<NetworkServiceEndpoint>::new());
         let nse: Vec<RegistryElement<NetworkServiceEndpoint>> = vec![
@@ -54,7 +74,7 @@ impl Registry {
             Arc::new(ExpireServer::new(expiry).with_cancellation(&stop)),
             nse_store.clone(),
             Arc::new(ProxyServer::new(proxy_url.clone())),
-            Arc::new(ConnectServer::new(dial_timeout)),
+            Arc::new(registry_connect(dial_timeout, security)),
         ];
         let ns: Vec<RegistryElement<NetworkService>> = vec![
             Arc::new(ValidateServer::new()),
@@ -62,7 +82,7 @@ impl Registry {
             Arc::new(SetPayloadServer::new()),
             Arc::new(MemoryServer::<NetworkService>::new()),
             Arc::new(ProxyServer::new(proxy_url)),
-            Arc::new(ConnectServer::new(dial_timeout)),
+            Arc::new(registry_connect(dial_timeout, security)),
         ];
         Self {
             ns: RegistryChain::new("registry-ns", ns),

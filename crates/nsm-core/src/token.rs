@@ -24,6 +24,39 @@ pub struct Token {
 pub trait TokenGenerator: Send + Sync + 'static {
     /// A token for `peer` (the audience), valid from now.
     fn generate(&self, clock: &Clock, peer: Option<&PeerInfo>) -> Result<Token>;
+
+    /// A token for `peer` signed as `own`: the identity (SVID) this hop presented on the connection
+    /// the token travels with or answers on, so that the peer verifies it with the certificate it
+    /// saw in that connection's handshake even after our identity rotated. Generators without
+    /// identities ignore `own`.
+    fn generate_as(
+        &self,
+        clock: &Clock,
+        peer: Option<&PeerInfo>,
+        own: Option<&LocalIdentity>,
+    ) -> Result<Token> {
+        let _ = own;
+        self.generate(clock, peer)
+    }
+}
+
+/// The identity this hop authenticated with on one connection (the SVID its TLS handshake presented),
+/// opaque here; the identity code knows the concrete type. The gRPC server edge puts it into the
+/// context of every call arriving on a TLS connection, and `dial` records it per outgoing channel.
+#[derive(Clone)]
+pub struct LocalIdentity(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl LocalIdentity {
+    /// The identity as `T`, if it is one.
+    pub fn downcast<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.0.clone().downcast::<T>().ok()
+    }
+}
+
+impl std::fmt::Debug for LocalIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalIdentity")
+    }
 }
 
 /// A shared token generator.

@@ -26,9 +26,10 @@ pub const IDENTITY_DIR_ENV: &str = "NSM_IDENTITY_DIR";
 pub const SPIFFE_ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
 
 /// How a component talks to its peers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub enum TransportSecurity {
     /// Plaintext, no identity (only with `NSM_INSECURE=true`).
+    #[default]
     Insecure,
     /// SPIFFE mTLS.
     Tls(Arc<TlsIdentity>),
@@ -41,6 +42,12 @@ impl TransportSecurity {
             Self::Insecure => None,
             Self::Tls(t) => Some(t),
         }
+    }
+
+    /// The identity this transport presents now (`None` in plaintext), for `generate_as`.
+    pub fn local_identity(&self) -> Option<nsm_core::token::LocalIdentity> {
+        self.tls()
+            .map(|t| nsm_core::token::LocalIdentity(t.current().svid.clone()))
     }
 
     /// The matching token generator: ES256 JWTs with an identity, test tokens without.

@@ -25,8 +25,8 @@ mod tls;
 mod token;
 
 pub use env::{
-    INSECURE_ENV, MAX_TOKEN_LIFETIME_ENV, TransportSecurity, max_token_lifetime_from_env,
-    parse_go_duration, transport_from_env,
+    IDENTITY_DIR_ENV, INSECURE_ENV, MAX_TOKEN_LIFETIME_ENV, SPIFFE_ENDPOINT_ENV, TransportSecurity,
+    max_token_lifetime_from_env, parse_go_duration, transport_from_env,
 };
 pub use error::IdentityError;
 pub use material::{Svid, TrustBundle, X509Material, spiffe_id_of};

@@ -21,7 +21,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::sync::watch;
 
-use crate::{IdentityError, SharedSource, X509Material, der_to_pem, spiffe_id_of};
+use crate::{IdentityError, SharedSource, Svid, X509Material, der_to_pem, spiffe_id_of};
 
 /// The one crypto provider of nsm-rs (aws-lc-rs).
 pub fn crypto_provider() -> CryptoProvider {
@@ -68,6 +68,29 @@ impl ResolvesClientCert for SvidResolver {
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
         Some(self.key())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Presents one fixed SVID (a connection pinned to the identity it was established with).
+#[derive(Debug)]
+struct FixedResolver(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ResolvesClientCert for FixedResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
     }
     fn has_certs(&self) -> bool {
         true
@@ -263,6 +286,22 @@ impl TlsIdentity {
     /// The client config (mTLS, ALPN h2, no server name check).
     pub fn client_config(&self) -> Arc<ClientConfig> {
         self.client.clone()
+    }
+
+    /// A server config presenting `svid` instead of the current SVID: an accepted connection is pinned
+    /// to the identity it was established with, and tokens answered on it are signed with the same
+    /// key (the peer verifies them with the certificate it saw in the handshake).
+    pub fn server_config_as(&self, svid: &Svid) -> Arc<ServerConfig> {
+        let mut c = (*self.server).clone();
+        c.cert_resolver = Arc::new(FixedResolver(svid.certified_key()));
+        Arc::new(c)
+    }
+
+    /// A client config presenting `svid` on every (re)connect (see [`TlsIdentity::server_config_as`]).
+    pub fn client_config_as(&self, svid: &Svid) -> Arc<ClientConfig> {
+        let mut c = (*self.client).clone();
+        c.client_auth_cert_resolver = Arc::new(FixedResolver(svid.certified_key()));
+        Arc::new(c)
     }
 
     /// An acceptor for incoming connections.

@@ -5,15 +5,16 @@
 //! min(now + max lifetime, own SVID NotAfter). The expiry returned alongside is additionally capped by
 //! the peer certificate's NotAfter while the `exp` claim is not (as in Go). No `iat`, `iss`, `jti`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use nsm_core::token::{Token, TokenGenerator};
+use nsm_core::token::{LocalIdentity, Token, TokenGenerator};
 use nsm_core::values::PeerInfo;
 use nsm_core::{Clock, NsmError};
 
-use crate::{IdentityError, SharedSource, spiffe_id_of};
+use crate::{IdentityError, SharedSource, Svid, spiffe_id_of};
 
 const ELEMENT: &str = "token";
 
@@ -59,7 +60,13 @@ impl From<Duration> for SignedDuration {
 pub struct JwtTokenGenerator {
     current: tokio::sync::watch::Receiver<std::sync::Arc<crate::X509Material>>,
     max_lifetime: SignedDuration,
+    /// The last SVIDs this generator's source handed out: `generate_as` signs with a connection's
+    /// SVID only if it is one of them (never with a key from elsewhere).
+    seen: parking_lot::Mutex<Vec<Arc<Svid>>>,
 }
+
+/// How many past SVIDs `generate_as` still signs with (connections established before rotations).
+const SEEN_SVIDS: usize = 8;
 
 impl std::fmt::Debug for JwtTokenGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,16 +79,42 @@ impl std::fmt::Debug for JwtTokenGenerator {
 impl JwtTokenGenerator {
     /// Tokens living at most `max_lifetime` (Go default: 10 minutes).
     pub fn new(source: &SharedSource, max_lifetime: impl Into<SignedDuration>) -> Self {
+        let current = source.subscribe();
+        let first = current.borrow().svid.clone();
         Self {
-            current: source.subscribe(),
+            current,
             max_lifetime: max_lifetime.into(),
+            seen: parking_lot::Mutex::new(vec![first]),
         }
     }
 
-    /// Signs a token for `peer` at wall time `now`.
+    /// The current SVID, remembered among the seen ones.
+    fn observe(&self) -> Arc<Svid> {
+        let current = self.current.borrow().svid.clone();
+        let mut seen = self.seen.lock();
+        if !seen.last().is_some_and(|s| Arc::ptr_eq(s, &current)) {
+            seen.push(current.clone());
+            if seen.len() > SEEN_SVIDS {
+                seen.remove(0);
+            }
+        }
+        current
+    }
+
+    /// Signs a token for `peer` at wall time `now` with the current SVID.
     pub fn sign(&self, now: SystemTime, peer: Option<&PeerInfo>) -> Result<Token, IdentityError> {
-        let material = self.current.borrow().clone();
-        let svid = &material.svid;
+        let svid = self.current.borrow().svid.clone();
+        self.sign_as(&svid, now, peer)
+    }
+
+    /// Signs a token for `peer` at wall time `now` with `svid` (the identity a connection was
+    /// established with, which may have rotated since).
+    pub fn sign_as(
+        &self,
+        svid: &Svid,
+        now: SystemTime,
+        peer: Option<&PeerInfo>,
+    ) -> Result<Token, IdentityError> {
         let mut expires = self.max_lifetime.add_to(now).min(svid.not_after());
         let exp = expires
             .duration_since(UNIX_EPOCH)
@@ -129,6 +162,21 @@ fn json_string(s: &str) -> String {
 impl TokenGenerator for JwtTokenGenerator {
     fn generate(&self, clock: &Clock, peer: Option<&PeerInfo>) -> nsm_core::Result<Token> {
         self.sign(clock.now(), peer)
+            .map_err(|e| NsmError::internal(ELEMENT, e.to_string()))
+    }
+
+    fn generate_as(
+        &self,
+        clock: &Clock,
+        peer: Option<&PeerInfo>,
+        own: Option<&LocalIdentity>,
+    ) -> nsm_core::Result<Token> {
+        let current = self.observe();
+        let svid = own
+            .and_then(LocalIdentity::downcast::<Svid>)
+            .filter(|s| self.seen.lock().iter().any(|x| Arc::ptr_eq(x, s)))
+            .unwrap_or(current);
+        self.sign_as(&svid, clock.now(), peer)
             .map_err(|e| NsmError::internal(ELEMENT, e.to_string()))
     }
 }

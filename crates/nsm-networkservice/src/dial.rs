@@ -15,9 +15,12 @@
 //!
 //! **Transport**: plaintext by default ([`DialClient::new`]); [`DialClient::with_tls`] /
 //! [`DialClient::with_security`] dial with SPIFFE mTLS, and the [`ClientConn`] then carries the
-//! server's verified identity ([`ServerPeer`]) for `connect` (token audience) and `authorize`. When our
-//! own SVID rotates, the next Request or Close on a connection redials its hop, so the new key signs
-//! tokens on a TLS connection authenticated with the new certificate.
+//! server's verified identity ([`ServerPeer`]) for `connect` (token audience) and `authorize`. Channels
+//! are pinned to the SVID they were dialed with, and `connect` signs with that SVID. The SVID wanted
+//! is the one the incoming call's connection authenticated us with ([`LocalIdentity`] in the context,
+//! so the token this hop sends onwards verifies both with the certificate the next hop saw and with
+//! the one the previous hop saw), else the current one: when our SVID rotates, the next Request or
+//! Close of an NSC's connection redials its hop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,13 +30,14 @@ use async_trait::async_trait;
 use nsm_api::url::NsmUrl;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::metadata::{ConnMetadata, Side};
+use nsm_core::token::LocalIdentity;
 use nsm_core::values::ClientUrl;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use nsm_identity::{Svid, TlsIdentity, TransportSecurity};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
-use crate::grpc::{ServerPeer, client_channel_with};
+use crate::grpc::{ServerPeer, client_channel_as, client_channel_with};
 
 const ELEMENT: &str = "dial";
 
@@ -46,9 +50,8 @@ pub struct ClientConn {
     pub channel: Channel,
     /// The server's identity as the TLS handshake authenticated it (empty in plaintext).
     pub peer: ServerPeer,
-    /// Our own SVID when the channel was dialed (TLS only): after a rotation the channel is replaced,
-    /// so that tokens signed with the new key travel over a connection authenticated with it.
-    svid: Option<Arc<Svid>>,
+    /// Our own SVID the channel presents (TLS only); `connect` signs the tokens it sends with it.
+    pub(crate) svid: Option<Arc<Svid>>,
 }
 
 /// A dialed channel and what it was dialed with.
@@ -79,8 +82,8 @@ impl ChannelCache {
         url: &NsmUrl,
         dial_timeout: Duration,
         security: &TransportSecurity,
+        svid: Option<Arc<Svid>>,
     ) -> Result<Dialed> {
-        let svid = security.tls().map(|t| t.current().svid.clone());
         {
             let mut entries = self.entries.lock();
             match entries.get_mut(url) {
@@ -96,7 +99,10 @@ impl ChannelCache {
                 None => {}
             }
         }
-        let (channel, peer) = client_channel_with(url, dial_timeout, security).await?;
+        let (channel, peer) = match (security.tls(), &svid) {
+            (Some(tls), Some(svid)) => client_channel_as(url, dial_timeout, tls, svid).await?,
+            _ => client_channel_with(url, dial_timeout, security).await?,
+        };
         let dialed = Dialed {
             channel,
             peer,
@@ -162,21 +168,35 @@ impl DialClient {
         }
     }
 
+    /// The SVID to present: the one the incoming call's connection authenticated us with, else the
+    /// current one (TLS only).
+    fn wanted_svid(&self, ctx: &Ctx) -> Option<Arc<Svid>> {
+        let tls = self.security.tls()?;
+        ctx.get::<LocalIdentity>()
+            .and_then(LocalIdentity::downcast::<Svid>)
+            .or_else(|| Some(tls.current().svid.clone()))
+    }
+
     /// Stores a channel for `url` unless one is stored already; true if this call stored it.
-    async fn ensure_conn(&self, md: &ConnMetadata, url: &NsmUrl) -> Result<bool> {
-        let current = self.security.tls().map(|t| t.current().svid.clone());
+    async fn ensure_conn(
+        &self,
+        md: &ConnMetadata,
+        url: &NsmUrl,
+        current: Option<Arc<Svid>>,
+    ) -> Result<bool> {
         let mut fresh = true;
         if let Some(c) = md.get::<ClientConn>(Side::Client).filter(|c| &c.url == url) {
             if same_svid(c.svid.as_ref(), current.as_ref()) {
                 return Ok(false);
             }
-            // Our SVID rotated since this channel was dialed: redial the same hop.
+            // Our SVID rotated since this channel was dialed (or the call arrived on a connection
+            // authenticated with another one): redial the same hop.
             fresh = false;
         }
         self.drop_conn(md);
         let dialed = self
             .cache
-            .acquire(url, self.dial_timeout, &self.security)
+            .acquire(url, self.dial_timeout, &self.security, current)
             .await?;
         md.insert(
             Side::Client,
@@ -222,7 +242,7 @@ impl NetworkServiceServer for DialClient {
             }
             self.drop_conn(&md);
         }
-        let fresh = self.ensure_conn(&md, &url).await?;
+        let fresh = self.ensure_conn(&md, &url, self.wanted_svid(ctx)).await?;
         let result = next.request(ctx, request).await;
         if result.is_err() && fresh {
             self.drop_conn(&md);
@@ -235,7 +255,7 @@ impl NetworkServiceServer for DialClient {
             return next.close(ctx, conn).await;
         };
         let md = metadata(ctx)?;
-        let dialed = self.ensure_conn(&md, &url).await;
+        let dialed = self.ensure_conn(&md, &url, self.wanted_svid(ctx)).await;
         // Run the rest even if the dial failed, so later client elements release what they hold.
         let result = next.close(ctx, conn).await;
         self.drop_conn(&md);

@@ -14,7 +14,7 @@
 use async_trait::async_trait;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::clock::to_timestamp;
-use nsm_core::token::SharedTokenGenerator;
+use nsm_core::token::{LocalIdentity, SharedTokenGenerator};
 use nsm_core::values::{IncomingToken, PeerInfo};
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 
@@ -59,9 +59,12 @@ impl UpdateTokenServer {
                 format!("path index {index} is out of range (path has {len} segments)"),
             ));
         };
-        let token = self
-            .generator
-            .generate(ctx.clock(), ctx.get::<PeerInfo>())?;
+        // Signed as the identity the caller's connection authenticated us with (see LocalIdentity).
+        let token = self.generator.generate_as(
+            ctx.clock(),
+            ctx.get::<PeerInfo>(),
+            ctx.get::<LocalIdentity>(),
+        )?;
         current.token = token.token;
         current.expires = Some(to_timestamp(token.expires));
         Ok(())

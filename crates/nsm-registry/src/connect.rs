@@ -7,6 +7,8 @@
 //! - State: one gRPC channel per URL, dialled on first use (within the dial timeout) and reused; tonic
 //!   reconnects a channel whose peer went away.
 //! - URLs: `tcp://host:port` (plain HTTP/2) and `unix:///path` (dialled with a unix-socket connector).
+//! - Transport: plaintext by default; [`ConnectServer::with_dialer`] plugs in another way to dial
+//!   (SPIFFE mTLS: the chains pass one built on `nsm_networkservice::grpc::client_channel_with`).
 //! - The context's deadline, if any, is sent as the call's `grpc-timeout`.
 
 use std::collections::HashMap;
@@ -132,9 +134,15 @@ pub async fn dial(url: &NsmUrl, timeout: Duration) -> Result<Channel> {
     }
 }
 
+/// Dials a registry URL within a timeout (a transport: plaintext, mTLS…).
+pub type Dialer = Arc<
+    dyn Fn(NsmUrl, Duration) -> futures::future::BoxFuture<'static, Result<Channel>> + Send + Sync,
+>;
+
 /// Calls the registry at the context's client URL.
 pub struct ConnectServer<T> {
     dial_timeout: Duration,
+    dialer: Option<Dialer>,
     channels: Mutex<HashMap<NsmUrl, Arc<OnceCell<Channel>>>>,
     _kind: PhantomData<fn() -> T>,
 }
@@ -144,9 +152,16 @@ impl<T: GrpcRegistryItem> ConnectServer<T> {
     pub fn new(dial_timeout: Duration) -> Self {
         Self {
             dial_timeout,
+            dialer: None,
             channels: Mutex::default(),
             _kind: PhantomData,
         }
+    }
+
+    /// Dials with `dialer` instead of plaintext (`None` keeps plaintext).
+    pub fn with_dialer(mut self, dialer: Option<Dialer>) -> Self {
+        self.dialer = dialer;
+        self
     }
 
     async fn channel(&self, ctx: &Ctx) -> Result<(NsmUrl, Channel)> {
@@ -161,7 +176,12 @@ impl<T: GrpcRegistryItem> ConnectServer<T> {
         };
         let cell = self.channels.lock().entry(url.clone()).or_default().clone();
         let ch = cell
-            .get_or_try_init(|| dial(&url, self.dial_timeout))
+            .get_or_try_init(|| async {
+                match &self.dialer {
+                    Some(d) => d(url.clone(), self.dial_timeout).await,
+                    None => dial(&url, self.dial_timeout).await,
+                }
+            })
             .await?
             .clone();
         Ok((url, ch))

@@ -37,7 +37,7 @@ mod testutil;
 
 pub use clientinfo::ClientInfoServer;
 pub use clienturl::ClientUrlServer;
-pub use connect::ConnectServer;
+pub use connect::{ConnectServer, Dialer};
 pub use expire::ExpireServer;
 pub use heal::HealClient;
 pub use localbypass::LocalBypassServer;

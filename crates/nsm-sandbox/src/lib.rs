@@ -18,5 +18,6 @@ mod sandbox;
 
 pub use restartable::{Component, ConnState, Restartable};
 pub use sandbox::{
-    Client, ClientConfig, DIAL_TIMEOUT, EndpointSpec, Node, Sandbox, SandboxBuilder, p2p,
+    Client, ClientConfig, DIAL_TIMEOUT, EndpointSpec, Identities, Node, SVID_TTL, Sandbox,
+    SandboxBuilder, TRUST_DOMAIN, p2p,
 };

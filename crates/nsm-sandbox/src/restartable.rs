@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use nsm_api::url::NsmUrl;
 use nsm_core::NsmError;
-use nsm_networkservice::grpc::{Serving, serve};
+use nsm_identity::TransportSecurity;
+use nsm_networkservice::grpc::{Serving, serve, serve_with};
 use tokio::sync::Mutex;
 use tonic::service::Routes;
 
@@ -70,6 +71,7 @@ pub struct Restartable {
     name: String,
     url: NsmUrl,
     factory: Factory,
+    security: TransportSecurity,
     running: Mutex<Option<Running>>,
 }
 
@@ -86,7 +88,17 @@ impl Restartable {
         bind: NsmUrl,
         factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
     ) -> Result<Self, NsmError> {
-        let me = Self::reserve(name, bind, factory).await?;
+        Self::start_with(name, bind, TransportSecurity::Insecure, factory).await
+    }
+
+    /// [`Restartable::start`] serving with `security` (SPIFFE mTLS in a secure sandbox).
+    pub async fn start_with(
+        name: impl Into<String>,
+        bind: NsmUrl,
+        security: TransportSecurity,
+        factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
+    ) -> Result<Self, NsmError> {
+        let me = Self::reserve_with(name, bind, security, factory).await?;
         me.restart().await?;
         Ok(me)
     }
@@ -96,6 +108,16 @@ impl Restartable {
     pub async fn reserve(
         name: impl Into<String>,
         bind: NsmUrl,
+        factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
+    ) -> Result<Self, NsmError> {
+        Self::reserve_with(name, bind, TransportSecurity::Insecure, factory).await
+    }
+
+    /// [`Restartable::reserve`] serving with `security` once started.
+    pub async fn reserve_with(
+        name: impl Into<String>,
+        bind: NsmUrl,
+        security: TransportSecurity,
         factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
     ) -> Result<Self, NsmError> {
         let factory: Factory = Arc::new(factory);
@@ -111,6 +133,7 @@ impl Restartable {
             name: name.into(),
             url,
             factory,
+            security,
             running: Mutex::new(None),
         })
     }
@@ -155,7 +178,7 @@ impl Restartable {
         let router = tonic::transport::Server::builder()
             .add_routes(routes)
             .add_service(health);
-        let serving = serve(&self.url, router).await?;
+        let serving = serve_with(&self.url, router, &self.security).await?;
         *self.running.lock().await = Some(Running { serving, component });
         Ok(())
     }

@@ -13,12 +13,16 @@ use nsm_chains::endpoint::{Endpoint, EndpointOptions};
 use nsm_chains::forwarder::{Forwarder, ForwarderOptions, NoopDataplane, registration};
 use nsm_chains::icmp_responder::IcmpResponder;
 use nsm_chains::nsmgr::{Nsmgr, NsmgrOptions};
-use nsm_chains::registry_client::{ns_registry_client, nse_registry_client};
+use nsm_chains::registry_client::{ns_registry_client_with, nse_registry_client_with};
 use nsm_chains::registry_memory::Registry;
 use nsm_core::chain::Element;
 use nsm_core::registry::RegistryChain;
 use nsm_core::token::{SharedTokenGenerator, TestTokenGenerator};
 use nsm_core::{Chain, Clock, Ctx, NsmError};
+use nsm_identity::{
+    DevCa, DevSource, JwtTokenGenerator, SignedDuration, TlsIdentity, TransportSecurity,
+};
+use nsm_networkservice::authorize::{AuthorizeClient, AuthorizeServer};
 use nsm_networkservice::begin::BeginClient;
 use nsm_networkservice::clientinfo::ClientInfoLabels;
 use nsm_networkservice::clienturl::{ClientUrlClient, ClientUrlServer};
@@ -28,6 +32,7 @@ use nsm_networkservice::mechanisms::kernel::KernelClient;
 use nsm_networkservice::mechanismtranslation::MechanismTranslationClient;
 use nsm_networkservice::metadata::MetadataClient;
 use nsm_networkservice::retry::RetryClient;
+use nsm_policy::{PolicyRuntime, default_client_policies_with, default_server_policies_with};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -46,9 +51,36 @@ pub struct SandboxBuilder {
     clock: Clock,
     unix_dir: Option<std::path::PathBuf>,
     default_forwarders: bool,
+    secure: bool,
+    policies: bool,
+    max_token_lifetime: SignedDuration,
 }
 
 impl SandboxBuilder {
+    /// In a secure sandbox, whether the hops evaluate the default policies (default true; false
+    /// measures mTLS and tokens alone).
+    pub fn policies(mut self, yes: bool) -> Self {
+        self.policies = yes;
+        self
+    }
+
+    /// Runs the whole domain secured as a production mesh: every component (registry, NSMgrs,
+    /// forwarders, endpoints, clients) gets its own X.509-SVID from a development CA (trust domain
+    /// [`TRUST_DOMAIN`], SPIFFE ID `spiffe://sandbox.nsm/<component name>`), every connection is
+    /// SPIFFE mTLS, tokens are ES256 JWTs ([`JwtTokenGenerator`], 10 minutes by default) and every
+    /// hop runs the default Rego policies (servers: `authorize.NewServer()`'s four, clients:
+    /// `authorize.NewClient()`'s four), each component with its own token caches.
+    pub fn secure(mut self) -> Self {
+        self.secure = true;
+        self
+    }
+
+    /// The longest token lifetime in a secure sandbox (default 10 minutes, as Go).
+    pub fn max_token_lifetime(mut self, d: Duration) -> Self {
+        self.max_token_lifetime = SignedDuration::positive(d);
+        self
+    }
+
     /// Whether every node gets a forwarder `forwarder-<i>` labelled `p2p=true` (default true).
     pub fn default_forwarders(mut self, yes: bool) -> Self {
         self.default_forwarders = yes;
@@ -85,15 +117,28 @@ impl SandboxBuilder {
         let stop = CancellationToken::new();
         let clock = self.clock;
         let expiry = self.registry_expiry;
-        let registry = Restartable::start("registry", loopback(), move |_url| {
-            let r = Registry::new(expiry, None, DIAL_TIMEOUT, clock);
+        let identities = if self.secure {
+            nsm_identity::install_crypto_provider();
+            Some(Arc::new(Identities::new(clock, self.max_token_lifetime)?))
+        } else {
+            None
+        };
+        let sec = Security {
+            identities,
+            tokens: self.token_generator,
+            policies: self.policies,
+        };
+        let transport = sec.transport("registry")?;
+        let t = transport.clone();
+        let registry = Restartable::start_with("registry", loopback(), transport, move |_url| {
+            let r = Registry::new_with(expiry, None, DIAL_TIMEOUT, clock, &t);
             (r.routes(), Box::new(r) as Box<dyn Component>)
         })
         .await?;
         let mut sb = Sandbox {
             registry: Arc::new(registry),
             nodes: Vec::new(),
-            token_generator: self.token_generator,
+            sec,
             clock,
             nse_expiry: self.nse_expiry,
             stop,
@@ -127,7 +172,7 @@ pub struct Sandbox {
     pub registry: Arc<Restartable>,
     /// The nodes, in creation order.
     pub nodes: Vec<Arc<Node>>,
-    token_generator: SharedTokenGenerator,
+    sec: Security,
     clock: Clock,
     nse_expiry: Duration,
     stop: CancellationToken,
@@ -151,7 +196,15 @@ impl Sandbox {
             clock: Clock::system(),
             unix_dir: None,
             default_forwarders: true,
+            secure: false,
+            policies: true,
+            max_token_lifetime: SignedDuration::positive(Duration::from_secs(600)),
         }
+    }
+
+    /// The identities of a secure sandbox (`None` in plaintext).
+    pub fn identities(&self) -> Option<&Arc<Identities>> {
+        self.sec.identities.as_ref()
     }
 
     /// The clock every component uses.
@@ -168,13 +221,17 @@ impl Sandbox {
     pub async fn add_node(&mut self, name: &str) -> Result<Arc<Node>, NsmError> {
         let bind = self.bind_url(&format!("{name}-nsmgr"));
         let registry_url = self.registry.url().clone();
-        let token = self.token_generator.clone();
         let clock = self.clock;
         let expiry = self.nse_expiry;
         let node_name = name.to_string();
         let nsmgr_name = format!("nsmgr-{name}");
-        let nsmgr = Restartable::start(nsmgr_name.clone(), bind, move |url| {
+        let transport = self.sec.transport(&nsmgr_name)?;
+        let token = self.sec.tokens(&transport, None);
+        let (sec, t) = (self.sec.clone(), transport.clone());
+        let nsmgr = Restartable::start_with(nsmgr_name.clone(), bind, transport, move |url| {
             let mut o = NsmgrOptions::new(nsmgr_name.clone(), url, token.clone());
+            o.security = t.clone();
+            o.authorize = sec.server_authorize(clock);
             o.registry_url = Some(registry_url.clone());
             o.labels = ClientInfoLabels {
                 node_name: Some(node_name.clone()),
@@ -190,7 +247,7 @@ impl Sandbox {
         let node = Arc::new(Node {
             name: name.to_string(),
             nsmgr: Arc::new(nsmgr),
-            token_generator: self.token_generator.clone(),
+            sec: self.sec.clone(),
             clock: self.clock,
             stop: self.stop.child_token(),
             unix_dir: self.unix_dir.clone(),
@@ -207,7 +264,12 @@ impl Sandbox {
 
     /// Registers a network service in the registry.
     pub async fn register_ns(&self, ns: NetworkService) -> Result<NetworkService, NsmError> {
-        let client = ns_registry_client(self.registry.url().clone(), DIAL_TIMEOUT, &self.stop);
+        let client = ns_registry_client_with(
+            self.registry.url().clone(),
+            DIAL_TIMEOUT,
+            &self.stop,
+            &self.sec.transport("sandbox-admin")?,
+        );
         client
             .run_register(&mut self.ctx(Duration::from_secs(5)), ns)
             .await
@@ -215,19 +277,33 @@ impl Sandbox {
 
     /// An endpoint registry client talking to the registry directly.
     pub fn nse_registry(&self) -> RegistryChain<NetworkServiceEndpoint> {
-        nse_registry_client(self.registry.url().clone(), DIAL_TIMEOUT, &self.stop)
+        let transport = self
+            .sec
+            .transport("sandbox-admin")
+            .unwrap_or(TransportSecurity::Insecure);
+        nse_registry_client_with(
+            self.registry.url().clone(),
+            DIAL_TIMEOUT,
+            &self.stop,
+            &transport,
+        )
     }
 
     /// A bare client to `url`: the request goes out as given (no path update, token or retry), so
     /// tests can send what a broken or hostile peer would.
     pub fn raw_client(&self, url: &NsmUrl) -> Chain {
+        let transport = self
+            .sec
+            .transport("raw-client")
+            .unwrap_or(TransportSecurity::Insecure);
+        let tokens = self.sec.tokens(&transport, None);
         Chain::new(
             "raw-client",
             vec![
                 Arc::new(ClientUrlClient::new(url.clone())),
                 Arc::new(MetadataClient::new()),
-                Arc::new(DialClient::new(DIAL_TIMEOUT)),
-                Arc::new(ConnectClient::new(self.token_generator.clone())),
+                Arc::new(DialClient::new(DIAL_TIMEOUT).with_security(transport)),
+                Arc::new(ConnectClient::new(tokens)),
             ],
         )
     }
@@ -464,7 +540,7 @@ pub struct Node {
     pub name: String,
     /// The NSMgr.
     pub nsmgr: Arc<Restartable>,
-    token_generator: SharedTokenGenerator,
+    sec: Security,
     clock: Clock,
     stop: CancellationToken,
     unix_dir: Option<std::path::PathBuf>,
@@ -512,14 +588,20 @@ impl Node {
         factory: impl Fn(NsmUrl) -> crate::restartable::Built + Send + Sync + 'static,
     ) -> Result<Arc<Restartable>, NsmError> {
         let bind = bind_url(self.unix_dir.as_deref(), name);
+        let transport = self.sec.transport(name)?;
         let server = Arc::new(if start {
-            Restartable::start(name, bind, factory).await?
+            Restartable::start_with(name, bind, transport.clone(), factory).await?
         } else {
-            Restartable::reserve(name, bind, factory).await?
+            Restartable::reserve_with(name, bind, transport.clone(), factory).await?
         });
         let registration = registration_of(server.url());
         let entry_stop = self.stop.child_token();
-        let registry = nse_registry_client(self.nsmgr.url().clone(), DIAL_TIMEOUT, &entry_stop);
+        let registry = nse_registry_client_with(
+            self.nsmgr.url().clone(),
+            DIAL_TIMEOUT,
+            &entry_stop,
+            &transport,
+        );
         registry
             .run_register(
                 &mut Ctx::new(self.clock).with_timeout(Duration::from_secs(5)),
@@ -544,10 +626,12 @@ impl Node {
         name: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Arc<Restartable>, NsmError> {
-        let token = self.token_generator.clone();
         let clock = self.clock;
         let connect_to = self.nsmgr.url().clone();
         let fwd_name = name.to_string();
+        let transport = self.sec.transport(name)?;
+        let token = self.sec.tokens(&transport, None);
+        let sec = self.sec.clone();
         self.add_entry(
             name,
             true,
@@ -555,11 +639,15 @@ impl Node {
             move |_url| {
                 let f = Forwarder::new(
                     ForwarderOptions {
-                        name: fwd_name.clone(),
-                        connect_to: connect_to.clone(),
-                        token_generator: token.clone(),
                         dial_timeout: DIAL_TIMEOUT,
-                        clock,
+                        security: transport.clone(),
+                        authorize: sec.server_authorize(clock),
+                        ..ForwarderOptions::new(
+                            fwd_name.clone(),
+                            connect_to.clone(),
+                            token.clone(),
+                            clock,
+                        )
                     },
                     &NoopDataplane,
                 );
@@ -594,10 +682,12 @@ impl Node {
         additional: Vec<Element>,
         start: bool,
     ) -> Result<Arc<Restartable>, NsmError> {
-        let token = self.token_generator.clone();
         let clock = self.clock;
         let nsmgr_url = self.nsmgr.url().clone();
         let s = spec.clone();
+        let transport = self.sec.transport(&spec.name)?;
+        let token = self.sec.tokens(&transport, None);
+        let sec = self.sec.clone();
         let reg = |url: &NsmUrl| NetworkServiceEndpoint {
             name: spec.name.clone(),
             network_service_names: spec.services.clone(),
@@ -618,6 +708,8 @@ impl Node {
         };
         self.add_entry(&spec.name, start, reg, move |_url| {
             let mut base = EndpointOptions::new(s.name.clone(), token.clone(), clock);
+            base.security = transport.clone();
+            base.authorize = sec.server_authorize(clock);
             let mut client_begin = None;
             if s.passthrough {
                 let client = new_client_parts(ClientOptions {
@@ -627,6 +719,7 @@ impl Node {
                         Arc::new(KernelClient::new(None)),
                     ],
                     dial_timeout: DIAL_TIMEOUT,
+                    security: transport.clone(),
                     ..ClientOptions::new(format!("endpoint-client-{}", s.name), token.clone())
                 });
                 client_begin = Some(client.begin.clone());
@@ -708,6 +801,34 @@ impl Node {
         additional: Vec<Element>,
         config: ClientConfig,
     ) -> Arc<Client> {
+        self.client(name, additional, config, None)
+    }
+
+    /// A client whose tokens live `max_token_lifetime` (which may be negative: tokens that are
+    /// already expired, as `NSM_MAX_TOKEN_LIFETIME=-1m` gives in Go's `opa` example). In a plaintext
+    /// sandbox the domain's token generator is used regardless.
+    pub fn new_client_with_token_lifetime(
+        &self,
+        name: &str,
+        additional: Vec<Element>,
+        config: ClientConfig,
+        max_token_lifetime: SignedDuration,
+    ) -> Arc<Client> {
+        self.client(name, additional, config, Some(max_token_lifetime))
+    }
+
+    fn client(
+        &self,
+        name: &str,
+        additional: Vec<Element>,
+        config: ClientConfig,
+        max_token_lifetime: Option<SignedDuration>,
+    ) -> Arc<Client> {
+        let transport = self
+            .sec
+            .transport(name)
+            .unwrap_or(TransportSecurity::Insecure);
+        let tokens = self.sec.tokens(&transport, max_token_lifetime);
         let ClientConfig {
             retry,
             refresh,
@@ -724,7 +845,9 @@ impl Node {
             heal,
             additional,
             dial_timeout: DIAL_TIMEOUT,
-            ..ClientOptions::new(name, self.token_generator.clone())
+            authorize: self.sec.client_authorize(self.clock),
+            security: transport,
+            ..ClientOptions::new(name, tokens)
         });
         let chain = if retry {
             Chain::new(
@@ -745,5 +868,128 @@ impl Node {
         });
         self.clients.lock().push(client.clone());
         client
+    }
+}
+
+/// The trust domain of a secure sandbox.
+pub const TRUST_DOMAIN: &str = "sandbox.nsm";
+
+/// How long a secure sandbox's SVIDs live (re-issued at half that).
+pub const SVID_TTL: Duration = Duration::from_secs(3600);
+
+/// The identities of a secure sandbox: a development CA and one SVID source per component name
+/// (created on first use, kept across restarts of the component).
+pub struct Identities {
+    ca: Arc<DevCa>,
+    max_token_lifetime: SignedDuration,
+    by_name: Mutex<BTreeMap<String, ComponentIdentity>>,
+}
+
+/// A component's SVID source and the TLS identity built on it.
+type ComponentIdentity = (Arc<DevSource>, Arc<TlsIdentity>);
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identities")
+            .field("components", &self.by_name.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn identity_error(e: impl std::fmt::Display) -> NsmError {
+    NsmError::internal("sandbox", format!("identity: {e}"))
+}
+
+impl Identities {
+    fn new(clock: Clock, max_token_lifetime: SignedDuration) -> Result<Self, NsmError> {
+        Ok(Self {
+            ca: Arc::new(DevCa::with_clock(TRUST_DOMAIN, clock).map_err(identity_error)?),
+            max_token_lifetime,
+            by_name: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The CA.
+    pub fn ca(&self) -> &Arc<DevCa> {
+        &self.ca
+    }
+
+    /// The TLS identity of component `name` (issued on first use).
+    pub fn tls(&self, name: &str) -> Result<Arc<TlsIdentity>, NsmError> {
+        let mut by_name = self.by_name.lock();
+        if let Some((_, tls)) = by_name.get(name) {
+            return Ok(tls.clone());
+        }
+        let source = self.ca.source(name, SVID_TTL).map_err(identity_error)?;
+        let tls = TlsIdentity::new(source.clone()).map_err(identity_error)?;
+        by_name.insert(name.to_string(), (source, tls.clone()));
+        Ok(tls)
+    }
+
+    /// Issues a new SVID (new key) to component `name` now, as a rotation by SPIRE would.
+    pub fn rotate(&self, name: &str) -> Result<(), NsmError> {
+        let source = self
+            .by_name
+            .lock()
+            .get(name)
+            .map(|(s, _)| s.clone())
+            .ok_or_else(|| identity_error(format!("no component {name}")))?;
+        source.set(self.ca.material(name, SVID_TTL).map_err(identity_error)?);
+        Ok(())
+    }
+
+    /// The SPIFFE ID of component `name`.
+    pub fn spiffe_id(&self, name: &str) -> String {
+        self.ca.spiffe_id(name)
+    }
+}
+
+/// What a component is secured with: nothing (plaintext, the domain's token generator, allow-all) or
+/// its identity from [`Identities`].
+#[derive(Clone)]
+struct Security {
+    identities: Option<Arc<Identities>>,
+    tokens: SharedTokenGenerator,
+    policies: bool,
+}
+
+impl Security {
+    fn transport(&self, name: &str) -> Result<TransportSecurity, NsmError> {
+        match &self.identities {
+            None => Ok(TransportSecurity::Insecure),
+            Some(ids) => Ok(TransportSecurity::Tls(ids.tls(name)?)),
+        }
+    }
+
+    fn tokens(
+        &self,
+        transport: &TransportSecurity,
+        max_token_lifetime: Option<SignedDuration>,
+    ) -> SharedTokenGenerator {
+        match (transport.tls(), &self.identities) {
+            (Some(tls), Some(ids)) => Arc::new(JwtTokenGenerator::new(
+                tls.source(),
+                max_token_lifetime.unwrap_or(ids.max_token_lifetime),
+            )),
+            _ => self.tokens.clone(),
+        }
+    }
+
+    fn server_authorize(&self, clock: Clock) -> Element {
+        match &self.identities {
+            Some(_) if self.policies => Arc::new(AuthorizeServer::new(
+                default_server_policies_with(&PolicyRuntime::new(clock)),
+            )),
+            _ => Arc::new(AuthorizeServer::any()),
+        }
+    }
+
+    fn client_authorize(&self, clock: Clock) -> Element {
+        match &self.identities {
+            Some(_) if self.policies => Arc::new(AuthorizeClient::new(
+                default_client_policies_with(&PolicyRuntime::new(clock)),
+            )),
+            _ => Arc::new(AuthorizeClient::any()),
+        }
     }
 }

@@ -47,6 +47,11 @@ pub struct TestbedOptions {
     pub underlay_v6: bool,
     /// How long a component may take to become ready.
     pub ready_timeout: Duration,
+    /// Secure the mesh with a development identity in this trust domain (default `nsm.local`):
+    /// `nsm identity init` makes a CA in `<run dir>/identity` and every component gets its own SVID
+    /// (`spiffe://<trust domain>/<component name>`) through `NSM_IDENTITY_DIR`. `None` runs the
+    /// components with `NSM_INSECURE=true` (plaintext, test tokens), unless `env` names an identity.
+    pub dev_identity: Option<String>,
 }
 
 impl TestbedOptions {
@@ -60,6 +65,7 @@ impl TestbedOptions {
             env: Vec::new(),
             underlay_v6: false,
             ready_timeout: Duration::from_secs(30),
+            dev_identity: Some("nsm.local".into()),
         }
     }
 }
@@ -212,6 +218,19 @@ impl Testbed {
             ..Default::default()
         };
         state.save(&dir)?;
+        if let Some(td) = &opts.dev_identity {
+            let ca = dir.join("identity");
+            let out = std::process::Command::new(&opts.nsm_bin)
+                .args(["identity", "init", "--trust-domain", td, "--dir"])
+                .arg(&ca)
+                .output()?;
+            if !out.status.success() {
+                return Err(err(format!(
+                    "nsm identity init: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
         Ok(Self {
             id: opts.id.clone(),
             dir,
@@ -359,8 +378,36 @@ impl Testbed {
 
     fn base_env(&self) -> Vec<(String, String)> {
         let mut env = vec![("NSM_LOG_LEVEL".to_string(), self.opts.log_level.clone())];
+        let has_identity = self.opts.env.iter().any(|(k, _)| {
+            ["NSM_IDENTITY_DIR", "SPIFFE_ENDPOINT_SOCKET", "NSM_INSECURE"].contains(&k.as_str())
+        });
+        if self.opts.dev_identity.is_none() && !has_identity {
+            env.push(("NSM_INSECURE".to_string(), "true".to_string()));
+        }
         env.extend(self.opts.env.iter().cloned());
         env
+    }
+
+    /// Issues the development SVID of component `name` (see [`TestbedOptions::dev_identity`]) and
+    /// returns the directory for its `NSM_IDENTITY_DIR`.
+    fn issue_identity(&self, name: &str, td: &str) -> io::Result<PathBuf> {
+        let ca = self.dir.join("identity");
+        let out_dir = ca.join("svids").join(name);
+        let out = std::process::Command::new(&self.opts.nsm_bin)
+            .args(["identity", "issue", "--ttl", "24h", "--dir"])
+            .arg(&ca)
+            .arg("--spiffe-id")
+            .arg(format!("spiffe://{td}/{name}"))
+            .arg("--out")
+            .arg(&out_dir)
+            .output()?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "nsm identity issue for {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(out_dir)
     }
 
     /// Starts `nsm <args…>` in `ns` as `name`, recording it; `env` is added to the base environment.
@@ -381,6 +428,13 @@ impl Testbed {
         }
         let mut all = self.base_env();
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let has_identity = all.iter().any(|(k, _)| {
+            ["NSM_IDENTITY_DIR", "SPIFFE_ENDPOINT_SOCKET", "NSM_INSECURE"].contains(&k.as_str())
+        });
+        if let (Some(td), false) = (self.opts.dev_identity.clone(), has_identity) {
+            let dir = self.issue_identity(name, &td)?;
+            all.push(("NSM_IDENTITY_DIR".into(), dir.display().to_string()));
+        }
         let log = self.dir.join(format!("{name}.log"));
         let p = Proc::spawn(name, ns, &self.opts.nsm_bin, args, &all, log, tier)?;
         if let Some(r) = ProcRef::of(p.pid()) {

@@ -28,6 +28,9 @@ enum Command {
     Nse(cmd::nse::NseArgs),
     /// Run a client that requests network services and holds the connections.
     Nsc(cmd::nsc::NscArgs),
+    /// Development identities without SPIRE: a CA (`init`) and SVIDs for NSM_IDENTITY_DIR (`issue`).
+    #[command(subcommand)]
+    Identity(cmd::identity::IdentityCommand),
     /// Inspect a running mesh: registry, connections hop by hop, `check`.
     Ctl(cmd::ctl::CtlArgs),
     /// Start a whole local mesh in network namespaces (as root), show it and ping through it.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Some(Command::Nse(args)) => cmd::nse::run(&args),
         Some(Command::Nsc(args)) => cmd::nsc::run(&args),
         Some(Command::Ctl(args)) => cmd::ctl::run(&args),
+        Some(Command::Identity(c)) => cmd::identity::run(&c),
         Some(Command::Up(args)) => cmd::up::run(&args),
         Some(Command::Down(args)) => cmd::up::down(&args),
         Some(Command::Bench(b)) => cmd::bench::run(&b),

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use nsm_api::networkservice::network_service_client::NetworkServiceClient;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::metadata::Side;
-use nsm_core::token::SharedTokenGenerator;
+use nsm_core::token::{LocalIdentity, SharedTokenGenerator};
 use nsm_core::values::PeerInfo;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use tonic::{Code, Status};
@@ -51,8 +51,12 @@ impl ConnectClient {
             }
             req.set_timeout(left);
         }
-        // The audience is the server the channel's TLS handshake authenticated (none in plaintext).
-        let token = self.tokens.generate(ctx.clock(), cc.peer.get().as_ref())?;
+        // The audience is the server the channel's TLS handshake authenticated (none in plaintext);
+        // the token is signed with the SVID the channel presented to it.
+        let own = cc.svid.clone().map(|s| LocalIdentity(s));
+        let token = self
+            .tokens
+            .generate_as(ctx.clock(), cc.peer.get().as_ref(), own.as_ref())?;
         attach_token(&mut req, &token)?;
         Ok((cc, req))
     }

@@ -1,12 +1,11 @@
 //! Dialing a next hop.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use nsm_api::url::NsmUrl;
 use nsm_core::NsmError;
-use nsm_identity::{TlsIdentity, TransportSecurity, peer_info};
+use nsm_identity::{Svid, TlsIdentity, TransportSecurity, peer_info};
 use rustls_pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
 
@@ -26,8 +25,21 @@ pub async fn client_channel_with(
             client_channel(url, dial_timeout).await?,
             ServerPeer::default(),
         )),
-        TransportSecurity::Tls(tls) => client_channel_tls(url, dial_timeout, tls.clone()).await,
+        TransportSecurity::Tls(tls) => client_channel_tls(url, dial_timeout, tls.connector()).await,
     }
+}
+
+/// Dials `url` with mTLS presenting `svid` (rather than the source's current SVID) on every
+/// (re)connect: a channel pinned to one identity, so that the tokens sent on it can be signed with the
+/// same key the server authenticated.
+pub async fn client_channel_as(
+    url: &NsmUrl,
+    dial_timeout: Duration,
+    tls: &TlsIdentity,
+    svid: &Svid,
+) -> Result<(Channel, ServerPeer), NsmError> {
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config_as(svid));
+    client_channel_tls(url, dial_timeout, connector).await
 }
 
 /// A raw connection to `url` (tcp or unix), ready for TLS.
@@ -38,7 +50,7 @@ enum Raw {
 
 async fn tls_dial(
     url: &NsmUrl,
-    tls: &TlsIdentity,
+    connector: &tokio_rustls::TlsConnector,
     peer: &ServerPeer,
 ) -> std::io::Result<TokioIo<Box<dyn IoStream>>> {
     let raw = match url {
@@ -52,7 +64,6 @@ async fn tls_dial(
     };
     // SVIDs carry no DNS names and the verifier ignores the name; send a fixed SNI.
     let name = ServerName::try_from("nsm").map_err(std::io::Error::other)?;
-    let connector = tls.connector();
     let stream: Box<dyn IoStream> = match raw {
         Raw::Tcp(s) => {
             let t = connector.connect(name, s).await?;
@@ -79,7 +90,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> IoStream fo
 async fn client_channel_tls(
     url: &NsmUrl,
     dial_timeout: Duration,
-    tls: Arc<TlsIdentity>,
+    connector: tokio_rustls::TlsConnector,
 ) -> Result<(Channel, ServerPeer), NsmError> {
     if !matches!(url, NsmUrl::Tcp { .. } | NsmUrl::Unix(_)) {
         return Err(NsmError::invalid(
@@ -95,8 +106,8 @@ async fn client_channel_tls(
     let (u, p) = (url.clone(), peer.clone());
     let endpoint = Endpoint::from_static("https://nsm").connect_timeout(dial_timeout);
     let dial = endpoint.connect_with_connector(tower::service_fn(move |_| {
-        let (u, p, tls) = (u.clone(), p.clone(), tls.clone());
-        async move { tls_dial(&u, &tls, &p).await }
+        let (u, p, connector) = (u.clone(), p.clone(), connector.clone());
+        async move { tls_dial(&u, &connector, &p).await }
     }));
     match tokio::time::timeout(dial_timeout, dial).await {
         Ok(Ok(channel)) => Ok((channel, peer)),

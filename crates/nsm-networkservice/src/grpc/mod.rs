@@ -28,7 +28,7 @@ pub(crate) mod testing;
 mod tests;
 mod tls;
 
-pub use channel::{client_channel, client_channel_with};
+pub use channel::{client_channel, client_channel_as, client_channel_with};
 pub use metadata::{
     TOKEN_EXPIRES_KEY, TOKEN_KEY, attach_token, format_rfc3339_nanos, grpc_timeout, incoming_token,
     parse_rfc3339,

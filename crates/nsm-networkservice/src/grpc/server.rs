@@ -43,8 +43,9 @@ pub fn incoming_ctx<T>(clock: Clock, req: &Request<T>) -> Ctx {
         ctx.insert(token);
     }
     let ext = req.extensions();
-    if let Some(super::TlsPeer(peer)) = ext.get::<super::TlsPeer>() {
+    if let Some(super::TlsPeer(peer, own)) = ext.get::<super::TlsPeer>() {
         ctx.insert(peer.clone());
+        ctx.insert(own.clone());
         return ctx;
     }
     let remote_addr = ext

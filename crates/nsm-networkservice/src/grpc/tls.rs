@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use nsm_core::token::LocalIdentity;
 use nsm_core::values::PeerInfo;
 use nsm_identity::{TlsIdentity, peer_info};
 use parking_lot::Mutex;
@@ -20,9 +21,10 @@ use tonic::transport::server::Connected;
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The verified TLS identity of the client of an incoming call (a request extension).
+/// The verified TLS identity of the client of an incoming call, and our own identity as the
+/// connection's handshake presented it (a request extension).
 #[derive(Debug, Clone)]
-pub struct TlsPeer(pub PeerInfo);
+pub struct TlsPeer(pub PeerInfo, pub LocalIdentity);
 
 /// An accepted connection after the TLS handshake.
 pub(crate) struct TlsConn<T> {
@@ -80,7 +82,6 @@ where
 {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        let acceptor = tls.acceptor();
         loop {
             let accepted = tokio::select! {
                 () = kill.cancelled() => return,
@@ -95,7 +96,11 @@ where
                     continue;
                 }
             };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            // Pin the connection to the SVID current now: tokens answered on it are signed with the
+            // same key, so the client keeps verifying them after our SVID rotates.
+            let svid = tls.current().svid.clone();
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config_as(&svid));
+            let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                     Ok(Ok(io)) => {
@@ -104,7 +109,7 @@ where
                         let _ = tx
                             .send(Ok(TlsConn {
                                 io,
-                                peer: TlsPeer(peer),
+                                peer: TlsPeer(peer, LocalIdentity(svid)),
                             }))
                             .await;
                     }

@@ -5,9 +5,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use nsm_api::url::NsmUrl;
+use nsm_core::chain::Element;
 use nsm_core::token::{SharedTokenGenerator, TestTokenGenerator};
+use nsm_identity::{INSECURE_ENV, JwtTokenGenerator, SignedDuration, TransportSecurity};
+use nsm_networkservice::authorize::{AuthorizeClient, AuthorizeServer, SharedPolicy};
 use nsm_networkservice::grpc::Serving;
+use nsm_policy::{PolicyDir, PolicyRuntime};
 use tonic::service::Routes;
 
 use super::config::ConfigError;
@@ -79,18 +85,114 @@ pub fn token_generator(max_lifetime: Duration) -> SharedTokenGenerator {
     })
 }
 
-/// Serves `routes` (plus health for `services`) on every URL; prints `listening on <url>` for each.
+/// This process's transport security from the environment (`SPIFFE_ENDPOINT_SOCKET`,
+/// `NSM_IDENTITY_DIR`, or `NSM_INSECURE=true`). Without an identity it prints why (prefixed with
+/// `who`) and the caller exits with the returned code 2. Plaintext is logged as a warning.
+pub async fn transport(who: &str) -> Result<TransportSecurity, ExitCode> {
+    nsm_identity::install_crypto_provider();
+    match nsm_identity::transport_from_env().await {
+        Ok(TransportSecurity::Insecure) => {
+            tracing::warn!(
+                "{INSECURE_ENV}=true: plaintext gRPC, unsigned test tokens and no default policies; \
+                 for tests only, never in production"
+            );
+            Ok(TransportSecurity::Insecure)
+        }
+        Ok(t) => {
+            if let Some(tls) = t.tls() {
+                tracing::info!(spiffe_id = %tls.spiffe_id(), "identity: SPIFFE mTLS");
+            }
+            Ok(t)
+        }
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// The token generator for `security`: ES256 JWTs signed with the SVID (a negative lifetime issues
+/// tokens that are already expired, as in Go); unsigned test tokens in plaintext.
+pub fn tokens(
+    security: &TransportSecurity,
+    negative: bool,
+    lifetime: Duration,
+) -> SharedTokenGenerator {
+    match security.tls() {
+        Some(tls) => Arc::new(JwtTokenGenerator::new(
+            tls.source(),
+            SignedDuration {
+                negative,
+                magnitude: lifetime,
+            },
+        )),
+        None if negative => Arc::new(ExpiredTokenGenerator { by: lifetime }),
+        None => token_generator(lifetime),
+    }
+}
+
+/// The policies `authorize` evaluates: the `--policy` / `NSM_POLICY` files or directories (reloaded
+/// when they change) if given, else the default Rego policies with an identity (server or client
+/// set), else none (plaintext: test tokens are not JWTs).
+pub fn policies(
+    who: &str,
+    policy: Option<&str>,
+    security: &TransportSecurity,
+    client: bool,
+) -> Result<Option<Vec<SharedPolicy>>, ExitCode> {
+    if let Some(p) = policy.map(str::trim).filter(|p| !p.is_empty()) {
+        let paths = p.split(',').map(|s| PathBuf::from(s.trim())).collect();
+        return match PolicyDir::load(paths, PolicyRuntime::shared(), Some(Duration::from_secs(2))) {
+            Ok(d) => {
+                tracing::info!(policies = ?d.names(), "authorize: custom policies");
+                Ok(Some(vec![Arc::new(d) as SharedPolicy]))
+            }
+            Err(e) => {
+                eprintln!("{who}: invalid --policy / NSM_POLICY {p:?}: {e}");
+                Err(ExitCode::from(2))
+            }
+        };
+    }
+    if security.tls().is_none() {
+        return Ok(None);
+    }
+    Ok(Some(if client {
+        nsm_policy::default_client_policies()
+    } else {
+        nsm_policy::default_server_policies()
+    }))
+}
+
+/// The server `authorize` element for `policies` (allow-all for `None`).
+pub fn server_authorize(policies: Option<Vec<SharedPolicy>>) -> Element {
+    match policies {
+        Some(p) => Arc::new(AuthorizeServer::new(p)),
+        None => Arc::new(AuthorizeServer::any()),
+    }
+}
+
+/// The client `authorize` element for `policies` (allow-all for `None`).
+pub fn client_authorize(policies: Option<Vec<SharedPolicy>>) -> Element {
+    match policies {
+        Some(p) => Arc::new(AuthorizeClient::new(p)),
+        None => Arc::new(AuthorizeClient::any()),
+    }
+}
+
+/// Serves `routes` (plus health for `services`) on every URL with `security`; prints
+/// `listening on <url>` for each.
 pub async fn serve_all(
     urls: &[NsmUrl],
     routes: Routes,
     services: &[&str],
+    security: &TransportSecurity,
 ) -> Result<Vec<Serving>, nsm_core::NsmError> {
     let health = nsm_api::health::health_service(services).await;
     let routes = routes.add_service(health);
     let mut servers = Vec::new();
     for url in urls {
         let router = tonic::transport::Server::builder().add_routes(routes.clone());
-        let s = nsm_networkservice::grpc::serve(url, router).await?;
+        let s = nsm_networkservice::grpc::serve_with(url, router, security).await?;
         println!("listening on {}", s.url());
         servers.push(s);
     }

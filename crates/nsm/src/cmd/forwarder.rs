@@ -14,16 +14,17 @@ use clap::Args;
 use nsm_api::url::NsmUrl;
 use nsm_chains::endpoint::Endpoint;
 use nsm_chains::forwarder::{Dataplane, Forwarder, ForwarderOptions, NoopDataplane, registration};
-use nsm_chains::registry_client::nse_registry_client;
+use nsm_chains::registry_client::nse_registry_client_with;
 use nsm_core::{Clock, Ctx};
 use nsm_dataplane::netns::Netns;
 use nsm_dataplane::{Executor, KernelDataplane, PlanConfig};
+use nsm_identity::TransportSecurity;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{
-    bad, parse_duration, parse_labels, parse_signed_duration, parse_url, parse_urls, run_async,
-    serve_all, stop_all, token_generator, wait_for_signal,
+    bad, parse_duration, parse_labels, parse_signed_duration, parse_url, parse_urls, policies,
+    run_async, serve_all, server_authorize, stop_all, tokens, transport, wait_for_signal,
 };
 use super::config::{ConfigError, init_logging};
 
@@ -76,6 +77,10 @@ pub struct ForwarderArgs {
     /// Print the chain element names and exit.
     #[arg(long)]
     pub print_chain: bool,
+    /// Rego policy files or directories for authorize, comma-separated (default: the built-in
+    /// policies; reloaded when they change).
+    #[arg(long, env = "NSM_POLICY")]
+    pub policy: Option<String>,
 }
 
 /// Validated `nsm forwarder` configuration.
@@ -173,11 +178,19 @@ pub fn run(args: &ForwarderArgs) -> ExitCode {
     init_logging(cfg.log_level);
     let args = args.clone();
     run_async("nsm forwarder", async move {
+        let security = if args.print_chain {
+            TransportSecurity::Insecure
+        } else {
+            match transport("nsm forwarder").await {
+                Ok(s) => s,
+                Err(code) => return code,
+            }
+        };
         if !cfg.kernel {
-            return serve(args, cfg, &NoopDataplane).await;
+            return serve(args, cfg, &NoopDataplane, security).await;
         }
         match kernel_dataplane(&args.name, &cfg).await {
-            Ok(dp) => serve(args, cfg, &dp).await,
+            Ok(dp) => serve(args, cfg, &dp, security).await,
             Err(e) => {
                 eprintln!("nsm forwarder: {e}");
                 ExitCode::FAILURE
@@ -259,15 +272,28 @@ fn underlay_mtu(ip: IpAddr) -> Option<u32> {
         .ok()
 }
 
-async fn serve(args: ForwarderArgs, cfg: ForwarderConfig, dataplane: &dyn Dataplane) -> ExitCode {
+async fn serve(
+    args: ForwarderArgs,
+    cfg: ForwarderConfig,
+    dataplane: &dyn Dataplane,
+    security: TransportSecurity,
+) -> ExitCode {
     let clock = Clock::system();
+    let authorize = match policies("nsm forwarder", args.policy.as_deref(), &security, false) {
+        Ok(p) => server_authorize(p),
+        Err(code) => return code,
+    };
     let fwd = Forwarder::new(
         ForwarderOptions {
-            name: args.name.clone(),
-            connect_to: cfg.connect_to.clone(),
-            token_generator: token_generator(cfg.token_lifetime),
             dial_timeout: cfg.dial_timeout,
-            clock,
+            security: security.clone(),
+            authorize,
+            ..ForwarderOptions::new(
+                args.name.clone(),
+                cfg.connect_to.clone(),
+                tokens(&security, false, cfg.token_lifetime),
+                clock,
+            )
         },
         dataplane,
     );
@@ -275,7 +301,7 @@ async fn serve(args: ForwarderArgs, cfg: ForwarderConfig, dataplane: &dyn Datapl
         println!("{}", fwd.chain().element_names().join(" -> "));
         return ExitCode::SUCCESS;
     }
-    let servers = match serve_all(&cfg.listen, fwd.routes(), &Endpoint::SERVICES).await {
+    let servers = match serve_all(&cfg.listen, fwd.routes(), &Endpoint::SERVICES, &security).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("nsm forwarder: {e}");
@@ -289,7 +315,12 @@ async fn serve(args: ForwarderArgs, cfg: ForwarderConfig, dataplane: &dyn Datapl
         cfg.labels.clone(),
         servers[0].url(),
     );
-    let client = nse_registry_client(cfg.connect_to.clone(), Duration::from_secs(5), &stop);
+    let client = nse_registry_client_with(
+        cfg.connect_to.clone(),
+        Duration::from_secs(5),
+        &stop,
+        &security,
+    );
     let ctx = || Ctx::new(clock).with_timeout(Duration::from_secs(15));
     if let Err(e) = client.run_register(&mut ctx(), reg.clone()).await {
         eprintln!(

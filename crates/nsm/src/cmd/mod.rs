@@ -5,6 +5,7 @@ pub mod common;
 pub mod config;
 pub mod ctl;
 pub mod forwarder;
+pub mod identity;
 pub mod nsc;
 pub mod nse;
 pub mod nsmgr;

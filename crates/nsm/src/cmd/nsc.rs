@@ -13,6 +13,7 @@ use nsm_api::url::{NetworkServiceUrl, NsmUrl};
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_chains::client::{ClientOptions, new_client};
 use nsm_core::{Chain, Clock, Ctx};
+use nsm_identity::TransportSecurity;
 use nsm_networkservice::livenesscheck::{LivenessCheckClient, LivenessProbe, ProbeFuture};
 use nsm_networkservice::mechanisms::kernel::KernelClient;
 use nsm_networkservice::retry::RetryClient;
@@ -58,6 +59,10 @@ pub struct NscArgs {
     /// Request, print, close and exit instead of holding the connections until SIGTERM.
     #[arg(long)]
     pub once: bool,
+    /// Rego policy files or directories for authorize, comma-separated (default: the built-in
+    /// policies; reloaded when they change).
+    #[arg(long, env = "NSM_POLICY")]
+    pub policy: Option<String>,
     /// Data-path liveness check: ICMP echo to the endpoint's addresses this often (Go duration; 0 = off).
     #[arg(long, env = "NSM_LIVENESS_CHECK_INTERVAL", default_value = "0")]
     pub liveness_check_interval: String,
@@ -175,13 +180,15 @@ pub fn run(args: &NscArgs) -> ExitCode {
     run_async("nsm nsc", async move { serve(args, cfg).await })
 }
 
-fn client_for(args: &NscArgs, cfg: &NscConfig, url: &NetworkServiceUrl) -> Chain {
+fn client_for(
+    args: &NscArgs,
+    cfg: &NscConfig,
+    url: &NetworkServiceUrl,
+    security: &TransportSecurity,
+    authorize: nsm_core::chain::Element,
+) -> Chain {
     let (negative, lifetime) = cfg.token_lifetime;
-    let tokens: nsm_core::token::SharedTokenGenerator = if negative {
-        Arc::new(super::common::ExpiredTokenGenerator { by: lifetime })
-    } else {
-        super::common::token_generator(lifetime)
-    };
+    let tokens = super::common::tokens(security, negative, lifetime);
     let kernel = KernelClient::new(url.interface.clone())
         .with_netns_url(format!("file:///proc/{}/ns/net", std::process::id()));
     let mut additional: Vec<nsm_core::chain::Element> = vec![Arc::new(kernel)];
@@ -201,6 +208,8 @@ fn client_for(args: &NscArgs, cfg: &NscConfig, url: &NetworkServiceUrl) -> Chain
         heal: true,
         additional,
         dial_timeout: cfg.dial_timeout,
+        security: security.clone(),
+        authorize,
         ..ClientOptions::new(args.name.clone(), tokens)
     });
     Chain::new(
@@ -213,10 +222,25 @@ fn client_for(args: &NscArgs, cfg: &NscConfig, url: &NetworkServiceUrl) -> Chain
 
 async fn serve(args: NscArgs, cfg: NscConfig) -> ExitCode {
     let clock = Clock::system();
+    let security = match super::common::transport("nsm nsc").await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let policies = match super::common::policies("nsm nsc", args.policy.as_deref(), &security, true)
+    {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let mut held: Vec<(Chain, Connection)> = Vec::new();
     let mut code = ExitCode::SUCCESS;
     for (i, url) in cfg.services.iter().enumerate() {
-        let chain = client_for(&args, &cfg, url);
+        let chain = client_for(
+            &args,
+            &cfg,
+            url,
+            &security,
+            super::common::client_authorize(policies.clone()),
+        );
         let request = NetworkServiceRequest {
             connection: Some(Connection {
                 id: format!("{}-{i}", args.name),

@@ -15,13 +15,13 @@ use nsm_api::registry::{NetworkService, NetworkServiceEndpoint, NetworkServiceLa
 use nsm_api::url::NsmUrl;
 use nsm_chains::endpoint::{Endpoint, EndpointOptions};
 use nsm_chains::icmp_responder::IcmpResponder;
-use nsm_chains::registry_client::{ns_registry_client, nse_registry_client};
+use nsm_chains::registry_client::{ns_registry_client_with, nse_registry_client_with};
 use nsm_core::{Clock, Ctx};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{
-    bad, parse_duration, parse_labels, parse_signed_duration, parse_url, parse_urls, run_async,
-    serve_all, stop_all, token_generator, wait_for_signal,
+    bad, parse_duration, parse_labels, parse_signed_duration, parse_url, parse_urls, policies,
+    run_async, serve_all, server_authorize, stop_all, tokens, transport, wait_for_signal,
 };
 use super::config::{ConfigError, init_logging};
 
@@ -73,6 +73,10 @@ pub struct NseArgs {
     /// Log level (TRACE, DEBUG, INFO, WARN, ERROR).
     #[arg(long, env = "NSM_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Rego policy files or directories for authorize, comma-separated (default: the built-in
+    /// policies; reloaded when they change).
+    #[arg(long, env = "NSM_POLICY")]
+    pub policy: Option<String>,
 }
 
 /// Validated `nsm nse` configuration.
@@ -88,6 +92,7 @@ pub struct NseConfig {
     idle_timeout: Duration,
     max_token_lifetime: Duration,
     log_level: tracing::Level,
+    policy: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -183,6 +188,7 @@ impl NseConfig {
             idle_timeout: parse_duration("--idle-timeout / NSM_IDLE_TIMEOUT", &args.idle_timeout)?,
             max_token_lifetime: lifetime,
             log_level: super::common::log_level(args.log_level.as_deref())?,
+            policy: args.policy.clone(),
         })
     }
 }
@@ -204,16 +210,34 @@ pub fn run(args: &NseArgs) -> ExitCode {
 
 async fn serve(name: String, payload: String, cfg: NseConfig) -> ExitCode {
     let clock = Clock::system();
-    let tokens = token_generator(cfg.max_token_lifetime);
+    let security = match transport("nsm nse").await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let authorize = match policies("nsm nse", cfg.policy.as_deref(), &security, false) {
+        Ok(p) => server_authorize(p),
+        Err(code) => return code,
+    };
+    let tokens = tokens(&security, false, cfg.max_token_lifetime);
+    let mut options = EndpointOptions::new(name.clone(), tokens, clock);
+    options.security = security.clone();
+    options.authorize = authorize;
     // Without fd passing the forwarder opens our namespace through /proc/<pid>/ns/net (it shares our
     // PID namespace); /proc/thread-self would name the forwarder's own.
     let nse = IcmpResponder::with_netns_url(
-        EndpointOptions::new(name.clone(), tokens, clock),
+        options,
         cfg.cidrs.clone(),
         cfg.dns.clone(),
         Some(format!("file:///proc/{}/ns/net", std::process::id())),
     );
-    let servers = match serve_all(&cfg.listen, nse.endpoint.routes(), &Endpoint::SERVICES).await {
+    let servers = match serve_all(
+        &cfg.listen,
+        nse.endpoint.routes(),
+        &Endpoint::SERVICES,
+        &security,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("nsm nse: {e}");
@@ -224,7 +248,7 @@ async fn serve(name: String, payload: String, cfg: NseConfig) -> ExitCode {
     let dial = Duration::from_secs(5);
     let ctx = || Ctx::new(clock).with_timeout(Duration::from_secs(15));
     if cfg.register_service {
-        let ns_client = ns_registry_client(cfg.connect_to.clone(), dial, &stop);
+        let ns_client = ns_registry_client_with(cfg.connect_to.clone(), dial, &stop, &security);
         for svc in &cfg.services {
             let ns = NetworkService {
                 name: svc.clone(),
@@ -259,7 +283,7 @@ async fn serve(name: String, payload: String, cfg: NseConfig) -> ExitCode {
         url: servers[0].url().to_string(),
         ..Default::default()
     };
-    let nse_client = nse_registry_client(cfg.connect_to.clone(), dial, &stop);
+    let nse_client = nse_registry_client_with(cfg.connect_to.clone(), dial, &stop, &security);
     if let Err(e) = nse_client
         .run_register(&mut ctx(), registration.clone())
         .await

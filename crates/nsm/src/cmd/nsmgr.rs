@@ -14,9 +14,11 @@ use nsm_chains::nsmgr::{Nsmgr, NsmgrOptions};
 use nsm_core::Clock;
 use nsm_networkservice::clientinfo::ClientInfoLabels;
 
+use nsm_identity::TransportSecurity;
+
 use super::common::{
-    parse_duration, parse_signed_duration, parse_url, parse_urls, run_async, serve_all, stop_all,
-    token_generator, wait_for_signal,
+    parse_duration, parse_signed_duration, parse_url, parse_urls, policies, run_async, serve_all,
+    server_authorize, stop_all, tokens, transport, wait_for_signal,
 };
 use super::config::{ConfigError, init_logging};
 
@@ -66,6 +68,10 @@ pub struct NsmgrArgs {
     /// Log level (TRACE, DEBUG, INFO, WARN, ERROR).
     #[arg(long, env = "NSM_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Rego policy files or directories for authorize, comma-separated (default: the built-in
+    /// policies; reloaded when they change).
+    #[arg(long, env = "NSM_POLICY")]
+    pub policy: Option<String>,
     /// Print the chain element names and exit.
     #[arg(long)]
     pub print_chain: bool,
@@ -149,11 +155,25 @@ pub fn run(args: &NsmgrArgs) -> ExitCode {
     init_logging(cfg.log_level);
     let args = args.clone();
     run_async("nsm nsmgr", async move {
+        let security = if args.print_chain {
+            TransportSecurity::Insecure
+        } else {
+            match transport("nsm nsmgr").await {
+                Ok(s) => s,
+                Err(code) => return code,
+            }
+        };
+        let policies = match policies("nsm nsmgr", args.policy.as_deref(), &security, false) {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
         let mut o = NsmgrOptions::new(
             args.name.clone(),
             cfg.public_url.clone(),
-            token_generator(cfg.max_token_lifetime),
+            tokens(&security, false, cfg.max_token_lifetime),
         );
+        o.security = security.clone();
+        o.authorize = server_authorize(policies);
         o.registry_url = Some(cfg.registry_url.clone());
         o.labels = ClientInfoLabels {
             node_name: args.node_name.clone(),
@@ -176,13 +196,14 @@ pub fn run(args: &NsmgrArgs) -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        let servers = match serve_all(&cfg.listen, nsmgr.routes(), &Nsmgr::SERVICES).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("nsm nsmgr: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let servers =
+            match serve_all(&cfg.listen, nsmgr.routes(), &Nsmgr::SERVICES, &security).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("nsm nsmgr: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         tracing::info!(name = %args.name, public_url = %cfg.public_url, registry = %cfg.registry_url, "nsmgr: ready");
         if let Err(e) = wait_for_signal().await {
             eprintln!("nsm nsmgr: cannot wait for signals: {e}");

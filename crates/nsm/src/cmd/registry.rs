@@ -17,6 +17,7 @@ use nsm_api::registry::{NetworkService, NetworkServiceEndpoint};
 use nsm_api::url::NsmUrl;
 use nsm_core::Clock;
 use nsm_core::registry::{RegistryChain, RegistryElement};
+use nsm_identity::TransportSecurity;
 use nsm_registry::ValidateQueryServer;
 use nsm_registry::grpc::{NetworkServiceEndpointRegistryGrpc, NetworkServiceRegistryGrpc};
 use nsm_registry::validatequery::QueryCheck;
@@ -221,15 +222,26 @@ fn built(
     }
 }
 
-/// Builds the registry chains for `cfg` (needs a tokio runtime).
+/// Builds the registry chains for `cfg` (needs a tokio runtime), dialing in plaintext.
 pub fn build(cfg: &RegistryConfig, clock: Clock) -> Result<Built, ConfigError> {
+    build_with(cfg, clock, &TransportSecurity::Insecure)
+}
+
+/// Builds the registry chains for `cfg`; the memory store dials the proxy registry with `security`
+/// (the etcd store's proxy `connect` still dials in plaintext).
+pub fn build_with(
+    cfg: &RegistryConfig,
+    clock: Clock,
+    security: &TransportSecurity,
+) -> Result<Built, ConfigError> {
     match &cfg.store {
         Store::Memory => {
-            let r = nsm_chains::registry_memory::Registry::new(
+            let r = nsm_chains::registry_memory::Registry::new_with(
                 cfg.expire_period,
                 cfg.proxy_url.clone(),
                 DIAL_TIMEOUT,
                 clock,
+                security,
             );
             Ok(built(r.nse.clone(), r.ns.clone(), clock, Box::new(r)))
         }
@@ -273,7 +285,15 @@ pub fn run(args: &RegistryArgs) -> ExitCode {
 }
 
 async fn serve(cfg: RegistryConfig) -> ExitCode {
-    let built = match build(&cfg, Clock::system()) {
+    let security = if cfg.print_chain {
+        TransportSecurity::Insecure
+    } else {
+        match super::common::transport("nsm registry").await {
+            Ok(s) => s,
+            Err(code) => return code,
+        }
+    };
+    let built = match build_with(&cfg, Clock::system(), &security) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("nsm registry: {e}");
@@ -294,7 +314,7 @@ async fn serve(cfg: RegistryConfig) -> ExitCode {
     let mut servers = Vec::new();
     for url in &cfg.listen {
         let router = tonic::transport::Server::builder().add_routes(routes.clone());
-        match nsm_networkservice::grpc::serve(url, router).await {
+        match nsm_networkservice::grpc::serve_with(url, router, &security).await {
             Ok(s) => {
                 tracing::info!("registry: serving on {} (store {:?})", s.url(), cfg.store);
                 println!("listening on {}", s.url());

@@ -38,6 +38,7 @@ impl RegistryProcess {
             .env_remove("NSM_REGISTRY_STORE")
             .env_remove("NSM_LOG_LEVEL")
             .env("REGISTRY_MEMORY_LOG_LEVEL", "WARN")
+            .env("NSM_INSECURE", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
