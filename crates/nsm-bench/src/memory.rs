@@ -356,11 +356,19 @@ impl Probe for ChildStats {
 }
 
 impl ChildStats {
+    /// The child's next protocol line (`URL …` or `STATS …`); other lines — e.g. a profiler's own
+    /// output under `NSM_BENCH_CHILD_WRAPPER` — are skipped.
     async fn line(&mut self) -> Result<String> {
-        self.stdout
-            .next_line()
-            .await?
-            .ok_or_else(|| BenchError::boxed("the NSMgr child exited"))
+        loop {
+            let line = self
+                .stdout
+                .next_line()
+                .await?
+                .ok_or_else(|| BenchError::boxed("the NSMgr child exited"))?;
+            if line.starts_with("URL ") || line.starts_with("STATS ") {
+                return Ok(line);
+            }
+        }
     }
 }
 

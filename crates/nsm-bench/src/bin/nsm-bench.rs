@@ -43,10 +43,14 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn bench(cli: Cli) -> std::process::ExitCode {
-    let child = match std::env::current_exe() {
-        Ok(exe) => vec![exe.into_os_string(), "nsmgr-child".into()],
-        Err(_) => vec!["nsm-bench".into(), "nsmgr-child".into()],
-    };
+    // NSM_BENCH_CHILD_WRAPPER (e.g. "heaptrack -o /tmp/nsmgr") runs the NSMgr child under a profiler.
+    let mut child: Vec<std::ffi::OsString> = std::env::var("NSM_BENCH_CHILD_WRAPPER")
+        .map(|w| w.split_whitespace().map(Into::into).collect())
+        .unwrap_or_default();
+    match std::env::current_exe() {
+        Ok(exe) => child.extend([exe.into_os_string(), "nsmgr-child".into()]),
+        Err(_) => child.extend(["nsm-bench".into(), "nsmgr-child".into()]),
+    }
     match run(cli.command, child).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -52,11 +52,6 @@ impl ClientFilter {
         Self { conn }
     }
 
-    /// Our latest view of the connection.
-    pub(crate) fn current(&self) -> &Connection {
-        &self.conn
-    }
-
     /// Our connection changed by `event`, if the event concerns it and changes something.
     ///
     /// The next hop reports the connection with its own path index (ours or ours + 1); it concerns us
@@ -75,31 +70,40 @@ impl ClientFilter {
 
     /// [`apply`](Self::apply) for one connection of an event (`deleted`: the event is a DELETE).
     pub(crate) fn apply_one(&mut self, deleted: bool, incoming: &Connection) -> Option<Connection> {
-        let index = self.conn.path_or_default().index;
-        let path = incoming.path_or_default();
-        let ours = path
-            .path_segments
-            .get(index as usize)
-            .is_some_and(|s| s.id == self.conn.id);
-        if !ours || (path.index != index && path.index != index + 1) {
+        if !concerns(&self.conn, incoming) {
             return None;
         }
-        let mut out = self.conn.clone();
-        let mut p = path.clone();
-        p.index = index;
-        out.path = Some(p);
-        out.context = incoming.context.clone();
-        out.state = if deleted {
-            State::Down as i32
-        } else {
-            incoming.state
-        };
-        if out == self.conn {
-            return None;
-        }
+        let out = merge(&self.conn, incoming, deleted)?;
         self.conn = out.clone();
         Some(out)
     }
+}
+
+/// True if the next hop's `incoming` connection is `ours` (as this hop returned it): our segment carries
+/// our id, and the next hop reports it with its own path index (ours or ours + 1).
+pub(crate) fn concerns(ours: &Connection, incoming: &Connection) -> bool {
+    let index = ours.path_or_default().index;
+    let path = incoming.path_or_default();
+    path.path_segments
+        .get(index as usize)
+        .is_some_and(|s| s.id == ours.id)
+        && (path.index == index || path.index == index + 1)
+}
+
+/// Our connection changed by the next hop's view `incoming` (which [`concerns`] it), if that changes
+/// something: our id and index, the path, context and state from `incoming`; a DELETE reads as DOWN.
+pub(crate) fn merge(ours: &Connection, incoming: &Connection, deleted: bool) -> Option<Connection> {
+    let mut out = ours.clone();
+    let mut p = incoming.path_or_default().clone();
+    p.index = ours.path_or_default().index;
+    out.path = Some(p);
+    out.context = incoming.context.clone();
+    out.state = if deleted {
+        State::Down as i32
+    } else {
+        incoming.state
+    };
+    (out != *ours).then_some(out)
 }
 
 #[cfg(test)]

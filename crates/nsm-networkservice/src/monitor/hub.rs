@@ -100,6 +100,52 @@ impl HubState {
         }
     }
 
+    /// Records and fans out an UPDATE or DELETE.
+    fn publish(&mut self, event: ConnectionEvent) {
+        match event.r#type() {
+            ConnectionEventType::Update => {
+                for (id, c) in &event.connections {
+                    self.connections.insert(id.clone(), c.clone());
+                }
+            }
+            ConnectionEventType::Delete => {
+                for id in event.connections.keys() {
+                    self.connections.remove(id);
+                }
+            }
+            // Only a new subscriber gets an initial state transfer.
+            ConnectionEventType::InitialStateTransfer => return,
+        }
+        let mut gone = Vec::new();
+        for id in self.candidates(event.connections.values()) {
+            let Some(sub) = self.subscribers.get(&id) else {
+                continue;
+            };
+            let connections = select(&event.connections, &sub.selector);
+            if connections.is_empty() {
+                if sub.tx.is_closed() {
+                    gone.push(id);
+                }
+                continue;
+            }
+            let out = ConnectionEvent {
+                r#type: event.r#type,
+                connections,
+            };
+            match sub.tx.try_send(out) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.lagged.store(true, Ordering::Release);
+                    gone.push(id);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
+            }
+        }
+        for id in gone {
+            self.remove(id);
+        }
+    }
+
     /// The subscribers that may match one of `conns`, each once.
     fn candidates<'a>(&self, conns: impl Iterator<Item = &'a Connection>) -> Vec<u64> {
         let mut out = self.wide.clone();
@@ -148,51 +194,30 @@ impl Hub {
     /// stopped passthrough loop cannot publish after the DELETE of its connection).
     pub(super) fn publish_if(&self, still_wanted: impl FnOnce() -> bool, event: ConnectionEvent) {
         let mut st = self.state.lock();
+        if still_wanted() {
+            st.publish(event);
+        }
+    }
+
+    /// Publishes `change(current)` as an UPDATE of the recorded connection `id`, if it is recorded,
+    /// `still_wanted()` holds under the hub's lock and `change` returns a new version.
+    pub(super) fn update_if(
+        &self,
+        still_wanted: impl FnOnce() -> bool,
+        id: &str,
+        change: impl FnOnce(&Connection) -> Option<Connection>,
+    ) {
+        let mut st = self.state.lock();
         if !still_wanted() {
             return;
         }
-        match event.r#type() {
-            ConnectionEventType::Update => {
-                for (id, c) in &event.connections {
-                    st.connections.insert(id.clone(), c.clone());
-                }
-            }
-            ConnectionEventType::Delete => {
-                for id in event.connections.keys() {
-                    st.connections.remove(id);
-                }
-            }
-            // Only a new subscriber gets an initial state transfer.
-            ConnectionEventType::InitialStateTransfer => return,
-        }
-        let mut gone = Vec::new();
-        for id in st.candidates(event.connections.values()) {
-            let Some(sub) = st.subscribers.get(&id) else {
-                continue;
-            };
-            let connections = select(&event.connections, &sub.selector);
-            if connections.is_empty() {
-                if sub.tx.is_closed() {
-                    gone.push(id);
-                }
-                continue;
-            }
-            let out = ConnectionEvent {
-                r#type: event.r#type,
-                connections,
-            };
-            match sub.tx.try_send(out) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    sub.lagged.store(true, Ordering::Release);
-                    gone.push(id);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
-            }
-        }
-        for id in gone {
-            st.remove(id);
-        }
+        let Some(conn) = st.connections.get(id).and_then(change) else {
+            return;
+        };
+        st.publish(ConnectionEvent {
+            r#type: ConnectionEventType::Update as i32,
+            connections: [(id.to_string(), conn)].into(),
+        });
     }
 
     pub(super) fn publish(&self, event: ConnectionEvent) {

@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use nsm_api::{Connection, ConnectionEvent, ConnectionEventType, NetworkServiceRequest};
+use nsm_api::{Connection, ConnectionEvent, ConnectionEventType, NetworkServiceRequest, State};
 use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::client_filter::merge;
 use super::grpc::MonitorConnectionGrpc;
 use super::hub::{DEFAULT_SUBSCRIBER_BUFFER, Hub};
 use super::upstream::{Upstreams, WatchGuard, Watcher};
@@ -33,22 +34,33 @@ impl Drop for Passthrough {
     }
 }
 
-/// Re-publishes the next hop's view of one connection into our hub.
+/// Re-publishes the next hop's view of one connection into our hub, merged into the version the hub
+/// holds (our view: our id and index).
 struct Republish {
     hub: Arc<Hub>,
+    id: String,
     stop: CancellationToken,
 }
 
 impl Watcher for Republish {
-    fn changed(&self, conn: Connection) {
-        self.hub.publish_if(
+    fn changed(&self, incoming: &Connection, deleted: bool) {
+        self.hub.update_if(
             || !self.stop.is_cancelled(),
-            event(ConnectionEventType::Update, conn),
+            &self.id,
+            |ours| merge(ours, incoming, deleted),
         );
     }
 
-    fn broken(&self, down: Connection) {
-        self.changed(down);
+    fn broken(&self) {
+        self.hub.update_if(
+            || !self.stop.is_cancelled(),
+            &self.id,
+            |ours| {
+                let mut down = ours.clone();
+                down.state = State::Down as i32;
+                Some(down)
+            },
+        );
     }
 }
 
@@ -152,6 +164,7 @@ impl MonitorServer {
         let stop = CancellationToken::new();
         let watcher = Arc::new(Republish {
             hub: self.hub.clone(),
+            id: conn.id.clone(),
             stop: stop.clone(),
         });
         let guard = self

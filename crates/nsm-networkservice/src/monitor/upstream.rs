@@ -34,7 +34,6 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
-use super::client_filter::ClientFilter;
 use crate::dial::ClientConn;
 
 /// How long a shared stream without watchers stays open.
@@ -46,14 +45,17 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Attempts to join a stream that closes (idle) or breaks between lookup and registration.
 const JOIN_ATTEMPTS: usize = 3;
 
-/// Receives what happens to one watched connection.
+/// Receives what happens to one watched connection. (It keeps no copy of the connection here: the
+/// watcher compares with its own — e.g. `monitor` with the one its hub publishes — via [`merge`].)
+///
+/// [`merge`]: super::client_filter::merge
 pub(crate) trait Watcher: Send + Sync + 'static {
-    /// The next hop reported a change of the connection (as [`ClientFilter::apply`] computes it; a
-    /// DELETE reads as DOWN).
-    fn changed(&self, conn: Connection);
-    /// The shared stream failed or ended: `down` is our last view of the connection, state DOWN. Nothing
-    /// more is reported to this watcher.
-    fn broken(&self, down: Connection);
+    /// The next hop reported `incoming`, its view of our connection (our segment carries our id at our
+    /// index; `deleted`: in a DELETE event).
+    fn changed(&self, incoming: &Connection, deleted: bool);
+    /// The shared stream failed or ended: the connection is DOWN. Nothing more is reported to this
+    /// watcher.
+    fn broken(&self);
 }
 
 /// Which next hop, seen as which of our segments.
@@ -74,7 +76,8 @@ enum Opening {
 struct Handler {
     /// Tells this registration from a later one of the same connection id.
     serial: u64,
-    filter: ClientFilter,
+    /// Our path index: the next hop's view concerns us if our segment there carries our id.
+    index: u32,
     watcher: Arc<dyn Watcher>,
 }
 
@@ -221,7 +224,7 @@ impl Upstreams {
             };
             let handler = Handler {
                 serial,
-                filter: ClientFilter::new(conn.clone()),
+                index: conn.path_or_default().index,
                 watcher: watcher.clone(),
             };
             if by_id.insert(conn.id.clone(), handler).is_none() {
@@ -350,9 +353,7 @@ async fn run(
     let handlers = retire(&up, &map);
     watching.fetch_sub(handlers.len(), Ordering::AcqRel);
     for h in handlers.into_values() {
-        let mut down = h.filter.current().clone();
-        down.state = nsm_api::State::Down as i32;
-        h.watcher.broken(down);
+        h.watcher.broken();
     }
 }
 
@@ -389,21 +390,23 @@ fn dispatch(up: &Upstream, ev: &ConnectionEvent) {
     let deleted = ev.r#type() == ConnectionEventType::Delete;
     let mut out = Vec::new();
     {
-        let mut h = up.handlers.lock();
-        let Some(by_id) = h.by_id.as_mut() else {
+        let h = up.handlers.lock();
+        let Some(by_id) = h.by_id.as_ref() else {
             return;
         };
         for incoming in ev.connections.values() {
-            for seg in &incoming.path_or_default().path_segments {
-                if let Some(handler) = by_id.get_mut(&seg.id)
-                    && let Some(conn) = handler.filter.apply_one(deleted, incoming)
+            let path = incoming.path_or_default();
+            for (i, seg) in path.path_segments.iter().enumerate() {
+                if let Some(handler) = by_id.get(&seg.id)
+                    && handler.index as usize == i
+                    && (path.index == handler.index || path.index == handler.index + 1)
                 {
-                    out.push((handler.watcher.clone(), conn));
+                    out.push((handler.watcher.clone(), incoming));
                 }
             }
         }
     }
-    for (watcher, conn) in out {
-        watcher.changed(conn);
+    for (watcher, incoming) in out {
+        watcher.changed(incoming, deleted);
     }
 }
