@@ -21,11 +21,16 @@ use tonic::transport::Channel;
 
 use super::registry::{RegistryConfig, Store, build, parse_store};
 
+#[path = "bench_mesh.rs"]
+pub mod bench_mesh;
+
 /// `nsm bench` targets.
 #[derive(Debug, Clone, Subcommand)]
 pub enum BenchCommand {
     /// Registry: Register/Find latency at scale and watch fan-out.
     Registry(BenchRegistryArgs),
+    /// A live mesh of `nsm` processes: Request+Close cycles, CPU and RSS per component.
+    Mesh(bench_mesh::BenchMeshArgs),
 }
 
 /// `nsm bench registry` options.
@@ -47,7 +52,10 @@ pub struct BenchRegistryArgs {
 
 /// Runs `nsm bench …`.
 pub fn run(cmd: &BenchCommand) -> ExitCode {
-    let BenchCommand::Registry(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Registry(args) => args,
+        BenchCommand::Mesh(args) => return bench_mesh::run(args),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
