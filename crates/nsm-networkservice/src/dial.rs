@@ -10,8 +10,10 @@
 //! **Close**: closes through the stored channel (dialing again if needed), then drops the [`ClientConn`].
 //!
 //! **State**: [`ClientConn`] in client metadata (read by `connect`, `monitor` and `heal`); a cache of
-//! channels shared by every connection to the same URL, dropped when the last connection using it is
-//! closed. No background events.
+//! channels shared by every connection to the same URL. When the last connection using a channel is
+//! closed successfully, the channel is kept for [`IDLE_CHANNEL_TIMEOUT`] (context clock) for the next
+//! connection to that URL; after a failed Close or a failed first Request it is dropped at once.
+//! **Background**: one timer task per idle URL.
 //!
 //! **Transport**: plaintext by default ([`DialClient::new`]); [`DialClient::with_tls`] /
 //! [`DialClient::with_security`] dial with SPIFFE mTLS, and the [`ClientConn`] then carries the
@@ -23,7 +25,7 @@
 //! Close of an NSC's connection redials its hop.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,9 +34,10 @@ use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::metadata::{ConnMetadata, Side};
 use nsm_core::token::LocalIdentity;
 use nsm_core::values::ClientUrl;
-use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
+use nsm_core::{Clock, Ctx, NetworkServiceServer, Next, NsmError, Result};
 use nsm_identity::{Svid, TlsIdentity, TransportSecurity};
 use parking_lot::Mutex;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::grpc::{ServerPeer, client_channel_as, client_channel_with};
@@ -70,10 +73,15 @@ fn same_svid(a: Option<&Arc<Svid>>, b: Option<&Arc<Svid>>) -> bool {
     }
 }
 
+/// How long a channel no connection uses any more is kept for the next one to the same URL.
+pub const IDLE_CHANNEL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Channels by URL with the number of connections using each.
 #[derive(Debug, Default)]
 struct ChannelCache {
     entries: Mutex<HashMap<NsmUrl, (Dialed, usize)>>,
+    /// Unused channels kept after a successful Close: since when, by URL (one timer per URL).
+    idle: Mutex<HashMap<NsmUrl, Instant>>,
 }
 
 impl ChannelCache {
@@ -115,14 +123,56 @@ impl ChannelCache {
         Ok(dialed.clone())
     }
 
-    fn release(&self, url: &NsmUrl, svid: Option<&Arc<Svid>>) {
+    /// One connection less on `url`'s channel. When none is left, the channel is dropped, or kept
+    /// for [`IDLE_CHANNEL_TIMEOUT`] on `keep_idle`'s clock (so that a lone client's next Request
+    /// does not pay a new TCP + HTTP/2 (+ TLS) handshake).
+    fn release(self: &Arc<Self>, url: &NsmUrl, svid: Option<&Arc<Svid>>, keep_idle: Option<Clock>) {
         let mut entries = self.entries.lock();
         if let Some((dialed, users)) = entries.get_mut(url)
             && same_svid(dialed.svid.as_ref(), svid)
         {
             *users = users.saturating_sub(1);
             if *users == 0 {
-                entries.remove(url);
+                match keep_idle {
+                    None => {
+                        entries.remove(url);
+                    }
+                    Some(clock) => {
+                        let timer_running = self
+                            .idle
+                            .lock()
+                            .insert(url.clone(), clock.instant())
+                            .is_some();
+                        if !timer_running {
+                            tokio::spawn(expire_idle(Arc::downgrade(self), url.clone(), clock));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Drops `url`'s channel once it has been unused for [`IDLE_CHANNEL_TIMEOUT`].
+async fn expire_idle(cache: Weak<ChannelCache>, url: NsmUrl, clock: Clock) {
+    let mut since = clock.instant();
+    loop {
+        clock.sleep_until(since + IDLE_CHANNEL_TIMEOUT).await;
+        let Some(cache) = cache.upgrade() else { return };
+        let mut entries = cache.entries.lock();
+        let mut idle = cache.idle.lock();
+        let Some(&last) = idle.get(&url) else { return };
+        match entries.get(&url) {
+            Some((_, 0)) if clock.instant() < last + IDLE_CHANNEL_TIMEOUT => since = last,
+            Some((_, 0)) => {
+                entries.remove(&url);
+                idle.remove(&url);
+                return;
+            }
+            // In use again (or gone): a later release starts a new timer.
+            _ => {
+                idle.remove(&url);
+                return;
             }
         }
     }
@@ -163,8 +213,13 @@ impl DialClient {
     }
 
     fn drop_conn(&self, md: &ConnMetadata) {
+        self.drop_conn_keeping(md, None);
+    }
+
+    /// [`drop_conn`](Self::drop_conn), keeping the channel a while if it was the last on its URL.
+    fn drop_conn_keeping(&self, md: &ConnMetadata, keep_idle: Option<Clock>) {
         if let Some(old) = md.remove::<ClientConn>(Side::Client) {
-            self.cache.release(&old.url, old.svid.as_ref());
+            self.cache.release(&old.url, old.svid.as_ref(), keep_idle);
         }
     }
 
@@ -237,10 +292,11 @@ impl NetworkServiceServer for DialClient {
             let mut close_ctx = ctx.postpone();
             close_ctx.insert(ClientUrl(old.url.clone()));
             let conn = request.connection.clone().unwrap_or_default();
-            if let Err(e) = next.clone().close(&mut close_ctx, conn).await {
+            let closed = next.clone().close(&mut close_ctx, conn).await;
+            if let Err(e) = &closed {
                 tracing::debug!(url = %old.url, error = %e, "dial: closing via the previous next hop failed");
             }
-            self.drop_conn(&md);
+            self.drop_conn_keeping(&md, closed.is_ok().then_some(*ctx.clock()));
         }
         let fresh = self.ensure_conn(&md, &url, self.wanted_svid(ctx)).await?;
         let result = next.request(ctx, request).await;
@@ -258,7 +314,9 @@ impl NetworkServiceServer for DialClient {
         let dialed = self.ensure_conn(&md, &url, self.wanted_svid(ctx)).await;
         // Run the rest even if the dial failed, so later client elements release what they hold.
         let result = next.close(ctx, conn).await;
-        self.drop_conn(&md);
+        // A channel that worked is kept a while for the next connection; a failing one is dropped.
+        let worked = dialed.is_ok() && result.is_ok();
+        self.drop_conn_keeping(&md, worked.then_some(*ctx.clock()));
         dialed.and(result)
     }
 

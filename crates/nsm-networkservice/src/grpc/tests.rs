@@ -78,9 +78,10 @@ async fn request_and_close(url: &NsmUrl, expect_remote_addr: bool) {
 
     client.run_close(&mut Ctx::new(clock), conn).await.unwrap();
     assert_eq!(tail.closes(), 1);
-    assert!(
-        dial.cached_urls().is_empty(),
-        "the channel is dropped with the last connection"
+    assert_eq!(
+        dial.cached_urls(),
+        [server.url().clone()],
+        "the channel is kept a while after the last connection"
     );
     server.stop().await.unwrap();
 }
@@ -125,7 +126,28 @@ async fn connections_to_one_hop_share_a_channel() {
         .run_close(&mut Ctx::new(Clock::system()), b)
         .await
         .unwrap();
-    assert!(dial.cached_urls().is_empty());
+    assert_eq!(dial.cached_urls().len(), 1, "kept while idle");
+    let c = client
+        .run_request(&mut Ctx::new(Clock::system()), request("c"))
+        .await
+        .unwrap();
+    client
+        .run_close(&mut Ctx::new(Clock::system()), c)
+        .await
+        .unwrap();
+    assert_eq!(dial.cached_urls().len(), 1, "reused, then idle again");
+
+    tokio::time::pause();
+    tokio::time::advance(crate::dial::IDLE_CHANNEL_TIMEOUT / 2).await;
+    assert_eq!(dial.cached_urls().len(), 1, "not idle long enough yet");
+    tokio::time::advance(crate::dial::IDLE_CHANNEL_TIMEOUT).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        dial.cached_urls().is_empty(),
+        "dropped after the idle timeout"
+    );
 }
 
 #[tokio::test]
