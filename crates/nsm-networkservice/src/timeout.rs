@@ -89,7 +89,9 @@ impl NetworkServiceServer for TimeoutServer {
         let task = tokio::spawn(async move {
             clock.sleep_until(at).await;
             tracing::debug!(element = ELEMENT, id = %id, "connection expired; closing");
-            if let Err(e) = events.close().await {
+            // Boxed: the close future is large and would otherwise sit inline in every waiting task
+            // (one per connection) for the connection's whole life.
+            if let Err(e) = Box::pin(events.close()).await {
                 tracing::warn!(element = ELEMENT, id = %id, error = %e, "closing the expired connection failed");
             }
         });
