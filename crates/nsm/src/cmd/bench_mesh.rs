@@ -312,10 +312,15 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `RssAnon:`).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
@@ -351,6 +356,14 @@ fn sample_cpu(pids: &[(&'static str, u32)]) -> Vec<u64> {
 
 fn sample_rss(pids: &[(&'static str, u32)]) -> Vec<u64> {
     pids.iter().map(|(_, p)| rss_kib(*p).unwrap_or(0)).collect()
+}
+
+/// RssAnon: the part of VmRSS that is the process's own memory (the rest is mostly the `nsm`
+/// executable's pages, shared by every component).
+fn sample_anon(pids: &[(&'static str, u32)]) -> Vec<u64> {
+    pids.iter()
+        .map(|(_, p)| status_kib(*p, "RssAnon:").unwrap_or(0))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,6 +603,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
     // Let start-up work (registration, first dials) settle before the idle figures.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = sample_rss(&pids);
+    let anon_idle = sample_anon(&pids);
     let text = !args.json;
     if text {
         println!(
@@ -601,8 +615,8 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
         );
         let idle: Vec<String> = pids
             .iter()
-            .zip(&rss_idle)
-            .map(|((n, _), r)| format!("{n} {}", mib(*r)))
+            .zip(rss_idle.iter().zip(&anon_idle))
+            .map(|((n, _), (r, a))| format!("{n} {} (anon {})", mib(*r), mib(*a)))
             .collect();
         println!("RSS idle: {}", idle.join(", "));
     }
@@ -618,13 +632,21 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
         let took = t.elapsed();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss = sample_rss(&pids);
+        let anon = sample_anon(&pids);
         let per = |i: usize| (rss[i] as f64 - rss_idle[i] as f64) * 1024.0 / args.hold as f64;
         let nsmgr = pids.iter().position(|(n, _)| *n == "nsmgr").unwrap_or(0);
         if text {
             let parts: Vec<String> = pids
                 .iter()
                 .enumerate()
-                .map(|(i, (n, _))| format!("{n} {} ({:+.0} B/conn)", mib(rss[i]), per(i)))
+                .map(|(i, (n, _))| {
+                    format!(
+                        "{n} {} (anon {}, {:+.0} B/conn)",
+                        mib(rss[i]),
+                        mib(anon[i]),
+                        per(i)
+                    )
+                })
                 .collect();
             println!(
                 "held {} connections (established in {:.2} s); RSS: {}",
@@ -641,6 +663,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
             "connections": args.hold,
             "establish_s": took.as_secs_f64(),
             "rss_kib": pids.iter().zip(&rss).map(|((n, _), r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
+            "rss_anon_kib": pids.iter().zip(&anon).map(|((n, _), r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
             "nsmgr_bytes_per_connection": per(nsmgr),
         });
         Some(rss)
@@ -716,6 +739,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
         let doc = json!({
             "mesh": "registry, nsmgr, forwarder (noop data plane), nse; loopback + unix sockets; NSM_INSECURE=true",
             "rss_kib_idle": pids.iter().zip(&rss_idle).map(|((n, _), r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
+            "rss_anon_kib_idle": pids.iter().zip(&anon_idle).map(|((n, _), r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
             "hold": hold_json,
             "rss_kib_held": rss_held,
             "runs": runs,
