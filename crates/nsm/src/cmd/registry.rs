@@ -24,6 +24,7 @@ use nsm_registry::validatequery::QueryCheck;
 use nsm_registry_etcd::{EtcdClient, EtcdRegistry};
 use tonic::service::Routes;
 
+use super::common::{bad, wait_for_signal};
 use super::config::{ConfigError, init_logging, parse_go_duration, parse_log_level};
 
 /// How long `connect` waits to dial another registry (the proxy registry).
@@ -81,10 +82,6 @@ pub struct RegistryConfig {
     pub log_level: tracing::Level,
     /// Print the chain and exit.
     pub print_chain: bool,
-}
-
-fn bad(what: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
-    ConfigError(format!("invalid {what} {value:?}: {why}"))
 }
 
 /// Parses `memory` or `etcd://host:port[,host:port…]`.
@@ -341,17 +338,6 @@ async fn serve(cfg: RegistryConfig) -> ExitCode {
     }
     drop(built.keep);
     ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
