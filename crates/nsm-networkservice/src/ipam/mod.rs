@@ -23,8 +23,56 @@ pub mod singlepoint;
 
 mod pool;
 
-use nsm_api::Connection;
 use nsm_api::connectioncontext::{IpContext, Route};
+use nsm_api::{Connection, NetworkServiceRequest};
+use nsm_core::{Ctx, Next, Result};
+
+/// What differs between the two IPAM elements: how a connection's addresses are chosen and freed,
+/// and whether each end gets a route to the other.
+trait LeaseBook {
+    /// Point-to-point addresses come with a host route to the peer.
+    const ROUTES: bool;
+    /// Finds or allocates `id`'s addresses (dst, src) and says whether they are new.
+    fn lease_for(&self, id: &str, ipc: &mut IpContext) -> Result<(String, String, bool)>;
+    /// Gives `id`'s addresses back.
+    fn free(&self, id: &str);
+}
+
+/// Request: put the connection's addresses (and routes) into its context, run the rest of the chain,
+/// and give fresh addresses back if that fails — a failed first Request leaves no lease behind.
+async fn request_with_lease<B: LeaseBook>(
+    book: &B,
+    ctx: &mut Ctx,
+    mut request: NetworkServiceRequest,
+    next: Next,
+) -> Result<Connection> {
+    let conn = request.connection.get_or_insert_default();
+    let id = conn.id.clone();
+    let ipc = ip_context(conn);
+    let (dst, src, fresh) = book.lease_for(&id, ipc)?;
+    add_addr(&mut ipc.src_ip_addrs, &src);
+    add_addr(&mut ipc.dst_ip_addrs, &dst);
+    if B::ROUTES {
+        add_route(&mut ipc.src_routes, &dst);
+        add_route(&mut ipc.dst_routes, &src);
+    }
+    let result = next.request(ctx, request).await;
+    if result.is_err() && fresh {
+        book.free(&id);
+    }
+    result
+}
+
+/// Close: give the addresses back, then close the rest of the chain.
+async fn close_with_lease(
+    book: &impl LeaseBook,
+    ctx: &mut Ctx,
+    conn: Connection,
+    next: Next,
+) -> Result<()> {
+    book.free(&conn.id);
+    next.close(ctx, conn).await
+}
 
 /// The connection's IP context, created if absent.
 fn ip_context(conn: &mut Connection) -> &mut IpContext {

@@ -19,7 +19,8 @@ use parking_lot::Mutex;
 
 use super::pool::{Excluded, Pool};
 use super::{
-    add_addr, add_route, ip_context, parse_cidr, remove_addr, remove_route, strip_foreign,
+    LeaseBook, close_with_lease, parse_cidr, remove_addr, remove_route, request_with_lease,
+    strip_foreign,
 };
 
 const NAME: &str = "point2pointipam";
@@ -148,32 +149,31 @@ impl State {
     }
 }
 
+impl LeaseBook for Point2PointIpamServer {
+    const ROUTES: bool = true;
+
+    fn lease_for(&self, id: &str, ipc: &mut IpContext) -> Result<(String, String, bool)> {
+        Point2PointIpamServer::lease_for(self, id, ipc)
+    }
+
+    fn free(&self, id: &str) {
+        self.state.lock().free(id);
+    }
+}
+
 #[async_trait]
 impl NetworkServiceServer for Point2PointIpamServer {
     async fn request(
         &self,
         ctx: &mut Ctx,
-        mut request: NetworkServiceRequest,
+        request: NetworkServiceRequest,
         next: Next,
     ) -> Result<Connection> {
-        let conn = request.connection.get_or_insert_default();
-        let id = conn.id.clone();
-        let ipc = ip_context(conn);
-        let (dst, src, fresh) = self.lease_for(&id, ipc)?;
-        add_addr(&mut ipc.src_ip_addrs, &src);
-        add_route(&mut ipc.src_routes, &dst);
-        add_addr(&mut ipc.dst_ip_addrs, &dst);
-        add_route(&mut ipc.dst_routes, &src);
-        let result = next.request(ctx, request).await;
-        if result.is_err() && fresh {
-            self.state.lock().free(&id);
-        }
-        result
+        request_with_lease(self, ctx, request, next).await
     }
 
     async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
-        self.state.lock().free(&conn.id);
-        next.close(ctx, conn).await
+        close_with_lease(self, ctx, conn, next).await
     }
 
     fn name(&self) -> &'static str {
@@ -189,6 +189,7 @@ mod tests {
 
     use super::*;
     use crate::discover::testing::{Probe, chain, ctx, request};
+    use crate::ipam::ip_context;
 
     fn ipam(prefixes: &[&str]) -> Arc<Point2PointIpamServer> {
         Arc::new(Point2PointIpamServer::new(

@@ -19,7 +19,9 @@ use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use parking_lot::Mutex;
 
 use super::pool::{Excluded, Pool};
-use super::{add_addr, ip_context, parse_cidr, remove_addr, strip_foreign};
+use super::{
+    LeaseBook, close_with_lease, parse_cidr, remove_addr, request_with_lease, strip_foreign,
+};
 
 const NAME: &str = "singlepointipam";
 
@@ -177,30 +179,31 @@ impl State {
     }
 }
 
+impl LeaseBook for SinglePointIpamServer {
+    const ROUTES: bool = false;
+
+    fn lease_for(&self, id: &str, ipc: &mut IpContext) -> Result<(String, String, bool)> {
+        SinglePointIpamServer::lease_for(self, id, ipc)
+    }
+
+    fn free(&self, id: &str) {
+        self.state.lock().free(id);
+    }
+}
+
 #[async_trait]
 impl NetworkServiceServer for SinglePointIpamServer {
     async fn request(
         &self,
         ctx: &mut Ctx,
-        mut request: NetworkServiceRequest,
+        request: NetworkServiceRequest,
         next: Next,
     ) -> Result<Connection> {
-        let conn = request.connection.get_or_insert_default();
-        let id = conn.id.clone();
-        let ipc = ip_context(conn);
-        let (dst, src, fresh) = self.lease_for(&id, ipc)?;
-        add_addr(&mut ipc.src_ip_addrs, &src);
-        add_addr(&mut ipc.dst_ip_addrs, &dst);
-        let result = next.request(ctx, request).await;
-        if result.is_err() && fresh {
-            self.state.lock().free(&id);
-        }
-        result
+        request_with_lease(self, ctx, request, next).await
     }
 
     async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
-        self.state.lock().free(&conn.id);
-        next.close(ctx, conn).await
+        close_with_lease(self, ctx, conn, next).await
     }
 
     fn name(&self) -> &'static str {
@@ -216,6 +219,7 @@ mod tests {
 
     use super::*;
     use crate::discover::testing::{Probe, chain, ctx, request};
+    use crate::ipam::ip_context;
 
     fn ipam(prefixes: &[&str]) -> Arc<SinglePointIpamServer> {
         Arc::new(SinglePointIpamServer::new(
