@@ -7,9 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod procs;
+
+use procs::{Proc, signal};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -195,38 +199,6 @@ fn masked_tables_compare_equal_whatever_the_widths() {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// One `nsm` process; its stdout lines arrive on `lines`, stderr goes to `<dir>/<name>.log`.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    /// Waits for a stdout line satisfying `pred`; panics with the process log after [`WAIT`].
-    fn wait_line(&self, dir: &Path, pred: impl Fn(&str) -> bool) -> String {
-        // Each process prints a handful of lines; WAIT bounds the wait for each.
-        loop {
-            match self.lines.recv_timeout(WAIT) {
-                Ok(l) if pred(&l) => return l,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "{}: expected line not seen; log:\n{}",
-                    self.name,
-                    std::fs::read_to_string(dir.join(format!("{}.log", self.name)))
-                        .unwrap_or_default()
-                ),
-            }
-        }
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status();
-}
-
 /// The mesh; on drop every process gets SIGTERM (SIGKILL after 5 s) and the directory is removed.
 struct Mesh {
     dir: PathBuf,
@@ -237,28 +209,7 @@ struct Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        for p in &self.procs {
-            signal(p.child.id(), "CONT");
-            signal(p.child.id(), "TERM");
-        }
-        for p in &mut self.procs {
-            // Up to 5 s each.
-            for _ in 0..250 {
-                if p.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        if std::thread::panicking() {
-            for p in &self.procs {
-                let log = std::fs::read_to_string(self.dir.join(format!("{}.log", p.name)));
-                eprintln!("--- {} log ---\n{}", p.name, log.unwrap_or_default());
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        procs::stop_all(&self.dir, &mut self.procs);
     }
 }
 
@@ -290,34 +241,16 @@ fn nsm() -> Command {
 
 impl Mesh {
     fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, String)]) -> usize {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
         let mut cmd = nsm();
         cmd.args(args)
             .env("NSM_INSECURE", "true")
             .env("NSM_DATAPLANE", "noop")
             .env("NSM_LOG_LEVEL", "WARN")
-            .env("REGISTRY_MEMORY_LOG_LEVEL", "WARN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
+            .env("REGISTRY_MEMORY_LOG_LEVEL", "WARN");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        self.procs.push(Proc {
-            name: name.into(),
-            child,
-            lines: rx,
-        });
+        self.procs.push(procs::spawn(&self.dir, name, cmd));
         self.procs.len() - 1
     }
 
@@ -354,9 +287,9 @@ impl Mesh {
         );
         let line = m
             .proc("registry")
-            .wait_line(&m.dir, |l| l.starts_with("listening on "));
+            .wait_line(&m.dir, WAIT, |l| l.starts_with("listening on "));
         m.registry = line["listening on ".len()..].to_string();
-        m.proc("registry").wait_line(&m.dir, |l| l == "ready");
+        m.proc("registry").wait_line(&m.dir, WAIT, |l| l == "ready");
 
         // The NSMgr's public URL is its first tcp:// URL, so it needs a real port.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -378,7 +311,7 @@ impl Mesh {
         );
         let sock = nsmgr_sock.clone();
         m.proc("nsmgr")
-            .wait_line(&m.dir, |l| l == format!("listening on {sock}"));
+            .wait_line(&m.dir, WAIT, |l| l == format!("listening on {sock}"));
 
         let fwd_sock = m.sock("forwarder");
         m.spawn(
@@ -426,7 +359,7 @@ impl Mesh {
             ],
         );
         m.proc("nsc")
-            .wait_line(&m.dir, |l| l.starts_with("connected nsc-0 "));
+            .wait_line(&m.dir, WAIT, |l| l.starts_with("connected nsc-0 "));
         m
     }
 

@@ -6,10 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+mod procs;
+
+use procs::Proc;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -41,12 +43,6 @@ fn nsm() -> Command {
     c
 }
 
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
 struct Mesh {
     dir: PathBuf,
     procs: Vec<Proc>,
@@ -54,28 +50,7 @@ struct Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = Command::new("kill")
-                .args(["-TERM", &p.child.id().to_string()])
-                .status();
-        }
-        for p in &mut self.procs {
-            for _ in 0..250 {
-                if p.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        if std::thread::panicking() {
-            for p in &self.procs {
-                let log = std::fs::read_to_string(self.dir.join(format!("{}.log", p.name)));
-                eprintln!("--- {} log ---\n{}", p.name, log.unwrap_or_default());
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        procs::stop_all(&self.dir, &mut self.procs);
     }
 }
 
@@ -120,51 +95,18 @@ impl Mesh {
     }
 
     fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, String)]) {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
         let mut cmd = nsm();
         cmd.args(args)
-            .env("NSM_IDENTITY_DIR", identity(&self.dir, name))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
+            .env("NSM_IDENTITY_DIR", identity(&self.dir, name));
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        self.procs.push(Proc {
-            name: name.into(),
-            child,
-            lines: rx,
-        });
+        self.procs.push(procs::spawn(&self.dir, name, cmd));
     }
 
     fn wait_line(&self, name: &str, f: impl Fn(&str) -> bool) -> String {
         let p = self.procs.iter().find(|p| p.name == name).unwrap();
-        // Lines come in fast; a bounded number of 100 ms waits bounds the whole wait.
-        let mut waits = WAIT.as_millis() / 100;
-        loop {
-            match p.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) if f(&l) => return l,
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) if waits > 0 => waits -= 1,
-                Err(_) => {
-                    let log = std::fs::read_to_string(self.dir.join(format!("{name}.log")));
-                    panic!(
-                        "{name}: no expected line; log:\n{}",
-                        log.unwrap_or_default()
-                    );
-                }
-            }
-        }
+        p.wait_line(&self.dir, WAIT, f)
     }
 
     /// registry (tcp) → nsmgr (unix) → forwarder (noop), nse; all secured.
