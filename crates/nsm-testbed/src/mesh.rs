@@ -328,6 +328,39 @@ impl Testbed {
         format!("tcp://{}", sock_addr(self.underlay_ip(0xfe), 5002))
     }
 
+    /// The `nsm ctl` invocation that reaches this mesh: run in the underlay namespace (where the
+    /// registry's address and every node's NSMgr are reachable), with an SVID of its own
+    /// (`spiffe://<trust domain>/nsm-ctl`, issued here) or `NSM_INSECURE=true` when the mesh runs
+    /// without identities. Returns the program and its arguments (`ip netns exec … nsm ctl --registry …`).
+    pub fn ctl_command(&self) -> io::Result<Vec<String>> {
+        let mut cmd = vec![
+            "ip".to_string(),
+            "netns".into(),
+            "exec".into(),
+            self.ns_name("u"),
+            "env".into(),
+        ];
+        const IDENTITY_VARS: [&str; 3] =
+            ["NSM_IDENTITY_DIR", "SPIFFE_ENDPOINT_SOCKET", "NSM_INSECURE"];
+        let given: Vec<String> = (self.opts.env.iter())
+            .filter(|(k, _)| IDENTITY_VARS.contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        match &self.opts.dev_identity {
+            Some(td) if given.is_empty() => {
+                let dir = self.issue_identity("nsm-ctl", td)?;
+                cmd.push(format!("NSM_IDENTITY_DIR={}", dir.display()));
+            }
+            _ if given.is_empty() => cmd.push("NSM_INSECURE=true".into()),
+            _ => cmd.extend(given),
+        }
+        cmd.push(self.opts.nsm_bin.display().to_string());
+        cmd.push("ctl".into());
+        cmd.push("--registry".into());
+        cmd.push(self.registry_url());
+        Ok(cmd)
+    }
+
     /// Adds node `<id>-n<i>` joined to the underlay bridge; returns its index.
     pub fn add_node(&mut self) -> io::Result<usize> {
         let u = self

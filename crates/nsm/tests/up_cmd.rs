@@ -54,6 +54,9 @@ fn up_once_verifies_connectivity_and_cleans_up() {
         "6 hops",
         "mtu 1450",
         "end-to-end connectivity verified",
+        // The `nsm ctl` hint works: --once runs it and prints the client's connection.
+        "nsm ctl get connections:",
+        "nsc-1",
         "removed 5 namespace(s)",
     ] {
         assert!(stdout.contains(want), "missing {want:?}:\n{stdout}");

@@ -1,14 +1,22 @@
 //! `nsm bench mesh`: live figures for issue 8 (BENCHMARKS.md "Live processes").
 //!
-//! Starts a real mesh of `nsm` processes — registry, NSMgr, forwarder (`NSM_DATAPLANE=noop`) and an
-//! endpoint — on loopback TCP and unix sockets in a temporary directory (as `tests/ctl.rs` does,
-//! `NSM_INSECURE=true`, no root), then drives the NSMgr's unix socket from this process with N
-//! concurrent in-process clients (heal and refresh off) doing Request+Close cycles for a fixed
-//! duration or number of cycles, optionally while holding M established connections. Reports
-//! cycles/s, cycle latency p50/p90/p99, failed requests, CPU per cycle per component (utime+stime
-//! from `/proc/<pid>/stat`), RSS per component (VmRSS) idle and with the held connections, and the
-//! NSMgr's RSS per held connection. The processes and the directory are removed on drop, even on
-//! error.
+//! Starts a real mesh of `nsm` processes — registry, NSMgr, forwarder and an endpoint — on loopback
+//! TCP and unix sockets in a temporary directory, then drives the NSMgr's unix socket from this
+//! process with N concurrent in-process clients (heal and refresh off) doing Request+Close cycles for
+//! a fixed duration or number of cycles, optionally while holding M established connections.
+//!
+//! Security is on by default, as users run it: a development CA (`nsm identity init`) issues every
+//! process and the bench's clients their own SVID, every hop is SPIFFE mTLS with ES256 tokens and the
+//! default policies (`--insecure` measures plaintext with test tokens instead). The data plane is
+//! `noop` by default (the control plane alone); `--dataplane kernel` (root) runs the kernel forwarder
+//! and gives every connection a real veth pair: the registry, NSMgr and forwarder run in a node
+//! namespace, the endpoint in its own, and the clients' interfaces land in a third — all created by
+//! the bench, deleted on exit, with the root namespace checked unchanged.
+//!
+//! Reports cycles/s, cycle latency p50/p90/p99, failed requests, CPU per cycle per component
+//! (utime+stime from `/proc/<pid>/stat`), RSS per component (VmRSS) idle and with the held
+//! connections, and the NSMgr's RSS per held connection. The processes, namespaces and the directory
+//! are removed on drop, even on error.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,7 +29,10 @@ use clap::Args;
 use nsm_api::url::NsmUrl;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_chains::client::{ClientOptions, new_client};
+use nsm_core::token::SharedTokenGenerator;
 use nsm_core::{Chain, Clock, Ctx};
+use nsm_identity::{PemFileSource, TlsIdentity, TransportSecurity};
+use nsm_networkservice::authorize::SharedPolicy;
 use nsm_networkservice::mechanisms::kernel::KernelClient;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -44,6 +55,31 @@ pub struct BenchMeshArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Plaintext gRPC and unsigned test tokens, no policies (default: dev-CA mTLS, ES256 tokens and
+    /// the default policies on every hop).
+    #[arg(long)]
+    pub insecure: bool,
+    /// `noop` (control plane only) or `kernel` (veth pairs in namespaces the bench creates; root).
+    #[arg(long, value_enum, default_value = "noop")]
+    pub dataplane: Dataplane,
+}
+
+/// The forwarder's data plane in `nsm bench mesh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dataplane {
+    /// No interfaces: the control plane alone.
+    Noop,
+    /// The kernel forwarder: a veth pair per connection.
+    Kernel,
+}
+
+impl Dataplane {
+    fn as_str(self) -> &'static str {
+        match self {
+            Dataplane::Noop => "noop",
+            Dataplane::Kernel => "kernel",
+        }
+    }
 }
 
 const SERVICE: &str = "icmp-responder";
@@ -104,11 +140,22 @@ struct Proc {
     lines: mpsc::Receiver<String>,
 }
 
-/// The mesh; on drop every process gets SIGTERM (SIGKILL after 5 s) and the directory is removed.
+/// The mesh; on drop every process gets SIGTERM (SIGKILL after 5 s), then the namespaces and the
+/// directory are removed.
 struct Mesh {
     dir: PathBuf,
     procs: Vec<Proc>,
+    /// `Some` with the development CA directory when secured.
+    ca: Option<PathBuf>,
+    dataplane: Dataplane,
+    /// Namespaces created for `--dataplane kernel` (node, endpoint, clients), deleted on drop.
+    namespaces: Vec<String>,
 }
+
+/// Where the kernel mode puts things.
+const NS_NODE: usize = 0;
+const NS_NSE: usize = 1;
+const NS_NSC: usize = 2;
 
 impl Drop for Mesh {
     fn drop(&mut self) {
@@ -126,6 +173,11 @@ impl Drop for Mesh {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
+        for ns in &self.namespaces {
+            if let Err(e) = nsm_testbed::ip(&["netns", "delete", ns]) {
+                eprintln!("nsm bench mesh: deleting namespace {ns}: {e}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -137,7 +189,7 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 }
 
 impl Mesh {
-    fn new() -> Result<Self, String> {
+    fn new(secure: bool, dataplane: Dataplane) -> Result<Self, String> {
         use std::hash::{BuildHasher, Hasher};
         // Randomly keyed per process: a unique suffix without a clock.
         let nanos = std::collections::hash_map::RandomState::new()
@@ -146,10 +198,48 @@ impl Mesh {
         let dir =
             std::env::temp_dir().join(format!("nsm-bench-mesh-{}-{nanos:08x}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(Self {
+        let mut mesh = Self {
             dir,
             procs: Vec::new(),
-        })
+            ca: None,
+            dataplane,
+            namespaces: Vec::new(),
+        };
+        if secure {
+            let ca = mesh.dir.join("identity");
+            identity(&[
+                "init",
+                "--trust-domain",
+                TRUST_DOMAIN,
+                "--dir",
+                &ca.display().to_string(),
+            ])?;
+            mesh.ca = Some(ca);
+        }
+        if dataplane == Dataplane::Kernel {
+            for tag in ["node", "nse", "nsc"] {
+                // Recorded before creation: a half-made namespace is deleted too.
+                let ns = format!("nsmbench{}-{nanos:08x}-{tag}", std::process::id());
+                mesh.namespaces.push(ns.clone());
+                nsm_testbed::ip(&["netns", "add", &ns]).map_err(|e| format!("{ns}: {e}"))?;
+                nsm_testbed::ip(&["-n", &ns, "link", "set", "lo", "up"])
+                    .map_err(|e| format!("{ns}: {e}"))?;
+            }
+        }
+        Ok(mesh)
+    }
+
+    /// The namespace `which` (kernel mode), else `None` (the caller's).
+    fn ns(&self, which: usize) -> Option<&str> {
+        self.namespaces.get(which).map(String::as_str)
+    }
+
+    /// The identity environment of `name`: its own SVID from the development CA, or plaintext.
+    fn identity_env(&self, name: &str) -> Result<(&'static str, String), String> {
+        match &self.ca {
+            Some(ca) => Ok(("NSM_IDENTITY_DIR", issue(ca, name)?.display().to_string())),
+            None => Ok(("NSM_INSECURE", "true".into())),
+        }
     }
 
     fn sock(&self, name: &str) -> String {
@@ -163,22 +253,34 @@ impl Mesh {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// Starts `exe args` as `name`, in namespace `ns` (via `ip netns exec`, which keeps the pid) if
+    /// given, with its own identity.
     fn spawn(
         &mut self,
         exe: &Path,
         name: &'static str,
+        ns: Option<String>,
         args: &[&str],
         env: &[(&str, String)],
     ) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))
             .map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(exe);
+        let (id_key, id_value) = self.identity_env(name)?;
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         for v in CLEARED {
             cmd.env_remove(v);
         }
+        cmd.env_remove("NSM_INSECURE");
         cmd.args(args)
-            .env("NSM_INSECURE", "true")
-            .env("NSM_DATAPLANE", "noop")
+            .env(id_key, id_value)
+            .env("NSM_DATAPLANE", self.dataplane.as_str())
             .env("NSM_LOG_LEVEL", "WARN")
             .env("REGISTRY_MEMORY_LOG_LEVEL", "WARN")
             .stdin(Stdio::null())
@@ -239,9 +341,11 @@ impl Mesh {
     /// registry → NSMgr (tcp + unix) → forwarder and endpoint; returns the NSMgr's unix socket.
     fn start(&mut self) -> Result<PathBuf, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let node = self.ns(NS_NODE).map(String::from);
         self.spawn(
             &exe,
             "registry",
+            node.clone(),
             &["registry", "--listen", "tcp://127.0.0.1:0"],
             &[],
         )?;
@@ -249,15 +353,20 @@ impl Mesh {
         let registry = line["listening on ".len()..].to_string();
         self.wait_line("registry", |l| l == "ready")?;
 
-        // The NSMgr's public URL is its first tcp:// URL, so it needs a real port.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        // The NSMgr's public URL is its first tcp:// URL, so it needs a real port (in kernel mode the
+        // node namespace's loopback is its own: any port is free there).
+        let port = match node {
+            Some(_) => 5001,
+            None => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| e.to_string())?
+                .port(),
+        };
         let nsmgr_sock = self.sock("nsmgr");
         self.spawn(
             &exe,
             "nsmgr",
+            node.clone(),
             &["nsmgr"],
             &[
                 ("NSM_NAME", "nsmgr-1".into()),
@@ -275,17 +384,22 @@ impl Mesh {
         self.spawn(
             &exe,
             "forwarder",
+            node,
             &["forwarder"],
             &[
                 ("NSM_NAME", "forwarder-1".into()),
                 ("NSM_CONNECT_TO", nsmgr_sock.clone()),
                 ("NSM_LISTEN_ON", fwd_sock),
+                // Local connections only: no tunnel ever uses it.
+                ("NSM_TUNNEL_IP", "127.0.0.1".into()),
             ],
         )?;
         let nse_sock = self.sock("nse");
+        let nse_ns = self.ns(NS_NSE).map(String::from);
         self.spawn(
             &exe,
             "nse",
+            nse_ns,
             &["nse"],
             &[
                 ("NSM_NAME", "icmp-server".into()),
@@ -369,19 +483,101 @@ fn sample_anon(pids: &[(&'static str, u32)]) -> Vec<u64> {
 // ---------------------------------------------------------------------------------------------
 // Clients
 
-fn client(sock: &Path, name: &str) -> Chain {
-    let tokens = Arc::new(nsm_core::token::TestTokenGenerator {
-        lifetime: TOKEN_LIFETIME,
-    });
+/// What every in-process client shares: its identity, token generator, policies and the namespace
+/// its interfaces go to.
+#[derive(Clone)]
+struct ClientSetup {
+    security: TransportSecurity,
+    tokens: SharedTokenGenerator,
+    policies: Option<Vec<SharedPolicy>>,
+    netns_url: String,
+}
+
+impl ClientSetup {
+    /// Secured with the SVID `bench-client` from the mesh's CA, or plaintext; the interfaces go to
+    /// the clients' namespace in kernel mode, else nowhere real (the noop forwarder never opens it).
+    fn new(mesh: &Mesh) -> Result<Self, String> {
+        let security = match &mesh.ca {
+            Some(ca) => {
+                nsm_identity::install_crypto_provider();
+                let dir = issue(ca, "bench-client")?;
+                let source = PemFileSource::from_dir(&dir, Duration::from_secs(2))
+                    .map_err(|e| format!("bench client identity: {e}"))?;
+                TransportSecurity::Tls(
+                    TlsIdentity::new(source).map_err(|e| format!("bench client identity: {e}"))?,
+                )
+            }
+            None => TransportSecurity::Insecure,
+        };
+        let tokens = crate::cmd::common::tokens(&security, false, TOKEN_LIFETIME);
+        let policies = crate::cmd::common::policies("nsm bench mesh", None, &security, true)
+            .map_err(|_| "client policies".to_string())?;
+        let netns_url = match mesh.ns(NS_NSC) {
+            Some(ns) => format!("file:///var/run/netns/{ns}"),
+            None => format!("file:///proc/{}/ns/net", std::process::id()),
+        };
+        Ok(Self {
+            security,
+            tokens,
+            policies,
+            netns_url,
+        })
+    }
+}
+
+/// A client chain named `name`. Its KERNEL interface name derives from each connection's id
+/// (`icmp-respo-<first 4 characters>`), so ids that differ in their first 4 characters never collide
+/// in the clients' namespace.
+fn client(sock: &Path, name: &str, setup: &ClientSetup) -> Chain {
     new_client(ClientOptions {
         url: Some(NsmUrl::Unix(sock.to_path_buf())),
         additional: vec![Arc::new(
-            KernelClient::new(None)
-                .with_netns_url(format!("file:///proc/{}/ns/net", std::process::id())),
+            KernelClient::new(None).with_netns_url(setup.netns_url.clone()),
         )],
         dial_timeout: Duration::from_secs(5),
-        ..ClientOptions::new(name.to_string(), tokens)
+        security: setup.security.clone(),
+        authorize: crate::cmd::common::client_authorize(setup.policies.clone()),
+        ..ClientOptions::new(name.to_string(), setup.tokens.clone())
     })
+}
+
+/// The trust domain of the bench's development CA.
+const TRUST_DOMAIN: &str = "nsm.local";
+
+/// Runs `nsm identity <args>` (this executable).
+fn identity(args: &[&str]) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .arg("identity")
+        .args(args)
+        .output()
+        .map_err(|e| format!("nsm identity: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nsm identity {}: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Issues `spiffe://nsm.local/<name>` from the CA in `ca`; returns its `NSM_IDENTITY_DIR`.
+fn issue(ca: &Path, name: &str) -> Result<PathBuf, String> {
+    let out = ca.join("svids").join(name);
+    identity(&[
+        "issue",
+        "--ttl",
+        "24h",
+        "--dir",
+        &ca.display().to_string(),
+        "--spiffe-id",
+        &format!("spiffe://{TRUST_DOMAIN}/{name}"),
+        "--out",
+        &out.display().to_string(),
+    ])?;
+    Ok(out)
 }
 
 fn request(id: String) -> NetworkServiceRequest {
@@ -412,8 +608,8 @@ async fn close_once(chain: &Chain, conn: Connection) -> Result<(), String> {
 }
 
 /// Until the forwarder and the endpoint are registered, Requests fail: retry one for [`WAIT`].
-async fn wait_ready(sock: &Path) -> Result<(), String> {
-    let chain = client(sock, "bench-ready");
+async fn wait_ready(sock: &Path, setup: &ClientSetup) -> Result<(), String> {
+    let chain = client(sock, "bench-ready", setup);
     let deadline = Instant::now() + WAIT;
     let mut n = 0;
     loop {
@@ -452,6 +648,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// `concurrency` workers doing Request+Close until `cycles` are done or `duration` has passed.
 async fn run_cycles(
     sock: &Path,
+    setup: &ClientSetup,
     tag: usize,
     concurrency: usize,
     duration: Duration,
@@ -464,7 +661,7 @@ async fn run_cycles(
     let deadline = start + duration;
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let chain = client(sock, &format!("bench-{tag}-{w}"));
+        let chain = client(sock, &format!("bench-{tag}-{w}"), setup);
         let (out, next, stop) = (out.clone(), next.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -478,7 +675,7 @@ async fn run_cycles(
                     break;
                 }
                 let t = Instant::now();
-                let result = match request_once(&chain, format!("bench-{tag}-{w}-{i}")).await {
+                let result = match request_once(&chain, format!("{w:04x}-r{tag}-{i}")).await {
                     Ok(conn) => close_once(&chain, conn)
                         .await
                         .map_err(|e| format!("close: {e}")),
@@ -515,9 +712,13 @@ async fn run_cycles(
 }
 
 /// Establishes `m` connections (32 at a time); returns them with their chains.
-async fn hold(sock: &Path, m: usize) -> Result<Vec<(Arc<Chain>, Connection)>, String> {
+async fn hold(
+    sock: &Path,
+    setup: &ClientSetup,
+    m: usize,
+) -> Result<Vec<(Arc<Chain>, Connection)>, String> {
     let chains: Vec<Arc<Chain>> = (0..32.min(m.max(1)))
-        .map(|i| Arc::new(client(sock, &format!("bench-hold-{i}"))))
+        .map(|i| Arc::new(client(sock, &format!("bench-hold-{i}"), setup)))
         .collect();
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -530,7 +731,7 @@ async fn hold(sock: &Path, m: usize) -> Result<Vec<(Arc<Chain>, Connection)>, St
                 if i >= m as u64 {
                     return Ok::<_, String>(held);
                 }
-                let conn = request_once(&chain, format!("bench-hold-{i}"))
+                let conn = request_once(&chain, format!("h{i:03x}-hold"))
                     .await
                     .map_err(|e| format!("held connection {i}: {e}"))?;
                 held.push((chain.clone(), conn));
@@ -586,7 +787,27 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
     if args.concurrency.contains(&0) {
         return Err("--concurrency: 0 clients".into());
     }
-    let mut mesh = Mesh::new()?;
+    if args.dataplane == Dataplane::Kernel {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(
+                "--dataplane kernel: needs root (network namespaces and veth pairs)".into(),
+            );
+        }
+        if args.hold > 0xfff {
+            return Err(format!(
+                "--hold {}: with --dataplane kernel at most 4095 (one veth pair per connection)",
+                args.hold
+            ));
+        }
+        if let Some(&c) = args.concurrency.iter().find(|&&c| c > 0xffff) {
+            return Err(format!("--concurrency {c}: at most 65535 clients"));
+        }
+    }
+    let root_before = match args.dataplane {
+        Dataplane::Kernel => Some(nsm_testbed::root_snapshot().map_err(|e| e.to_string())?),
+        Dataplane::Noop => None,
+    };
+    let mut mesh = Mesh::new(!args.insecure, args.dataplane)?;
     let sock = mesh.start()?;
     let with_logs = |mesh: &Mesh, e: String| {
         let logs: Vec<String> = COMPONENTS
@@ -595,7 +816,8 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
             .collect();
         format!("{e}\n{}", logs.join("\n"))
     };
-    if let Err(e) = wait_ready(&sock).await {
+    let setup = ClientSetup::new(&mesh)?;
+    if let Err(e) = wait_ready(&sock, &setup).await {
         return Err(with_logs(&mesh, e));
     }
     let pids = pids(&mesh);
@@ -605,13 +827,29 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
     let rss_idle = sample_rss(&pids);
     let anon_idle = sample_anon(&pids);
     let text = !args.json;
+    let security = if args.insecure {
+        "NSM_INSECURE=true: plaintext, test tokens, no policies"
+    } else {
+        "dev-CA SPIFFE mTLS, ES256 tokens, default policies on every hop"
+    };
+    let placement = match mesh.ns(NS_NODE) {
+        Some(node) => format!(
+            "in namespace {node} (endpoint in {}, client interfaces in {})",
+            mesh.ns(NS_NSE).unwrap_or_default(),
+            mesh.ns(NS_NSC).unwrap_or_default()
+        ),
+        None => "on loopback".to_string(),
+    };
+    let describe = format!(
+        "registry, nsmgr, forwarder (NSM_DATAPLANE={}), nse {placement}, unix sockets in {}; {security}",
+        args.dataplane.as_str(),
+        mesh.dir.display(),
+    );
     if text {
         println!(
-            "mesh: registry, nsmgr, forwarder (NSM_DATAPLANE=noop), nse on loopback + unix sockets in {} \
-             (NSM_INSECURE=true); {} cycles per run; clients in this process",
-            mesh.dir.display(),
+            "mesh: {describe}; {} per run; clients in this process",
             args.cycles
-                .map_or(format!("{duration:?}"), |c| format!("{c}")),
+                .map_or(format!("{duration:?}"), |c| format!("{c} cycles")),
         );
         let idle: Vec<String> = pids
             .iter()
@@ -625,7 +863,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
     let mut hold_json = Value::Null;
     let rss_held = if args.hold > 0 {
         let t = Instant::now();
-        held = match hold(&sock, args.hold).await {
+        held = match hold(&sock, &setup, args.hold).await {
             Ok(h) => h,
             Err(e) => return Err(with_logs(&mesh, e)),
         };
@@ -675,7 +913,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
     let mut ok = true;
     for (tag, &c) in args.concurrency.iter().enumerate() {
         let cpu0 = sample_cpu(&pids);
-        let r = run_cycles(&sock, tag, c, duration, args.cycles).await;
+        let r = run_cycles(&sock, &setup, tag, c, duration, args.cycles).await;
         let cpu1 = sample_cpu(&pids);
         let rss = sample_rss(&pids);
         let n = r.latencies.len() as f64;
@@ -737,7 +975,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
     }
     if args.json {
         let doc = json!({
-            "mesh": "registry, nsmgr, forwarder (noop data plane), nse; loopback + unix sockets; NSM_INSECURE=true",
+            "mesh": describe,
             "rss_kib_idle": pids.iter().zip(&rss_idle).map(|((n, _), r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
             "rss_anon_kib_idle": pids.iter().zip(&anon_idle).map(|((n, _), r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
             "hold": hold_json,
@@ -751,5 +989,14 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
         );
     }
     drop(mesh);
+    if let Some(before) = root_before {
+        let after = nsm_testbed::root_snapshot().map_err(|e| e.to_string())?;
+        if before != after {
+            return Err(
+                "the root network namespace changed during the run (links, addresses or routes)"
+                    .into(),
+            );
+        }
+    }
     Ok(ok)
 }

@@ -392,9 +392,13 @@ fn build_and_run(args: &UpArgs, tb: &mut Testbed, cancel: &AtomicBool) -> std::i
     for c in &clients {
         print_connection(tb, c, &endpoints);
     }
+    let ctl = tb.ctl_command()?;
     if args.once {
-        verify(tb, &clients, &endpoints, args.count)
+        verify(tb, &clients, &endpoints, args.count)?;
+        // The hint below must work: run it once and show what it prints.
+        ctl_once(&ctl)
     } else {
+        print_ctl_hint(&ctl);
         live_pings(tb, &clients, &endpoints, cancel)
     }
 }
@@ -512,6 +516,46 @@ fn rtts(r: &[Duration]) -> String {
         .map(|d| format!("{:.3}", d.as_secs_f64() * 1e3))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Quotes one shell word if it needs it (the hint is meant to be pasted into a shell).
+fn shell_word(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+fn print_ctl_hint(ctl: &[String]) {
+    let cmd: Vec<String> = ctl.iter().map(|w| shell_word(w)).collect();
+    println!("look inside from another terminal (as root):");
+    println!("  {} get connections", cmd.join(" "));
+    println!("  … describe connection <id> | get endpoints | watch connections | check");
+    println!();
+}
+
+/// `--once`: runs the `nsm ctl` hint (`get connections`) and prints its table.
+fn ctl_once(ctl: &[String]) -> std::io::Result<()> {
+    let Some((prog, rest)) = ctl.split_first() else {
+        return Ok(());
+    };
+    let out = std::process::Command::new(prog)
+        .args(rest)
+        .args(["get", "connections"])
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "nsm ctl get connections failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    println!("nsm ctl get connections:");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
 }
 
 fn verify(
