@@ -19,6 +19,7 @@
 //! No per-connection state; no background events.
 
 mod channel;
+pub mod fdconn;
 mod metadata;
 mod serve;
 mod server;
