@@ -9,6 +9,7 @@ use nsm_identity::{Svid, TlsIdentity, TransportSecurity, peer_info};
 use rustls_pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
 
+use super::fdconn::FdUnixStream;
 use super::tls::ServerPeer;
 
 const ELEMENT: &str = "dial";
@@ -21,10 +22,7 @@ pub async fn client_channel_with(
     security: &TransportSecurity,
 ) -> Result<(Channel, ServerPeer), NsmError> {
     match security {
-        TransportSecurity::Insecure => Ok((
-            client_channel(url, dial_timeout).await?,
-            ServerPeer::default(),
-        )),
+        TransportSecurity::Insecure => plain_channel(url, dial_timeout).await,
         TransportSecurity::Tls(tls) => client_channel_tls(url, dial_timeout, tls.connector()).await,
     }
 }
@@ -45,7 +43,7 @@ pub async fn client_channel_as(
 /// A raw connection to `url` (tcp or unix), ready for TLS.
 enum Raw {
     Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
+    Unix(FdUnixStream),
 }
 
 async fn tls_dial(
@@ -59,7 +57,12 @@ async fn tls_dial(
             let _ = s.set_nodelay(true);
             Raw::Tcp(s)
         }
-        NsmUrl::Unix(path) => Raw::Unix(tokio::net::UnixStream::connect(path).await?),
+        NsmUrl::Unix(path) => {
+            // Below TLS, as grpcfd wraps the raw conn before the handshake.
+            let s = FdUnixStream::new(tokio::net::UnixStream::connect(path).await?);
+            peer.set_fds(s.transceiver());
+            Raw::Unix(s)
+        }
         _ => return Err(std::io::Error::other(format!("cannot dial {url}"))),
     };
     // SVIDs carry no DNS names and the verifier ignores the name; send a fixed SNI.
@@ -93,12 +96,7 @@ async fn client_channel_tls(
     connector: tokio_rustls::TlsConnector,
 ) -> Result<(Channel, ServerPeer), NsmError> {
     if !matches!(url, NsmUrl::Tcp { .. } | NsmUrl::Unix(_)) {
-        return Err(NsmError::invalid(
-            ELEMENT,
-            format!(
-                "{url}: cannot dial inode:// or file:// URLs (fd passing is not supported yet)"
-            ),
-        ));
+        return Err(not_dialable(url));
     }
     let failed =
         |why: String| NsmError::unavailable(ELEMENT, format!("failed to dial {url}: {why}"));
@@ -119,8 +117,17 @@ async fn client_channel_tls(
 /// Dials `url` (`tcp://host:port` or `unix:///path`) in plaintext, failing with `Unavailable` naming the
 /// URL if no connection is up within `dial_timeout`. Later calls on the channel reconnect by themselves.
 pub async fn client_channel(url: &NsmUrl, dial_timeout: Duration) -> Result<Channel, NsmError> {
+    Ok(plain_channel(url, dial_timeout).await?.0)
+}
+
+/// [`client_channel`], with the [`ServerPeer`] that holds the fd side channel of unix connections.
+async fn plain_channel(
+    url: &NsmUrl,
+    dial_timeout: Duration,
+) -> Result<(Channel, ServerPeer), NsmError> {
     let failed =
         |why: String| NsmError::unavailable(ELEMENT, format!("failed to dial {url}: {why}"));
+    let peer = ServerPeer::default();
     let dial = async {
         match url {
             NsmUrl::Tcp { .. } => {
@@ -133,32 +140,36 @@ pub async fn client_channel(url: &NsmUrl, dial_timeout: Duration) -> Result<Chan
                     .map_err(|e| failed(error_chain(&e)))
             }
             NsmUrl::Unix(path) => {
-                let path = path.clone();
+                let (path, p) = (path.clone(), peer.clone());
                 Endpoint::from_static("http://localhost")
                     .connect_timeout(dial_timeout)
                     .connect_with_connector(tower::service_fn(move |_| {
-                        let path = path.clone();
+                        let (path, p) = (path.clone(), p.clone());
                         async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
+                            let s = FdUnixStream::new(tokio::net::UnixStream::connect(path).await?);
+                            p.set_fds(s.transceiver());
+                            Ok::<_, std::io::Error>(TokioIo::new(s))
                         }
                     }))
                     .await
                     .map_err(|e| failed(error_chain(&e)))
             }
-            NsmUrl::Inode { .. } | NsmUrl::File(_) => Err(NsmError::invalid(
-                ELEMENT,
-                format!(
-                    "{url}: cannot dial inode:// or file:// URLs (fd passing is not supported yet)"
-                ),
-            )),
+            NsmUrl::Inode { .. } | NsmUrl::File(_) => Err(not_dialable(url)),
         }
     };
     match tokio::time::timeout(dial_timeout, dial).await {
-        Ok(r) => r,
+        Ok(r) => r.map(|c| (c, peer)),
         Err(_) => Err(failed(format!("no connection within {dial_timeout:?}"))),
     }
+}
+
+/// `inode://` and `file://` URLs name passed fds or files, not something to dial: `recvfd` turns
+/// received ones into `unix:///proc/<pid>/fd/<n>` first.
+fn not_dialable(url: &NsmUrl) -> NsmError {
+    NsmError::invalid(
+        ELEMENT,
+        format!("{url}: cannot dial an inode:// or file:// URL (dial unix:// or tcp://)"),
+    )
 }
 
 /// An error and its causes on one line (tonic's transport error alone just says "transport error").

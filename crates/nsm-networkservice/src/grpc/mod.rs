@@ -38,4 +38,4 @@ pub use serve::{
     Serving, serve, serve_tcp, serve_tcp_tls, serve_tls, serve_unix, serve_unix_tls, serve_with,
 };
 pub use server::{NetworkServiceGrpc, incoming_ctx};
-pub use tls::{ServerPeer, TlsPeer};
+pub use tls::{ServerPeer, TlsConnInfo, TlsPeer};

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, Router};
 
+use super::fdconn::FdUnixStream;
 use super::tls::tls_incoming;
 
 const ELEMENT: &str = "grpc";
@@ -162,7 +163,7 @@ pub fn serve_tcp_tls(
         async move {
             let (s, remote) = listener.accept().await?;
             let _ = s.set_nodelay(true);
-            Ok((Killable::new(s, &k), Some(remote.to_string())))
+            Ok((Killable::new(s, &k), Some(remote.to_string()), None))
         }
     };
     let incoming = tls_incoming(accept, tls, kill.clone());
@@ -194,7 +195,10 @@ pub fn serve_unix_tls(
         let (listener, k, shown) = (listener.clone(), k.clone(), shown.clone());
         async move {
             let (s, _) = listener.accept().await?;
-            Ok((Killable::new(s, &k), Some(shown)))
+            // The fd layer sits below TLS, as grpcfd wraps the raw conn before the handshake.
+            let s = FdUnixStream::new(s);
+            let fds = s.transceiver();
+            Ok((Killable::new(s, &k), Some(shown), Some(fds)))
         }
     };
     let incoming = tls_incoming(accept, tls, kill.clone());
@@ -212,7 +216,8 @@ pub fn serve_unix_tls(
 pub fn serve_unix(listener: UnixListener, path: &Path, router: Router) -> Serving {
     let kill = CancellationToken::new();
     let k = kill.clone();
-    let incoming = UnixListenerStream::new(listener).map(move |r| r.map(|s| Killable::new(s, &k)));
+    let incoming = UnixListenerStream::new(listener)
+        .map(move |r| r.map(|s| Killable::new(FdUnixStream::new(s), &k)));
     let task =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, kill.clone().cancelled_owned()));
     Serving {

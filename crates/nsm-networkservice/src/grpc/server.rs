@@ -9,7 +9,9 @@ use nsm_core::{Chain, Clock, Ctx, NsmError};
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
 use tonic::{Request, Response, Status};
 
+use super::fdconn::{IncomingFds, UnixConnInfo};
 use super::metadata::{grpc_timeout, incoming_token};
+use super::tls::{TlsConnInfo, TlsPeer};
 
 const ELEMENT: &str = "grpc";
 
@@ -33,7 +35,8 @@ impl NetworkServiceGrpc {
 }
 
 /// Builds the context of an incoming call: deadline (`grpc-timeout`), the caller's token, peer info
-/// (with mTLS: the client's SPIFFE ID and leaf certificate; in plaintext: only its address).
+/// (with mTLS: the client's SPIFFE ID and leaf certificate; in plaintext: only its address) and, on
+/// unix sockets, the connection's fd side channel ([`IncomingFds`]).
 pub fn incoming_ctx<T>(clock: Clock, req: &Request<T>) -> Ctx {
     let mut ctx = Ctx::new(clock);
     if let Some(timeout) = grpc_timeout(req.metadata()) {
@@ -43,17 +46,25 @@ pub fn incoming_ctx<T>(clock: Clock, req: &Request<T>) -> Ctx {
         ctx.insert(token);
     }
     let ext = req.extensions();
-    if let Some(super::TlsPeer(peer, own)) = ext.get::<super::TlsPeer>() {
+    if let Some(TlsConnInfo { peer, fds }) = ext.get::<TlsConnInfo>() {
+        let TlsPeer(peer, own) = peer;
         ctx.insert(peer.clone());
         ctx.insert(own.clone());
+        if let Some(fds) = fds {
+            ctx.insert(IncomingFds(fds.clone()));
+        }
         return ctx;
+    }
+    let unix = ext.get::<UnixConnInfo>();
+    if let Some(u) = unix {
+        ctx.insert(IncomingFds(u.fds.clone()));
     }
     let remote_addr = ext
         .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)
         .map(|a| a.to_string())
         .or_else(|| {
-            let uds = ext.get::<UdsConnectInfo>()?;
+            let uds = unix.map(|u| &u.uds).or_else(|| ext.get::<UdsConnectInfo>())?;
             let path = uds.peer_addr.as_ref()?.as_pathname()?.display().to_string();
             Some(format!("unix://{path}"))
         });

@@ -18,27 +18,39 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use super::fdconn::FdTransceiver;
+
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The verified TLS identity of the client of an incoming call, and our own identity as the
-/// connection's handshake presented it (a request extension).
+/// connection's handshake presented it (part of [`TlsConnInfo`]).
 #[derive(Debug, Clone)]
 pub struct TlsPeer(pub PeerInfo, pub LocalIdentity);
+
+/// Connection info of a TLS connection (a request extension): who the peer is and, on unix
+/// sockets, the connection's fd side channel (below TLS).
+#[derive(Debug, Clone)]
+pub struct TlsConnInfo {
+    /// The peer's and our identity.
+    pub peer: TlsPeer,
+    /// The fd side channel (unix sockets only).
+    pub fds: Option<FdTransceiver>,
+}
 
 /// An accepted connection after the TLS handshake.
 pub(crate) struct TlsConn<T> {
     io: TlsStream<T>,
-    peer: TlsPeer,
+    info: TlsConnInfo,
 }
 
 impl<T> Connected for TlsConn<T>
 where
     T: Send + Unpin + 'static,
 {
-    type ConnectInfo = TlsPeer;
-    fn connect_info(&self) -> TlsPeer {
-        self.peer.clone()
+    type ConnectInfo = TlsConnInfo;
+    fn connect_info(&self) -> TlsConnInfo {
+        self.info.clone()
     }
 }
 
@@ -78,7 +90,7 @@ pub(crate) fn tls_incoming<T, A, F>(
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     A: FnMut() -> F + Send + 'static,
-    F: Future<Output = io::Result<(T, Option<String>)>> + Send,
+    F: Future<Output = io::Result<(T, Option<String>, Option<FdTransceiver>)>> + Send,
 {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -88,7 +100,7 @@ where
                 () = tx.closed() => return,
                 r = accept() => r,
             };
-            let (io, remote_addr) = match accepted {
+            let (io, remote_addr, fds) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!(error = %e, "accept failed");
@@ -109,7 +121,10 @@ where
                         let _ = tx
                             .send(Ok(TlsConn {
                                 io,
-                                peer: TlsPeer(peer, LocalIdentity(svid)),
+                                info: TlsConnInfo {
+                                    peer: TlsPeer(peer, LocalIdentity(svid)),
+                                    fds,
+                                },
                             }))
                             .await;
                     }
@@ -126,17 +141,31 @@ where
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// The identity of the server a channel is connected to, recorded by the dialer at each (re)connect.
+/// The server end of a channel as the dialer found it at the last (re)connect: its identity (TLS)
+/// and the connection's fd side channel (unix sockets).
 #[derive(Debug, Clone, Default)]
-pub struct ServerPeer(Arc<Mutex<Option<PeerInfo>>>);
+pub struct ServerPeer {
+    peer: Arc<Mutex<Option<PeerInfo>>>,
+    fds: Arc<Mutex<Option<FdTransceiver>>>,
+}
 
 impl ServerPeer {
     /// The server's identity from the last handshake, if the channel uses TLS.
     pub fn get(&self) -> Option<PeerInfo> {
-        self.0.lock().clone()
+        self.peer.lock().clone()
     }
 
     pub(crate) fn set(&self, peer: PeerInfo) {
-        *self.0.lock() = Some(peer);
+        *self.peer.lock() = Some(peer);
+    }
+
+    /// The fd side channel of the channel's current connection (unix sockets only). Fds queued on it
+    /// leave with the next call on the channel.
+    pub fn fds(&self) -> Option<FdTransceiver> {
+        self.fds.lock().clone()
+    }
+
+    pub(crate) fn set_fds(&self, fds: FdTransceiver) {
+        *self.fds.lock() = Some(fds);
     }
 }
