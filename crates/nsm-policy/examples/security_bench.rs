@@ -1,7 +1,7 @@
 //! Security cost benchmark (not a test): `cargo run --release -p nsm-policy --example security_bench`.
 //!
 //! Prints p50/p90 of: authorize per hop (the four default server policies on a 4-segment path, warm
-//! caches), the same with cold caches, ES256 signing, signature verification, a TLS handshake over
+//! caches; native as `authorize` runs them, and through regorus), the same with cold caches, ES256 signing, signature verification, a TLS handshake over
 //! loopback, and an in-process Request+Close nsc → endpoint over mTLS with tokens and all default
 //! policies on both sides.
 
@@ -22,8 +22,8 @@ use nsm_identity::{
 use nsm_networkservice::authorize::{AuthorizeClient, AuthorizeServer, PolicyInput, Verdict};
 use nsm_networkservice::grpc::serve_tls;
 use nsm_policy::{
-    JwtCache, PolicyRuntime, default_client_policies, default_server_policies,
-    default_server_policies_with,
+    DefaultRule, JwtCache, PolicyRuntime, default_client_policies, default_rego_policy,
+    default_server_policies, default_server_policies_with,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -80,6 +80,19 @@ fn four_hop_input(ca: &DevCa) -> PolicyInput {
     }
 }
 
+/// The default server set compiled from the Rego sources (what the native set replaced).
+fn rego_server_policies(rt: &PolicyRuntime) -> Vec<nsm_networkservice::authorize::SharedPolicy> {
+    [
+        DefaultRule::TokensValid,
+        DefaultRule::PrevTokenSigned,
+        DefaultRule::TokensExpired,
+        DefaultRule::TokensChained,
+    ]
+    .into_iter()
+    .map(|r| Arc::new(default_rego_policy(r, rt).unwrap()) as _)
+    .collect()
+}
+
 async fn authorize_all(
     policies: &[nsm_networkservice::authorize::SharedPolicy],
     input: &PolicyInput,
@@ -100,20 +113,30 @@ async fn main() {
     let ca = DevCa::new("example.org").unwrap();
     let input = four_hop_input(&ca);
 
-    // authorize per hop, warm caches (a refresh or a long path seen before).
+    // authorize per hop, warm caches (a refresh or a long path seen before): the default set as
+    // `authorize` runs it (native), then the same rules through regorus.
     let rt = PolicyRuntime::new(Clock::system());
     let policies = default_server_policies_with(&rt);
-    authorize_all(&policies, &input).await;
-    let mut s = Vec::new();
-    for _ in 0..5000 {
-        let t = now();
-        authorize_all(&policies, &input).await;
-        s.push(t.elapsed());
+    let rego = rego_server_policies(&rt);
+    for (label, set) in [
+        (
+            "authorize/hop, 4 default policies, 4 segments, warm",
+            &policies,
+        ),
+        ("authorize/hop, same rules in regorus, warm", &rego),
+    ] {
+        authorize_all(set, &input).await;
+        let mut s = Vec::new();
+        for _ in 0..5000 {
+            let t = now();
+            authorize_all(set, &input).await;
+            s.push(t.elapsed());
+        }
+        report(label, s);
     }
-    report("authorize/hop, 4 default policies, 4 segments, warm", s);
 
     // Per policy, warm.
-    for p in &policies {
+    for p in policies.iter().chain(&rego) {
         let mut s = Vec::new();
         for _ in 0..3000 {
             let t = now();
@@ -124,18 +147,27 @@ async fn main() {
     }
 
     // Cold: fresh caches every time (first sight of every token).
-    let mut s = Vec::new();
-    for _ in 0..300 {
-        let rt = PolicyRuntime::new(Clock::system());
-        let policies = default_server_policies_with(&rt);
-        let t = now();
-        authorize_all(&policies, &input).await;
-        s.push(t.elapsed());
+    for (label, native) in [
+        (
+            "authorize/hop, cold caches (1 signature check + decodes)",
+            true,
+        ),
+        ("authorize/hop, cold caches, regorus", false),
+    ] {
+        let mut s = Vec::new();
+        for _ in 0..300 {
+            let rt = PolicyRuntime::new(Clock::system());
+            let set = if native {
+                default_server_policies_with(&rt)
+            } else {
+                rego_server_policies(&rt)
+            };
+            let t = now();
+            authorize_all(&set, &input).await;
+            s.push(t.elapsed());
+        }
+        report(label, s);
     }
-    report(
-        "authorize/hop, cold caches (1 signature check + decodes)",
-        s,
-    );
 
     // Signing and verification.
     let m = ca.material("nsc", HOUR).unwrap();

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -11,30 +12,44 @@ use nsm_core::Clock;
 use parking_lot::Mutex;
 use regorus::Value;
 
-/// Entries kept per cache before it is cleared (a mesh has far fewer live tokens).
+/// Entries kept per cache by default before it is pruned (a mesh has far fewer live tokens).
 const MAX_ENTRIES: usize = 8192;
-/// Certificates whose decoding keys are kept.
+/// Certificates whose decoding keys are kept by default.
 const MAX_KEYS: usize = 1024;
 /// How long a verified token without `exp` stays verified.
 const NO_EXP_TTL: Duration = Duration::from_secs(60);
 
-/// A decoded token: `[header, payload, signature hex]` as `io.jwt.decode` returns it, and its expiry.
+/// A decoded token: `[header, payload, signature hex]` as `io.jwt.decode` returns it, the payload
+/// alone (for the native default policies) and its expiry.
 #[derive(Clone)]
-struct Decoded {
+pub(crate) struct Decoded {
     value: Value,
+    pub(crate) payload: Value,
     exp: Option<SystemTime>,
 }
 
 /// For one token: the certificates (PEM) it verified against and until when.
 type Verified = Vec<(Arc<str>, SystemTime)>;
 
-/// Caches shared by the policies of a process: decoded tokens and verified (token, certificate)
-/// pairs, each kept until the token expires.
-#[derive(Default)]
+/// Caches shared by the policies of a process: decoded tokens, verified (token, certificate) pairs
+/// kept until the token expires (by the clock the caller passes), and parsed verifying keys by
+/// certificate. Only *successful* signature checks are remembered, keyed by the exact token text and
+/// certificate, so a token with any byte changed, or presented with another certificate, is checked
+/// again (and refused). Every map is bounded: when full, expired verifications are dropped first,
+/// then the map is cleared.
 pub struct JwtCache {
     decoded: Mutex<HashMap<Arc<str>, Option<Decoded>>>,
     verified: Mutex<HashMap<Arc<str>, Verified>>,
     keys: Mutex<HashMap<Arc<str>, Option<Arc<DecodingKey>>>>,
+    max_entries: usize,
+    max_keys: usize,
+    signature_checks: AtomicU64,
+}
+
+impl Default for JwtCache {
+    fn default() -> Self {
+        Self::with_capacity(MAX_ENTRIES, MAX_KEYS)
+    }
 }
 
 impl std::fmt::Debug for JwtCache {
@@ -42,8 +57,20 @@ impl std::fmt::Debug for JwtCache {
         f.debug_struct("JwtCache")
             .field("decoded", &self.decoded.lock().len())
             .field("verified", &self.verified.lock().len())
+            .field("keys", &self.keys.lock().len())
             .finish()
     }
+}
+
+/// How many entries each map of a [`JwtCache`] holds (see [`JwtCache::sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSizes {
+    /// Decoded (or undecodable) tokens.
+    pub decoded: usize,
+    /// Tokens with at least one successful signature check remembered.
+    pub verified: usize,
+    /// Parsed verifying keys (or unparsable certificates).
+    pub keys: usize,
 }
 
 fn b64_json(part: &str) -> Option<serde_json::Value> {
@@ -69,12 +96,14 @@ fn decode_uncached(token: &str) -> Option<Decoded> {
         .filter(|e| *e >= 0.0)
         .and_then(|e| Duration::try_from_secs_f64(e).ok())
         .map(|d| UNIX_EPOCH + d);
+    let payload = Value::from(payload);
     Some(Decoded {
         value: Value::from(vec![
             Value::from(header),
-            Value::from(payload),
+            payload.clone(),
             Value::from(hex::encode(sig)),
         ]),
+        payload,
         exp,
     })
 }
@@ -85,13 +114,42 @@ impl JwtCache {
         Self::default()
     }
 
-    fn decode(&self, token: &str) -> Option<Decoded> {
+    /// An empty cache holding at most `max_entries` decoded and verified tokens and `max_keys`
+    /// verifying keys.
+    pub fn with_capacity(max_entries: usize, max_keys: usize) -> Self {
+        Self {
+            decoded: Mutex::default(),
+            verified: Mutex::default(),
+            keys: Mutex::default(),
+            max_entries: max_entries.max(1),
+            max_keys: max_keys.max(1),
+            signature_checks: AtomicU64::new(0),
+        }
+    }
+
+    /// How many entries each map holds now.
+    pub fn sizes(&self) -> CacheSizes {
+        CacheSizes {
+            decoded: self.decoded.lock().len(),
+            verified: self.verified.lock().len(),
+            keys: self.keys.lock().len(),
+        }
+    }
+
+    /// How many ES256 signature checks were actually computed (not answered from the cache).
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    /// `io.jwt.decode(token)`, or `None` where OPA's would be undefined (not three base64url parts,
+    /// header or payload not a JSON object).
+    pub(crate) fn decode(&self, token: &str) -> Option<Decoded> {
         if let Some(d) = self.decoded.lock().get(token) {
             return d.clone();
         }
         let d = decode_uncached(token);
         let mut m = self.decoded.lock();
-        if m.len() >= MAX_ENTRIES {
+        if m.len() >= self.max_entries {
             m.clear();
         }
         m.insert(Arc::from(token), d.clone());
@@ -104,7 +162,7 @@ impl JwtCache {
         }
         let k = DecodingKey::from_ec_pem(pem.as_bytes()).ok().map(Arc::new);
         let mut m = self.keys.lock();
-        if m.len() >= MAX_KEYS {
+        if m.len() >= self.max_keys {
             m.clear();
         }
         m.insert(Arc::from(pem), k.clone());
@@ -127,6 +185,7 @@ impl JwtCache {
         let Some(key) = self.key(cert_pem) else {
             return false;
         };
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
         let ok =
             jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, Algorithm::ES256)
                 .unwrap_or(false);
@@ -136,18 +195,18 @@ impl JwtCache {
                 .and_then(|d| d.exp)
                 .unwrap_or(now + NO_EXP_TTL);
             let mut m = self.verified.lock();
-            if m.len() >= MAX_ENTRIES {
+            if m.len() >= self.max_entries {
                 m.retain(|_, v| {
                     v.retain(|(_, u)| now < *u);
                     !v.is_empty()
                 });
-                if m.len() >= MAX_ENTRIES {
+                if m.len() >= self.max_entries {
                     m.clear();
                 }
             }
-            m.entry(Arc::from(token))
-                .or_default()
-                .push((Arc::from(cert_pem), until));
+            let entries = m.entry(Arc::from(token)).or_default();
+            entries.retain(|(_, u)| now < *u);
+            entries.push((Arc::from(cert_pem), until));
         }
         ok
     }

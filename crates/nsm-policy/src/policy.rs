@@ -11,6 +11,7 @@ use regorus::{Engine, Value};
 
 use crate::builtins::JwtCache;
 use crate::input::input_value;
+use crate::native::{DefaultRule, NativePolicy};
 
 /// Why a policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -221,24 +222,34 @@ pub const DEFAULT_POLICIES: [(&str, &str, bool); 5] = [
     ),
 ];
 
-fn defaults(names: &[&str], runtime: &PolicyRuntime) -> Vec<SharedPolicy> {
-    names
+/// The default policy `rule` compiled from its Rego source (what [`NativePolicy`] is checked
+/// against; the default sets use the native evaluation).
+pub fn default_rego_policy(
+    rule: DefaultRule,
+    runtime: &PolicyRuntime,
+) -> Result<RegoPolicy, PolicyError> {
+    let source = DEFAULT_POLICIES
         .iter()
-        .filter_map(|n| DEFAULT_POLICIES.iter().find(|(name, _, _)| name == n))
-        .filter_map(|(name, source, allow)| {
-            match RegoPolicy::from_source(*name, source, name, *allow, runtime) {
-                Ok(p) => Some(Arc::new(p) as SharedPolicy),
-                Err(e) => {
-                    // Built-in sources are tested; this cannot happen short of a regorus regression.
-                    tracing::error!(error = %e, "built-in policy does not compile");
-                    None
-                }
-            }
-        })
+        .find(|(name, _, _)| *name == rule.name())
+        .map_or("", |(_, source, _)| source);
+    RegoPolicy::from_source(
+        rule.name(),
+        source,
+        rule.name(),
+        rule.allowed_when(),
+        runtime,
+    )
+}
+
+fn defaults(rules: &[DefaultRule], runtime: &PolicyRuntime) -> Vec<SharedPolicy> {
+    rules
+        .iter()
+        .map(|rule| Arc::new(NativePolicy::new(*rule, runtime)) as SharedPolicy)
         .collect()
 }
 
-/// `authorize.NewServer()`'s defaults: tokens_valid, prev_token_signed, tokens_expired, tokens_chained.
+/// `authorize.NewServer()`'s defaults: tokens_valid, prev_token_signed, tokens_expired, tokens_chained
+/// (evaluated natively, see [`NativePolicy`]).
 pub fn default_server_policies() -> Vec<SharedPolicy> {
     default_server_policies_with(&PolicyRuntime::shared())
 }
@@ -247,16 +258,17 @@ pub fn default_server_policies() -> Vec<SharedPolicy> {
 pub fn default_server_policies_with(runtime: &PolicyRuntime) -> Vec<SharedPolicy> {
     defaults(
         &[
-            "tokens_valid",
-            "prev_token_signed",
-            "tokens_expired",
-            "tokens_chained",
+            DefaultRule::TokensValid,
+            DefaultRule::PrevTokenSigned,
+            DefaultRule::TokensExpired,
+            DefaultRule::TokensChained,
         ],
         runtime,
     )
 }
 
-/// `authorize.NewClient()`'s defaults: tokens_valid, next_token_signed, tokens_expired, tokens_chained.
+/// `authorize.NewClient()`'s defaults: tokens_valid, next_token_signed, tokens_expired, tokens_chained
+/// (evaluated natively, see [`NativePolicy`]).
 pub fn default_client_policies() -> Vec<SharedPolicy> {
     default_client_policies_with(&PolicyRuntime::shared())
 }
@@ -265,10 +277,10 @@ pub fn default_client_policies() -> Vec<SharedPolicy> {
 pub fn default_client_policies_with(runtime: &PolicyRuntime) -> Vec<SharedPolicy> {
     defaults(
         &[
-            "tokens_valid",
-            "next_token_signed",
-            "tokens_expired",
-            "tokens_chained",
+            DefaultRule::TokensValid,
+            DefaultRule::NextTokenSigned,
+            DefaultRule::TokensExpired,
+            DefaultRule::TokensChained,
         ],
         runtime,
     )
