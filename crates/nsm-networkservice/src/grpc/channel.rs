@@ -59,9 +59,8 @@ async fn tls_dial(
         }
         NsmUrl::Unix(path) => {
             // Below TLS, as grpcfd wraps the raw conn before the handshake.
-            let s = FdUnixStream::new(tokio::net::UnixStream::connect(path).await?);
-            peer.set_fds(s.transceiver());
-            Raw::Unix(s)
+            let s = tokio::net::UnixStream::connect(path).await?;
+            Raw::Unix(FdUnixStream::attach(s, peer.fds_for_new_connection()))
         }
         _ => return Err(std::io::Error::other(format!("cannot dial {url}"))),
     };
@@ -146,8 +145,8 @@ async fn plain_channel(
                     .connect_with_connector(tower::service_fn(move |_| {
                         let (path, p) = (path.clone(), p.clone());
                         async move {
-                            let s = FdUnixStream::new(tokio::net::UnixStream::connect(path).await?);
-                            p.set_fds(s.transceiver());
+                            let s = tokio::net::UnixStream::connect(path).await?;
+                            let s = FdUnixStream::attach(s, p.fds_for_new_connection());
                             Ok::<_, std::io::Error>(TokioIo::new(s))
                         }
                     }))

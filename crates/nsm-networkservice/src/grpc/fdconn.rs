@@ -118,6 +118,8 @@ struct State {
     outgoing: VecDeque<(Ticket, OwnedFd)>,
     next_ticket: u64,
     received: HashMap<InodeKey, VecDeque<(OwnedFd, Instant)>>,
+    /// Carried by a stream (a client may queue fds before the connection they will go on is made).
+    attached: bool,
     closed: bool,
 }
 
@@ -162,7 +164,9 @@ impl fmt::Debug for FdTransceiver {
 }
 
 impl FdTransceiver {
-    fn new(clock: Clock) -> Self {
+    /// A transceiver no stream carries yet: fds queued on it leave once [`FdUnixStream::attach`] gives
+    /// it a connection (a client queues on it while its channel reconnects).
+    pub fn detached(clock: Clock) -> Self {
         Self(Arc::new(Shared {
             state: Mutex::new(State::default()),
             arrived: Notify::new(),
@@ -174,12 +178,13 @@ impl FdTransceiver {
     /// find it under and the ticket to [`withdraw`](Self::withdraw) it.
     pub fn send_path(&self, path: &Path) -> Result<(NsmUrl, Ticket), FdError> {
         use rustix::fs::{Mode, OFlags};
-        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(
-            |e| FdError::Open {
-                path: path.to_path_buf(),
-                source: e.into(),
-            },
-        )?;
+        let fd =
+            rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
+                FdError::Open {
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                }
+            })?;
         let (key, ticket) = self.send(fd)?;
         Ok((key.url(), ticket))
     }
@@ -235,7 +240,13 @@ impl FdTransceiver {
 
     /// Fds received and not claimed yet (for tests and diagnostics).
     pub fn unclaimed(&self) -> usize {
-        self.0.state.lock().received.values().map(VecDeque::len).sum()
+        self.0
+            .state
+            .lock()
+            .received
+            .values()
+            .map(VecDeque::len)
+            .sum()
     }
 
     /// Fds queued and not sent yet.
@@ -246,6 +257,11 @@ impl FdTransceiver {
     /// True once the connection is gone.
     pub fn is_closed(&self) -> bool {
         self.0.state.lock().closed
+    }
+
+    /// True once a stream carries it.
+    pub fn is_attached(&self) -> bool {
+        self.0.state.lock().attached
     }
 
     fn has_outgoing(&self) -> bool {
@@ -371,10 +387,14 @@ impl FdUnixStream {
 
     /// Wraps a connected stream; `clock` times out unclaimed fds.
     pub fn with_clock(io: UnixStream, clock: Clock) -> Self {
-        Self {
-            io,
-            fds: FdTransceiver::new(clock),
-        }
+        Self::attach(io, FdTransceiver::detached(clock))
+    }
+
+    /// Wraps a connected stream with a transceiver made earlier (fds already queued on it leave with
+    /// the first writes).
+    pub fn attach(io: UnixStream, fds: FdTransceiver) -> Self {
+        fds.0.state.lock().attached = true;
+        Self { io, fds }
     }
 
     /// The connection's fd side channel.
@@ -456,7 +476,10 @@ impl AsyncWrite for FdUnixStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.fds.has_outgoing() {
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
             return Pin::new(this).poll_write(cx, first);
         }
         Pin::new(&mut this.io).poll_write_vectored(cx, bufs)

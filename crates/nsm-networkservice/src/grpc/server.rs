@@ -64,7 +64,9 @@ pub fn incoming_ctx<T>(clock: Clock, req: &Request<T>) -> Ctx {
         .and_then(TcpConnectInfo::remote_addr)
         .map(|a| a.to_string())
         .or_else(|| {
-            let uds = unix.map(|u| &u.uds).or_else(|| ext.get::<UdsConnectInfo>())?;
+            let uds = unix
+                .map(|u| &u.uds)
+                .or_else(|| ext.get::<UdsConnectInfo>())?;
             let path = uds.peer_addr.as_ref()?.as_pathname()?.display().to_string();
             Some(format!("unix://{path}"))
         });

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use nsm_core::Clock;
 use nsm_core::token::LocalIdentity;
 use nsm_core::values::PeerInfo;
 use nsm_identity::{TlsIdentity, peer_info};
@@ -159,13 +160,31 @@ impl ServerPeer {
         *self.peer.lock() = Some(peer);
     }
 
-    /// The fd side channel of the channel's current connection (unix sockets only). Fds queued on it
-    /// leave with the next call on the channel.
+    /// The fd side channel for the next call on the channel (unix sockets only): the current
+    /// connection's, or, once that is gone, one the channel's next connection will carry (the call
+    /// makes the channel reconnect). Fds queued on it leave no later than the call's message.
     pub fn fds(&self) -> Option<FdTransceiver> {
-        self.fds.lock().clone()
+        let mut slot = self.fds.lock();
+        let current = slot.as_ref()?;
+        if current.is_closed() {
+            let next = FdTransceiver::detached(Clock::system());
+            *slot = Some(next.clone());
+            return Some(next);
+        }
+        Some(current.clone())
     }
 
-    pub(crate) fn set_fds(&self, fds: FdTransceiver) {
-        *self.fds.lock() = Some(fds);
+    /// The transceiver a new connection carries: the one fds are already queued on if no connection
+    /// carries it yet, else a fresh one.
+    pub(crate) fn fds_for_new_connection(&self) -> FdTransceiver {
+        let mut slot = self.fds.lock();
+        match slot.as_ref() {
+            Some(t) if !t.is_attached() && !t.is_closed() => t.clone(),
+            _ => {
+                let t = FdTransceiver::detached(Clock::system());
+                *slot = Some(t.clone());
+                t
+            }
+        }
     }
 }

@@ -10,10 +10,13 @@
 //! **Close**: dispatches by the connection's mechanism type.
 //!
 //! **State**: none. The per-type elements call `next` themselves, so the rest of the chain runs inside
-//! the chosen element. Submodules: [`kernel`] (KERNEL preferences and defaults) and [`vxlan`] (VXLAN
+//! the chosen element. Submodules: [`kernel`] (KERNEL preferences and defaults), [`sendfd`] /
+//! [`recvfd`] (files such as network namespaces passed as fds on unix sockets) and [`vxlan`] (VXLAN
 //! tunnel endpoints and VNI allocation).
 
 pub mod kernel;
+pub mod recvfd;
+pub mod sendfd;
 pub mod vxlan;
 
 use std::collections::BTreeMap;

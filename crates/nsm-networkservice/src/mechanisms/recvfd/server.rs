@@ -1,0 +1,66 @@
+//! The server half of `recvfd`: files the caller passed with its request.
+
+use async_trait::async_trait;
+use nsm_api::{Connection, NetworkServiceRequest};
+use nsm_core::metadata::Side;
+use nsm_core::{Ctx, NetworkServiceServer, Next, Result};
+
+use super::{ELEMENT, ReceivedFiles};
+use crate::grpc::fdconn::IncomingFds;
+
+/// Receives the files the incoming call's mechanisms name.
+#[derive(Debug, Default)]
+pub struct RecvFdServer;
+
+impl RecvFdServer {
+    /// The element.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+#[async_trait]
+impl NetworkServiceServer for RecvFdServer {
+    async fn request(
+        &self,
+        ctx: &mut Ctx,
+        mut request: NetworkServiceRequest,
+        next: Next,
+    ) -> Result<Connection> {
+        let Some(IncomingFds(fds)) = ctx.get::<IncomingFds>().cloned() else {
+            return next.request(ctx, request).await;
+        };
+        let files = ReceivedFiles::of(ctx, Side::Server)?;
+        let current = request
+            .connection
+            .as_mut()
+            .and_then(|c| c.mechanism.as_mut());
+        for m in request.mechanism_preferences.iter_mut().chain(current) {
+            files.resolve(ctx, Some(&fds), m).await?;
+        }
+        let mut conn = next.request(ctx, request).await?;
+        if let Some(selected) = files.restore(conn.mechanism.as_mut()) {
+            // Files of preferences that were not selected are not needed any more.
+            files.keep_only(&selected);
+        }
+        Ok(conn)
+    }
+
+    async fn close(&self, ctx: &mut Ctx, mut conn: Connection, next: Next) -> Result<()> {
+        let files = ReceivedFiles::of(ctx, Side::Server)?;
+        let fds = ctx.get::<IncomingFds>().map(|f| f.0.clone());
+        if let Some(m) = conn.mechanism.as_mut()
+            && let Err(e) = files.resolve(ctx, fds.as_ref(), m).await
+        {
+            // Close anyway: the next hops release what they can without the file.
+            tracing::warn!(error = %e, id = %conn.id, "recvfd: closing without the passed file");
+        }
+        let result = next.close(ctx, conn).await;
+        files.close_all();
+        result
+    }
+
+    fn name(&self) -> &'static str {
+        ELEMENT
+    }
+}
