@@ -5,6 +5,8 @@
 //!
 //! The forwarder finds the endpoint through the NSMgr's registry (its `connect_to` URL) and registers
 //! itself there as an endpoint of service `forwarder` with its labels (see [`registration`]).
+//! NS and NSE registry clients: querycache → clienturl(NSMgr) → connect, so a steady-state Request
+//! does not go to the registry at all (the caches follow the NSMgr's registries by watching Finds).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use nsm_networkservice::discover::DiscoverServer;
 use nsm_networkservice::mechanisms::kernel::KernelClient;
 use nsm_networkservice::mechanismtranslation::MechanismTranslationClient;
 use nsm_networkservice::roundrobin::RoundRobinServer;
-use nsm_registry::ClientUrlServer;
+use nsm_registry::{ClientUrlServer, QueryCacheClient};
 use tonic::service::Routes;
 
 use crate::client::{ClientOptions, new_client_parts};
@@ -108,18 +110,22 @@ impl Forwarder {
         let ns_registry = RegistryChain::new(
             "forwarder-ns-client",
             vec![
+                Arc::new(QueryCacheClient::<NetworkService>::new())
+                    as RegistryElement<NetworkService>,
                 Arc::new(ClientUrlServer::<NetworkService>::new(
                     opts.connect_to.clone(),
-                )) as RegistryElement<NetworkService>,
+                )),
                 Arc::new(registry_connect(opts.dial_timeout, &opts.security)),
             ],
         );
         let nse_registry = RegistryChain::new(
             "forwarder-nse-client",
             vec![
+                Arc::new(QueryCacheClient::<NetworkServiceEndpoint>::new())
+                    as RegistryElement<NetworkServiceEndpoint>,
                 Arc::new(ClientUrlServer::<NetworkServiceEndpoint>::new(
                     opts.connect_to.clone(),
-                )) as RegistryElement<NetworkServiceEndpoint>,
+                )),
                 Arc::new(registry_connect(opts.dial_timeout, &opts.security)),
             ],
         );

@@ -3,7 +3,8 @@
 //! NetworkService: endpoint chain → clientinfo → discoverforwarder → excludedprefixes →
 //! connect(client chain without refresh or heal).
 //!
-//! NS registry: serialize → (memory, or clienturl(registry) → connect).
+//! NS registry: serialize → (memory, or querycache → clienturl(registry) → connect): discoverforwarder
+//! and the forwarders' Finds are answered from the cache, which watches the registry.
 //! NSE registry: validate → clientinfo → serialize → expire(1 min) → memory (this node's endpoints, also
 //! what discoverforwarder searches) → localbypass(public URL) → [clienturl(registry) → connect].
 
@@ -27,7 +28,7 @@ use nsm_networkservice::excludedprefixes::ExcludedPrefixesServer;
 use nsm_registry::grpc::{NetworkServiceEndpointRegistryGrpc, NetworkServiceRegistryGrpc};
 use nsm_registry::{
     ClientInfoServer, ClientUrlServer, ExpireServer, LocalBypassServer, MemoryServer,
-    SerializeServer, ValidateServer,
+    QueryCacheClient, SerializeServer, ValidateServer,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -118,7 +119,7 @@ impl Nsmgr {
     /// Builds the NSMgr's chains.
     pub fn new(opts: NsmgrOptions) -> Self {
         let stop = CancellationToken::new();
-        let ns_registry = ns_registry_chain(&opts);
+        let ns_registry = ns_registry_chain(&opts, &stop);
         let local_endpoints = Arc::new(MemoryServer::<NetworkServiceEndpoint>::new());
         let mut info = ClientInfoServer::new();
         if let Some(v) = &opts.labels.node_name {
@@ -208,10 +209,16 @@ impl Nsmgr {
     pub const SERVICES: [&'static str; 4] = services::ALL;
 }
 
-fn ns_registry_chain(opts: &NsmgrOptions) -> RegistryChain<NetworkService> {
+fn ns_registry_chain(
+    opts: &NsmgrOptions,
+    stop: &CancellationToken,
+) -> RegistryChain<NetworkService> {
     let mut ns: Vec<RegistryElement<NetworkService>> = vec![Arc::new(SerializeServer::new())];
     match &opts.registry_url {
         Some(url) => {
+            ns.push(Arc::new(
+                QueryCacheClient::<NetworkService>::new().with_cancellation(stop),
+            ));
             ns.push(Arc::new(ClientUrlServer::new(url.clone())));
             ns.push(Arc::new(registry_connect(
                 opts.dial_timeout,

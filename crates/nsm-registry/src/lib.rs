@@ -7,7 +7,7 @@
 //!   [`clientinfo`], [`localbypass`], [`proxy`], [`validate`], [`validatequery`];
 //! - the edges to other registries: [`clienturl`] + [`connect`] (gRPC client), [`grpc`] (gRPC server
 //!   adapters serving a chain);
-//! - client-side elements: [`refresh`] and [`heal`];
+//! - client-side elements: [`refresh`], [`heal`] and [`querycache`];
 //! - [`conformance`]: the Register/Find/Unregister/watch/expiry suite every store chain must pass.
 //!
 //! Chains composed from these elements live in `nsm-chains`.
@@ -25,6 +25,7 @@ pub mod localbypass;
 pub mod matchutils;
 pub mod memory;
 pub mod proxy;
+pub mod querycache;
 pub mod refresh;
 pub mod serialize;
 pub mod setpayload;
@@ -43,6 +44,7 @@ pub use heal::HealClient;
 pub use localbypass::LocalBypassServer;
 pub use memory::MemoryServer;
 pub use proxy::ProxyServer;
+pub use querycache::QueryCacheClient;
 pub use refresh::RefreshClient;
 pub use serialize::SerializeServer;
 pub use setpayload::SetPayloadServer;
