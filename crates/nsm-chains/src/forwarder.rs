@@ -1,7 +1,8 @@
 //! The forwarder: the endpoint chain around a pluggable data plane.
 //!
-//! NetworkService: endpoint chain → discover → roundrobin → *data plane server elements* →
-//! connect(client chain without refresh: mechanismtranslation → *data plane client elements*).
+//! NetworkService: endpoint chain → recvfd → sendfd → discover → roundrobin → *data plane server
+//! elements* → connect(client chain without refresh: mechanismtranslation → *data plane client
+//! elements* → recvfd → sendfd).
 //!
 //! The forwarder finds the endpoint through the NSMgr's registry (its `connect_to` URL) and registers
 //! itself there as an endpoint of service `forwarder` with its labels (see [`registration`]).
@@ -24,6 +25,8 @@ use nsm_networkservice::begin::BeginClient;
 use nsm_networkservice::connect::ConnectServer;
 use nsm_networkservice::discover::DiscoverServer;
 use nsm_networkservice::mechanisms::kernel::KernelClient;
+use nsm_networkservice::mechanisms::recvfd::{RecvFdClient, RecvFdServer};
+use nsm_networkservice::mechanisms::sendfd::{SendFdClient, SendFdServer};
 use nsm_networkservice::mechanismtranslation::MechanismTranslationClient;
 use nsm_networkservice::roundrobin::RoundRobinServer;
 use nsm_registry::{ClientUrlServer, QueryCacheClient};
@@ -131,6 +134,8 @@ impl Forwarder {
         );
         let mut client_additional: Vec<Element> = vec![Arc::new(MechanismTranslationClient::new())];
         client_additional.extend(dataplane.client_elements());
+        client_additional.push(Arc::new(RecvFdClient::new()));
+        client_additional.push(Arc::new(SendFdClient::new()));
         let client = new_client_parts(ClientOptions {
             additional: client_additional,
             dial_timeout: opts.dial_timeout,
@@ -138,6 +143,9 @@ impl Forwarder {
             ..ClientOptions::new(opts.name.clone(), opts.token_generator.clone())
         });
         let mut additional: Vec<Element> = vec![
+            // The client's network namespace arrives as an fd on unix sockets.
+            Arc::new(RecvFdServer::new()),
+            Arc::new(SendFdServer::new()),
             Arc::new(DiscoverServer::new(ns_registry, nse_registry)),
             Arc::new(RoundRobinServer::new()),
         ];

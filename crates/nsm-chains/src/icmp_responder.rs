@@ -1,7 +1,8 @@
 //! The icmp-responder endpoint (Go `cmd-nse-icmp-responder`).
 //!
 //! endpoint chain → point2pointipam(CIDR) → mechanisms{KERNEL: kernel server, NOOP: nothing} →
-//! dnscontext(configs) → *additional*
+//! dnscontext(configs) → *additional* → sendfd (the endpoint's network namespace goes back to the
+//! forwarder as an fd on unix sockets)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use nsm_networkservice::dnscontext::DnsContextServer;
 use nsm_networkservice::ipam::point2point::Point2PointIpamServer;
 use nsm_networkservice::mechanisms::MechanismsServer;
 use nsm_networkservice::mechanisms::kernel::KernelServer;
+use nsm_networkservice::mechanisms::sendfd::SendFdServer;
 
 use crate::endpoint::{Endpoint, EndpointOptions};
 
@@ -87,6 +89,7 @@ impl IcmpResponder {
             Arc::new(DnsContextServer::new(dns)),
         ];
         additional.append(&mut base.additional);
+        additional.push(Arc::new(SendFdServer::new()));
         base.additional = additional;
         Self {
             endpoint: Endpoint::new(base),

@@ -1,7 +1,7 @@
 //! The NSMgr: the endpoint chain plus forwarder selection, and its two registries.
 //!
-//! NetworkService: endpoint chain → clientinfo → discoverforwarder → excludedprefixes →
-//! connect(client chain without refresh or heal).
+//! NetworkService: endpoint chain → clientinfo → discoverforwarder → excludedprefixes → recvfd →
+//! connect(client chain without refresh or heal, with recvfd → sendfd) → sendfd.
 //!
 //! NS registry: serialize → (memory, or querycache → clienturl(registry) → connect): discoverforwarder
 //! and the forwarders' Finds are answered from the cache, which watches the registry.
@@ -25,6 +25,8 @@ use nsm_networkservice::clientinfo::{ClientInfo, ClientInfoLabels};
 use nsm_networkservice::connect::ConnectServer;
 use nsm_networkservice::discoverforwarder::DiscoverForwarderServer;
 use nsm_networkservice::excludedprefixes::ExcludedPrefixesServer;
+use nsm_networkservice::mechanisms::recvfd::{RecvFdClient, RecvFdServer};
+use nsm_networkservice::mechanisms::sendfd::{SendFdClient, SendFdServer};
 use nsm_registry::grpc::{NetworkServiceEndpointRegistryGrpc, NetworkServiceRegistryGrpc};
 use nsm_registry::{
     ClientInfoServer, ClientUrlServer, ExpireServer, LocalBypassServer, MemoryServer,
@@ -157,6 +159,8 @@ impl Nsmgr {
             None => ExcludedPrefixesServer::new(),
         };
         let client = new_client_parts(ClientOptions {
+            // Files (network namespaces) the client passed go on to the forwarder as fds.
+            additional: vec![Arc::new(RecvFdClient::new()), Arc::new(SendFdClient::new())],
             dial_timeout: opts.dial_timeout,
             security: opts.security.clone(),
             ..ClientOptions::new(opts.name.clone(), opts.token_generator.clone())
@@ -173,7 +177,9 @@ impl Nsmgr {
                 opts.forwarder_service_name.clone(),
             )),
             Arc::new(excluded),
+            Arc::new(RecvFdServer::new()),
             Arc::new(ConnectServer::new(client.chain)),
+            Arc::new(SendFdServer::new()),
         ];
         Self {
             endpoint: Endpoint::new(ep),
