@@ -4,6 +4,13 @@
 //! holding the peer's SPIFFE ID; absent without a TLS peer) and `exp` (whole seconds) =
 //! min(now + max lifetime, own SVID NotAfter). The expiry returned alongside is additionally capped by
 //! the peer certificate's NotAfter while the `exp` claim is not (as in Go). No `iat`, `iss`, `jti`.
+//!
+//! Go signs a new token on every call. Through [`TokenGenerator`] this generator hands out the token
+//! it already signed when the claims would be byte-identical (same SVID, same audience, same `exp`
+//! second; see the `recent` module), unless built [`without_reuse`](JwtTokenGenerator::without_reuse);
+//! [`sign`](JwtTokenGenerator::sign) and [`sign_as`](JwtTokenGenerator::sign_as) always sign.
+
+mod recent;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,7 +21,8 @@ use nsm_core::token::{LocalIdentity, Token, TokenGenerator};
 use nsm_core::values::PeerInfo;
 use nsm_core::{Clock, NsmError};
 
-use crate::{IdentityError, SharedSource, Svid, spiffe_id_of};
+use crate::{IdentityError, SharedSource, Svid};
+use recent::RecentTokens;
 
 const ELEMENT: &str = "token";
 
@@ -63,6 +71,10 @@ pub struct JwtTokenGenerator {
     /// The last SVIDs this generator's source handed out: `generate_as` signs with a connection's
     /// SVID only if it is one of them (never with a key from elsewhere).
     seen: parking_lot::Mutex<Vec<Arc<Svid>>>,
+    /// Tokens of the current `exp` second and peer NotAfters.
+    recent: parking_lot::Mutex<RecentTokens>,
+    /// Whether [`TokenGenerator`] calls may hand out a remembered token.
+    reuse: bool,
 }
 
 /// How many past SVIDs `generate_as` still signs with (connections established before rotations).
@@ -85,7 +97,15 @@ impl JwtTokenGenerator {
             current,
             max_lifetime: max_lifetime.into(),
             seen: parking_lot::Mutex::new(vec![first]),
+            recent: parking_lot::Mutex::new(RecentTokens::new()),
+            reuse: true,
         }
+    }
+
+    /// A generator that signs a new token on every call, as Go's does (benchmarks, comparisons).
+    pub fn without_reuse(mut self) -> Self {
+        self.reuse = false;
+        self
     }
 
     /// The current SVID, remembered among the seen ones.
@@ -115,44 +135,96 @@ impl JwtTokenGenerator {
         now: SystemTime,
         peer: Option<&PeerInfo>,
     ) -> Result<Token, IdentityError> {
-        let mut expires = self.max_lifetime.add_to(now).min(svid.not_after());
-        let exp = expires
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut payload = String::with_capacity(160);
-        payload.push_str("{\"sub\":");
-        payload.push_str(&json_string(svid.spiffe_id()));
-        if let Some(aud) = peer.and_then(|p| p.spiffe_id.as_deref()) {
-            payload.push_str(",\"aud\":[");
-            payload.push_str(&json_string(aud));
-            payload.push(']');
-        }
-        payload.push_str(",\"exp\":");
-        payload.push_str(&exp.to_string());
-        payload.push('}');
-        if let Some(pem) = peer.and_then(|p| p.certificate_pem.as_deref())
-            && let Some(not_after) = crate::parse_certs_pem(pem.as_bytes())
-                .ok()
-                .and_then(|c| c.into_iter().next())
-                .and_then(|der| spiffe_id_of(&der).ok())
-                .map(|(_, t)| t)
-        {
-            expires = expires.min(not_after);
-        }
-        let mut token = String::with_capacity(HEADER_B64.len() + payload.len() * 4 / 3 + 100);
-        token.push_str(HEADER_B64);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(payload.as_bytes(), &mut token);
-        let signature = jsonwebtoken::crypto::sign(
-            token.as_bytes(),
-            svid.jwt_key(),
-            jsonwebtoken::Algorithm::ES256,
-        )
-        .map_err(|e| IdentityError::Tls(format!("cannot sign a token: {e}")))?;
-        token.push('.');
-        token.push_str(&signature);
-        Ok(Token { token, expires })
+        let own_expiry = self.own_expiry(svid, now);
+        let token = sign_claims(svid, audience(peer), exp_claim(own_expiry))?;
+        Ok(Token {
+            token,
+            expires: self.capped_by_peer(own_expiry, peer),
+        })
     }
+
+    /// `now` + the maximum lifetime, capped by the SVID's NotAfter: what the `exp` claim says.
+    fn own_expiry(&self, svid: &Svid, now: SystemTime) -> SystemTime {
+        self.max_lifetime.add_to(now).min(svid.not_after())
+    }
+
+    /// `expiry` further capped by the peer certificate's NotAfter (the returned expiry only).
+    fn capped_by_peer(&self, expiry: SystemTime, peer: Option<&PeerInfo>) -> SystemTime {
+        match peer
+            .and_then(|p| p.certificate_pem.as_deref())
+            .and_then(|pem| self.recent.lock().peer_not_after(pem))
+        {
+            Some(not_after) => expiry.min(not_after),
+            None => expiry,
+        }
+    }
+
+    /// [`sign_as`](Self::sign_as), handing out the token signed earlier when its claims would be
+    /// the same (`current` is the generator's SVID now: a rotation forgets remembered tokens).
+    fn issue(
+        &self,
+        svid: &Svid,
+        current: &Arc<Svid>,
+        now: SystemTime,
+        peer: Option<&PeerInfo>,
+    ) -> Result<Token, IdentityError> {
+        if !self.reuse {
+            return self.sign_as(svid, now, peer);
+        }
+        let own_expiry = self.own_expiry(svid, now);
+        let (aud, exp) = (audience(peer), exp_claim(own_expiry));
+        let remembered = self.recent.lock().find(current, svid, aud, exp);
+        let token = match remembered {
+            Some(token) => token,
+            None => {
+                let token = sign_claims(svid, aud, exp)?;
+                self.recent.lock().store(current, svid, aud, exp, &token);
+                token
+            }
+        };
+        Ok(Token {
+            token,
+            expires: self.capped_by_peer(own_expiry, peer),
+        })
+    }
+}
+
+/// The audience of a token for `peer`: its SPIFFE ID, if known.
+fn audience(peer: Option<&PeerInfo>) -> Option<&str> {
+    peer.and_then(|p| p.spiffe_id.as_deref())
+}
+
+/// The `exp` claim for an expiry: whole seconds since the epoch.
+fn exp_claim(expiry: SystemTime) -> u64 {
+    expiry.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The JWT with claims `sub` (the SVID's SPIFFE ID), `aud` and `exp`, signed with the SVID's key.
+fn sign_claims(svid: &Svid, aud: Option<&str>, exp: u64) -> Result<String, IdentityError> {
+    let mut payload = String::with_capacity(160);
+    payload.push_str("{\"sub\":");
+    payload.push_str(&json_string(svid.spiffe_id()));
+    if let Some(aud) = aud {
+        payload.push_str(",\"aud\":[");
+        payload.push_str(&json_string(aud));
+        payload.push(']');
+    }
+    payload.push_str(",\"exp\":");
+    payload.push_str(&exp.to_string());
+    payload.push('}');
+    let mut token = String::with_capacity(HEADER_B64.len() + payload.len() * 4 / 3 + 100);
+    token.push_str(HEADER_B64);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(payload.as_bytes(), &mut token);
+    let signature = jsonwebtoken::crypto::sign(
+        token.as_bytes(),
+        svid.jwt_key(),
+        jsonwebtoken::Algorithm::ES256,
+    )
+    .map_err(|e| IdentityError::Tls(format!("cannot sign a token: {e}")))?;
+    token.push('.');
+    token.push_str(&signature);
+    Ok(token)
 }
 
 fn json_string(s: &str) -> String {
@@ -161,7 +233,8 @@ fn json_string(s: &str) -> String {
 
 impl TokenGenerator for JwtTokenGenerator {
     fn generate(&self, clock: &Clock, peer: Option<&PeerInfo>) -> nsm_core::Result<Token> {
-        self.sign(clock.now(), peer)
+        let current = self.observe();
+        self.issue(&current, &current, clock.now(), peer)
             .map_err(|e| NsmError::internal(ELEMENT, e.to_string()))
     }
 
@@ -175,8 +248,8 @@ impl TokenGenerator for JwtTokenGenerator {
         let svid = own
             .and_then(LocalIdentity::downcast::<Svid>)
             .filter(|s| self.seen.lock().iter().any(|x| Arc::ptr_eq(x, s)))
-            .unwrap_or(current);
-        self.sign_as(&svid, clock.now(), peer)
+            .unwrap_or_else(|| current.clone());
+        self.issue(&svid, &current, clock.now(), peer)
             .map_err(|e| NsmError::internal(ELEMENT, e.to_string()))
     }
 }
@@ -271,6 +344,65 @@ mod tests {
             .sign(now, None)
             .unwrap();
         assert!(t.expires < now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_claims_reuse_the_token_until_the_exp_second_or_svid_changes() {
+        let ca = DevCa::new("example.org").unwrap();
+        let mem = Arc::new(MemorySource::new(
+            ca.material("nsc", Duration::from_secs(3600)).unwrap(),
+        ));
+        let src: SharedSource = mem.clone();
+        let peer = |name: &str| {
+            crate::peer_info(Some(
+                ca.material(name, Duration::from_secs(60))
+                    .unwrap()
+                    .svid
+                    .chain(),
+            ))
+        };
+        let (nsmgr, fwd) = (peer("nsmgr"), peer("fwd"));
+        // Start just after a whole second so 300 ms stay within one `exp` second.
+        let clock = Clock::starting_at(UNIX_EPOCH + Duration::new(1_764_300_000, 1_000));
+        let g = JwtTokenGenerator::new(&src, Duration::from_secs(600));
+        let first = g.generate(&clock, Some(&nsmgr)).unwrap();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let again = g.generate(&clock, Some(&nsmgr)).unwrap();
+        assert_eq!(again.token, first.token, "same claims: the token is reused");
+        // The expiry is still computed per call, to the nanosecond.
+        assert_eq!(again.expires, first.expires + Duration::from_millis(300));
+        let other_peer = g.generate(&clock, Some(&fwd)).unwrap();
+        assert_ne!(other_peer.token, first.token);
+        assert_ne!(g.generate(&clock, None).unwrap().token, first.token);
+        assert!(g.recent.lock().len() <= 3);
+        // The next `exp` second signs anew, and drops the older tokens.
+        tokio::time::advance(Duration::from_millis(800)).await;
+        let next = g.generate(&clock, Some(&nsmgr)).unwrap();
+        assert_ne!(next.token, first.token);
+        assert_eq!(g.recent.lock().len(), 1);
+        // A rotation forgets every remembered token.
+        mem.set(ca.material("nsc", Duration::from_secs(3600)).unwrap());
+        let rotated = g.generate(&clock, Some(&nsmgr)).unwrap();
+        assert_ne!(rotated.token, next.token);
+        assert_eq!(
+            part(&rotated.token, 1),
+            part(&next.token, 1),
+            "same claims, new key"
+        );
+        // Every handed-out token verifies with its signer's certificate.
+        let key = jsonwebtoken::DecodingKey::from_ec_pem(src.current().svid.leaf_pem().as_bytes())
+            .unwrap();
+        let (msg, sig) = rotated.token.rsplit_once('.').unwrap();
+        assert!(
+            jsonwebtoken::crypto::verify(sig, msg.as_bytes(), &key, jsonwebtoken::Algorithm::ES256)
+                .unwrap()
+        );
+        // Without reuse, every call signs.
+        let fresh = JwtTokenGenerator::new(&src, Duration::from_secs(600)).without_reuse();
+        let a = fresh.generate(&clock, Some(&nsmgr)).unwrap();
+        let b = fresh.generate(&clock, Some(&nsmgr)).unwrap();
+        assert_ne!(a.token, b.token);
+        assert_eq!(part(&a.token, 1), part(&b.token, 1));
     }
 
     #[test]
