@@ -468,8 +468,10 @@ fn parse_nets(field: &'static str, v: &[String]) -> Result<Vec<IpNet>, PlanError
     v.iter().map(|s| parse_net(field, s)).collect()
 }
 
-/// The namespace file an inode URL names: `file:///proc/<pid>/ns/net`, `file:///var/run/netns/x` or a
-/// bare absolute path. `inode://dev/ino` needs the fd passing of the security work and is rejected.
+/// The namespace file an inode URL names: `file:///proc/<pid>/ns/net`, `file:///proc/<pid>/fd/<n>` (an
+/// fd `recvfd` received), `file:///var/run/netns/x` or a bare absolute path. `inode://dev/ino` is
+/// rejected: the forwarder's `recvfd` resolves it before the data plane, so one arriving here was
+/// sent over TCP or without its fd.
 pub fn netns_path(side: &'static str, url: &str) -> Result<PathBuf, PlanError> {
     let bad = |hint| PlanError::BadNetnsUrl {
         side,
@@ -478,7 +480,7 @@ pub fn netns_path(side: &'static str, url: &str) -> Result<PathBuf, PlanError> {
     };
     if url.starts_with("inode://") {
         return Err(bad(
-            "; inode:// URLs need the netns fd passed over the unix socket",
+            "; an inode:// URL is only meaningful with its fd, passed on a unix-socket connection (recvfd resolves it)",
         ));
     }
     let path = url.strip_prefix("file://").unwrap_or(url);

@@ -227,6 +227,12 @@ fn bad_inputs_are_typed_errors() {
     let inode = kernel_mech("inode://4/4026532", "nsm-1");
     let e = plan(&cfg, &request(&inode, &good, &ctx)).unwrap_err();
     assert!(matches!(e, PlanError::BadNetnsUrl { .. }), "{e}");
+    assert!(e.to_string().contains("recvfd"), "{e}");
+    assert_eq!(
+        netns_path("client", "file:///proc/77/fd/9").unwrap(),
+        PathBuf::from("/proc/77/fd/9"),
+        "an fd recvfd received"
+    );
     let own = kernel_mech("file:///proc/thread-self/ns/net", "nsm-1");
     let e = plan(&cfg, &request(&own, &good, &ctx)).unwrap_err();
     assert!(e.to_string().contains("sender's own namespace"), "{e}");

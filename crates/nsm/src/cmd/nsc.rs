@@ -16,6 +16,7 @@ use nsm_core::{Chain, Clock, Ctx};
 use nsm_identity::TransportSecurity;
 use nsm_networkservice::livenesscheck::{LivenessCheckClient, LivenessProbe, ProbeFuture};
 use nsm_networkservice::mechanisms::kernel::KernelClient;
+use nsm_networkservice::mechanisms::sendfd::SendFdClient;
 use nsm_networkservice::retry::RetryClient;
 
 use super::common::{
@@ -189,9 +190,13 @@ fn client_for(
 ) -> Chain {
     let (negative, lifetime) = cfg.token_lifetime;
     let tokens = super::common::tokens(security, negative, lifetime);
+    // On a unix socket sendfd passes this namespace as an fd (`inode://` on the wire, as Go NSCs
+    // do), so the NSMgr and forwarder need not share our PID namespace; over TCP the path itself goes
+    // out, which works for peers that do.
     let kernel = KernelClient::new(url.interface.clone())
         .with_netns_url(format!("file:///proc/{}/ns/net", std::process::id()));
-    let mut additional: Vec<nsm_core::chain::Element> = vec![Arc::new(kernel)];
+    let mut additional: Vec<nsm_core::chain::Element> =
+        vec![Arc::new(kernel), Arc::new(SendFdClient::new())];
     if let Some((interval, threshold)) = cfg.liveness {
         additional.insert(
             0,

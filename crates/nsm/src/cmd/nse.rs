@@ -222,8 +222,9 @@ async fn serve(name: String, payload: String, cfg: NseConfig) -> ExitCode {
     let mut options = EndpointOptions::new(name.clone(), tokens, clock);
     options.security = security.clone();
     options.authorize = authorize;
-    // Without fd passing the forwarder opens our namespace through /proc/<pid>/ns/net (it shares our
-    // PID namespace); /proc/thread-self would name the forwarder's own.
+    // The icmp-responder chain's sendfd passes this namespace to a forwarder that dials us on a unix
+    // socket (`inode://` on the wire); one dialing over TCP opens the path itself, which works when
+    // it shares our PID namespace.
     let nse = IcmpResponder::with_netns_url(
         options,
         cfg.cidrs.clone(),
