@@ -15,7 +15,7 @@
 //!   asking the mirror's etcd watch for a progress notification) for the mirror to get there — so a registration acknowledged by
 //!   any replica before the Find is seen. A mirror still behind after that makes the Find read the
 //!   whole prefix from etcd instead. Matching is `nsm_registry::matchutils` (the memory store's rules,
-//!   with the same service-name index). `watch=true` takes the snapshot and subscribes to the local
+//!   on the same `ItemIndex`: by name, service name and name trigram). `watch=true` takes the snapshot and subscribes to the local
 //!   fan-out under one lock (when reading etcd directly: subscribes first, reads at revision R, and
 //!   streams only changes above R), so nothing is missed or repeated. When etcd cannot be reached,
 //!   Finds are answered from the last known state (a warning is logged); a store that never reached
@@ -28,7 +28,7 @@
 //!   dropped: its stream ends with `ResourceExhausted`, so the client Finds again.
 //! - Errors: etcd unreachable → `Unavailable` naming the address tried.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -41,7 +41,7 @@ use nsm_api::registry::{NetworkService, NetworkServiceEndpoint};
 use nsm_core::clock::{from_timestamp, to_timestamp};
 use nsm_core::registry::{FindStream, Found, Query, RegistryNext, RegistryServer};
 use nsm_core::{Clock, Ctx, NsmError, Result};
-use nsm_registry::memory::{DEFAULT_WATCH_BUFFER, MemoryItem};
+use nsm_registry::memory::{DEFAULT_WATCH_BUFFER, ItemIndex, MemoryItem, found, snapshot_stream};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -92,14 +92,13 @@ impl EtcdItem for NetworkServiceEndpoint {
 
 struct Watcher<T> {
     query: T,
-    tx: mpsc::Sender<(i64, Found<T>)>,
+    tx: mpsc::Sender<(i64, Arc<T>, bool)>,
     fell_behind: Arc<AtomicBool>,
 }
 
 struct MirrorState<T> {
-    items: BTreeMap<String, T>,
-    /// Index key (endpoint service name) → names, as in the memory store.
-    by_key: HashMap<String, BTreeSet<String>>,
+    /// The mirrored items, indexed as in the memory store.
+    items: ItemIndex<T>,
     revision: i64,
     synced: bool,
     watchers: HashMap<u64, Watcher<T>>,
@@ -107,62 +106,15 @@ struct MirrorState<T> {
 }
 
 impl<T: EtcdItem> MirrorState<T> {
-    fn matching(&self, query: &T) -> Vec<T> {
-        if let Some(key) = T::query_key(query) {
-            let Some(names) = self.by_key.get(key) else {
-                return Vec::new();
-            };
-            return names
-                .iter()
-                .filter_map(|n| self.items.get(n))
-                .filter(|i| T::matches(query, i))
-                .cloned()
-                .collect();
-        }
-        self.items
-            .values()
-            .filter(|i| T::matches(query, i))
-            .cloned()
-            .collect()
-    }
-
-    fn unindex(&mut self, item: &T) {
-        for k in item.index_keys() {
-            if let Some(names) = self.by_key.get_mut(&k) {
-                names.remove(item.name());
-                if names.is_empty() {
-                    self.by_key.remove(&k);
-                }
-            }
-        }
-    }
-
-    fn insert(&mut self, item: T) {
-        let name = item.name().to_string();
-        if let Some(old) = self.items.remove(&name) {
-            self.unindex(&old);
-        }
-        for k in item.index_keys() {
-            self.by_key.entry(k).or_default().insert(name.clone());
-        }
-        self.items.insert(name, item);
-    }
-
-    fn remove(&mut self, name: &str) -> Option<T> {
-        let removed = self.items.remove(name)?;
-        self.unindex(&removed);
-        Some(removed)
-    }
-
-    fn announce(&mut self, revision: i64, event: &Found<T>) {
-        if event.deleted && !T::ANNOUNCES_DELETION {
+    fn announce(&mut self, revision: i64, item: &Arc<T>, deleted: bool) {
+        if deleted && !T::ANNOUNCES_DELETION {
             return;
         }
         self.watchers.retain(|_, w| {
-            if !T::matches(&w.query, &event.item) {
+            if !T::matches(&w.query, item) {
                 return true;
             }
-            match w.tx.try_send((revision, event.clone())) {
+            match w.tx.try_send((revision, item.clone(), deleted)) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     w.fell_behind.store(true, Ordering::SeqCst);
@@ -176,31 +128,17 @@ impl<T: EtcdItem> MirrorState<T> {
     /// Replaces the mirror with a fresh snapshot, announcing what changed.
     fn resync(&mut self, revision: i64, fresh: BTreeMap<String, T>) {
         let old = std::mem::take(&mut self.items);
-        self.by_key.clear();
-        for (name, item) in &fresh {
-            if old.get(name) != Some(item) {
-                self.announce(
-                    revision,
-                    &Found {
-                        item: item.clone(),
-                        deleted: false,
-                    },
-                );
+        for (name, item) in fresh {
+            let item = Arc::new(item);
+            if old.get(&name).is_none_or(|o| **o != *item) {
+                self.announce(revision, &item, false);
             }
+            self.items.insert(item);
         }
-        for (name, item) in old {
-            if !fresh.contains_key(&name) {
-                self.announce(
-                    revision,
-                    &Found {
-                        item,
-                        deleted: true,
-                    },
-                );
+        for item in old.iter() {
+            if self.items.get(item.name()).is_none() {
+                self.announce(revision, item, true);
             }
-        }
-        for item in fresh.into_values() {
-            self.insert(item);
         }
         self.revision = revision;
         self.synced = true;
@@ -214,33 +152,18 @@ impl<T: EtcdItem> MirrorState<T> {
                 revision
             };
             if ev.deleted {
-                let name_item = ev
-                    .prev_kv
-                    .as_ref()
-                    .and_then(decode::<T>)
-                    .map(|i| (i.name().to_string(), i));
-                let removed = match name_item {
-                    Some((name, last)) => self.remove(&name).or(Some(last)),
+                let last = ev.prev_kv.as_ref().and_then(decode::<T>);
+                let removed = match last {
+                    Some(last) => self.items.remove(last.name()).or(Some(Arc::new(last))),
                     None => None,
                 };
                 if let Some(item) = removed {
-                    self.announce(
-                        rev,
-                        &Found {
-                            item,
-                            deleted: true,
-                        },
-                    );
+                    self.announce(rev, &item, true);
                 }
             } else if let Some(item) = decode::<T>(&ev.kv) {
-                self.insert(item.clone());
-                self.announce(
-                    rev,
-                    &Found {
-                        item,
-                        deleted: false,
-                    },
-                );
+                let item = Arc::new(item);
+                self.items.insert(item.clone());
+                self.announce(rev, &item, false);
             }
         }
         self.revision = self.revision.max(revision);
@@ -310,8 +233,7 @@ impl<T: EtcdItem> EtcdServer<T> {
             prefix,
             period: expire_period,
             mirror: Arc::new(Mutex::new(MirrorState {
-                items: BTreeMap::new(),
-                by_key: HashMap::new(),
+                items: ItemIndex::new(),
                 revision: 0,
                 synced: false,
                 watchers: HashMap::new(),
@@ -417,9 +339,9 @@ impl<T: EtcdItem> EtcdServer<T> {
     }
 
     /// Current matches for a non-watching Find.
-    async fn find_now(&self, query: &T) -> Result<Vec<T>> {
+    async fn find_now(&self, query: &T) -> Result<Vec<Arc<T>>> {
         match self.barrier().await {
-            Ok(Barrier::CaughtUp) => Ok(self.mirror.lock().matching(query)),
+            Ok(Barrier::CaughtUp) => Ok(self.mirror.lock().items.matching(query)),
             Ok(Barrier::Behind) => Ok(self.current(query).await?.1),
             Err(e) => {
                 let m = self.mirror.lock();
@@ -430,19 +352,20 @@ impl<T: EtcdItem> EtcdServer<T> {
                     "etcd: answering Find from the last known state (revision {}): {e}",
                     m.revision
                 );
-                Ok(m.matching(query))
+                Ok(m.items.matching(query))
             }
         }
     }
 
     /// Current matches: from etcd, or from the mirror when etcd is unreachable (and the mirror has
     /// read it before).
-    async fn current(&self, query: &T) -> Result<(i64, Vec<T>)> {
+    async fn current(&self, query: &T) -> Result<(i64, Vec<Arc<T>>)> {
         match self.client.range_prefix(&self.prefix).await {
             Ok(snap) => {
                 let items = decode_all::<T>(&snap)
                     .into_values()
                     .filter(|i| T::matches(query, i))
+                    .map(Arc::new)
                     .collect();
                 Ok((snap.revision, items))
             }
@@ -455,7 +378,7 @@ impl<T: EtcdItem> EtcdServer<T> {
                     "etcd: answering Find from the last known state (revision {}): {e}",
                     m.revision
                 );
-                Ok((m.revision, m.matching(query)))
+                Ok((m.revision, m.items.matching(query)))
             }
         }
     }
@@ -477,7 +400,7 @@ impl<T: EtcdItem> EtcdServer<T> {
         let (id, snapshot) = {
             let mut m = self.mirror.lock();
             // From the mirror: snapshot and subscription under one lock, nothing missed or repeated.
-            let snapshot = from_mirror.then(|| m.matching(&query));
+            let snapshot = from_mirror.then(|| m.items.matching(&query));
             let id = m.next_watcher;
             m.next_watcher += 1;
             m.watchers.insert(
@@ -508,14 +431,7 @@ impl<T: EtcdItem> EtcdServer<T> {
                 current
             }
         };
-        Ok(stream::iter(current.into_iter().map(|item| {
-            Ok(Found {
-                item,
-                deleted: false,
-            })
-        }))
-        .chain(changes)
-        .boxed())
+        Ok(snapshot_stream(current).chain(changes).boxed())
     }
 }
 
@@ -613,13 +529,7 @@ impl<T: EtcdItem> RegistryServer<T> for EtcdServer<T> {
         if !query.watch {
             let current = self.find_now(&query.template).await?;
             let rest = next.find(ctx, query).await?;
-            let current = stream::iter(current.into_iter().map(|item| {
-                Ok(Found {
-                    item,
-                    deleted: false,
-                })
-            }));
-            return Ok(current.chain(rest).boxed());
+            return Ok(snapshot_stream(current).chain(rest).boxed());
         }
         if !T::WATCH_CONTINUES {
             return self.watch(query.template).await;
@@ -643,7 +553,7 @@ impl<T: EtcdItem> RegistryServer<T> for EtcdServer<T> {
 
 /// The changes half of a watching Find; unsubscribes when dropped.
 struct WatchStream<T: EtcdItem> {
-    rx: mpsc::Receiver<(i64, Found<T>)>,
+    rx: mpsc::Receiver<(i64, Arc<T>, bool)>,
     fell_behind: Arc<AtomicBool>,
     finished: bool,
     id: u64,
@@ -662,9 +572,9 @@ impl<T: EtcdItem> Stream for WatchStream<T> {
                 return Poll::Ready(None);
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some((rev, found))) => {
+                Poll::Ready(Some((rev, item, deleted))) => {
                     if rev > self.after {
-                        return Poll::Ready(Some(Ok(found)));
+                        return Poll::Ready(Some(Ok(found(item, deleted))));
                     }
                 }
                 Poll::Ready(None) => {

@@ -8,11 +8,16 @@
 //! - Unregister: forgets the item (unknown names are fine) and continues down the chain. An endpoint's
 //!   removal reaches watchers as `deleted=true`; a network service's removal is not announced, as in Go.
 //!
+//! State: the items in an [`ItemIndex`] (by name, by endpoint service name, by name trigram, so a
+//! Find naming a service or a name of three bytes or more does not walk every item), and the open
+//! watchers. Items are shared (`Arc`) and cloned only while a stream hands them out, not under the
+//! store's lock.
+//!
 //! Watchers get changes through a bounded buffer. One that falls behind is not silently skipped: its
 //! stream delivers what was buffered and then ends with `ResourceExhausted` ("watcher fell behind"), so
 //! the subscriber knows it must Find again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -28,12 +33,19 @@ use tokio::sync::mpsc;
 
 use crate::matchutils;
 
+pub mod index;
+
+pub use index::ItemIndex;
+
 const NAME: &str = "memory";
 
 /// How many unread changes a watcher may have before it is ended (Go's default event channel size).
 pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 
 /// What the memory store needs to know about an item kind beyond [`RegistryItem`].
+///
+/// Every match of a query must contain the query's name ([`RegistryItem::name`]) as a substring
+/// (both kinds match names by substring): the name-trigram index relies on it.
 pub trait MemoryItem: RegistryItem {
     /// Whether `item` matches the query template `query`.
     fn matches(query: &Self, item: &Self) -> bool;
@@ -42,8 +54,8 @@ pub trait MemoryItem: RegistryItem {
     /// Whether a watching Find also asks the rest of the chain (Go's NS store never does).
     const WATCH_CONTINUES: bool;
     /// Index keys of an item: every query naming one of them only looks at items carrying it.
-    fn index_keys(&self) -> Vec<String> {
-        Vec::new()
+    fn index_keys(&self) -> &[String] {
+        &[]
     }
     /// An index key every match of `query` must carry (None: look at every item).
     fn query_key(_query: &Self) -> Option<&str> {
@@ -65,8 +77,8 @@ impl MemoryItem for NetworkServiceEndpoint {
     }
     const ANNOUNCES_DELETION: bool = true;
     const WATCH_CONTINUES: bool = true;
-    fn index_keys(&self) -> Vec<String> {
-        self.network_service_names.clone()
+    fn index_keys(&self) -> &[String] {
+        &self.network_service_names
     }
     fn query_key(query: &Self) -> Option<&str> {
         // Service names of a query must all be offered by a match, so any one of them narrows.
@@ -74,75 +86,41 @@ impl MemoryItem for NetworkServiceEndpoint {
     }
 }
 
+/// A stored item as found: the item is shared with the store and cloned only when it is handed on.
+pub fn found<T: Clone>(item: Arc<T>, deleted: bool) -> Found<T> {
+    Found {
+        item: Arc::unwrap_or_clone(item),
+        deleted,
+    }
+}
+
+/// The current matches as the start of a Find stream (items cloned as the stream is read).
+pub fn snapshot_stream<T: MemoryItem>(
+    current: Vec<Arc<T>>,
+) -> impl Stream<Item = Result<Found<T>>> + Send + 'static {
+    stream::iter(current).map(|item| Ok(found(item, false)))
+}
+
 struct Watcher<T> {
     query: T,
-    tx: mpsc::Sender<Found<T>>,
+    tx: mpsc::Sender<(Arc<T>, bool)>,
     fell_behind: Arc<AtomicBool>,
 }
 
 struct Store<T> {
-    items: BTreeMap<String, T>,
-    /// Index key (endpoint service name) → names of the items carrying it.
-    by_key: HashMap<String, BTreeSet<String>>,
+    items: ItemIndex<T>,
     watchers: HashMap<u64, Watcher<T>>,
     next_watcher: u64,
 }
 
 impl<T: MemoryItem> Store<T> {
-    fn matching(&self, query: &T) -> Vec<T> {
-        if let Some(key) = T::query_key(query) {
-            let Some(names) = self.by_key.get(key) else {
-                return Vec::new();
-            };
-            return names
-                .iter()
-                .filter_map(|n| self.items.get(n))
-                .filter(|item| T::matches(query, item))
-                .cloned()
-                .collect();
-        }
-        self.items
-            .values()
-            .filter(|item| T::matches(query, item))
-            .cloned()
-            .collect()
-    }
-
-    fn unindex(&mut self, item: &T) {
-        for k in item.index_keys() {
-            if let Some(names) = self.by_key.get_mut(&k) {
-                names.remove(item.name());
-                if names.is_empty() {
-                    self.by_key.remove(&k);
-                }
-            }
-        }
-    }
-
-    fn insert(&mut self, item: T) {
-        let name = item.name().to_string();
-        if let Some(old) = self.items.remove(&name) {
-            self.unindex(&old);
-        }
-        for k in item.index_keys() {
-            self.by_key.entry(k).or_default().insert(name.clone());
-        }
-        self.items.insert(name, item);
-    }
-
-    fn remove(&mut self, name: &str) -> Option<T> {
-        let removed = self.items.remove(name)?;
-        self.unindex(&removed);
-        Some(removed)
-    }
-
-    /// Hands `event` to every interested watcher; ends the ones that are gone or full.
-    fn announce(&mut self, event: &Found<T>) {
+    /// Hands the change to every interested watcher; ends the ones that are gone or full.
+    fn announce(&mut self, item: &Arc<T>, deleted: bool) {
         self.watchers.retain(|_, w| {
-            if !T::matches(&w.query, &event.item) {
+            if !T::matches(&w.query, item) {
                 return true;
             }
-            match w.tx.try_send(event.clone()) {
+            match w.tx.try_send((item.clone(), deleted)) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     w.fell_behind.store(true, Ordering::SeqCst);
@@ -171,8 +149,7 @@ impl<T: MemoryItem> MemoryServer<T> {
     pub fn new() -> Self {
         Self {
             store: Arc::new(Mutex::new(Store {
-                items: BTreeMap::new(),
-                by_key: HashMap::new(),
+                items: ItemIndex::new(),
                 watchers: HashMap::new(),
                 next_watcher: 0,
             })),
@@ -203,14 +180,14 @@ impl<T: MemoryItem> MemoryServer<T> {
 
     /// The stored item called `name`.
     pub fn get(&self, name: &str) -> Option<T> {
-        self.store.lock().items.get(name).cloned()
+        self.store.lock().items.get(name).map(|i| T::clone(i))
     }
 
     fn watch(&self, query: T) -> FindStream<T> {
         let (tx, rx) = mpsc::channel(self.watch_buffer);
         let fell_behind = Arc::new(AtomicBool::new(false));
         let mut store = self.store.lock();
-        let current = store.matching(&query);
+        let current = store.items.matching(&query);
         let id = store.next_watcher;
         store.next_watcher += 1;
         store.watchers.insert(
@@ -229,14 +206,7 @@ impl<T: MemoryItem> MemoryServer<T> {
             id,
             store: Arc::downgrade(&self.store),
         };
-        stream::iter(current.into_iter().map(|item| {
-            Ok(Found {
-                item,
-                deleted: false,
-            })
-        }))
-        .chain(changes)
-        .boxed()
+        snapshot_stream(current).chain(changes).boxed()
     }
 }
 
@@ -244,12 +214,11 @@ impl<T: MemoryItem> MemoryServer<T> {
 impl<T: MemoryItem> RegistryServer<T> for MemoryServer<T> {
     async fn register(&self, ctx: &mut Ctx, item: T, next: RegistryNext<T>) -> Result<T> {
         let registered = next.register(ctx, item).await?;
+        let stored = Arc::new(registered.clone());
         let mut store = self.store.lock();
-        store.insert(registered.clone());
-        store.announce(&Found {
-            item: registered.clone(),
-            deleted: false,
-        });
+        store.items.insert(stored.clone());
+        store.announce(&stored, false);
+        drop(store);
         Ok(registered)
     }
 
@@ -260,15 +229,9 @@ impl<T: MemoryItem> RegistryServer<T> for MemoryServer<T> {
         next: RegistryNext<T>,
     ) -> Result<FindStream<T>> {
         if !query.watch {
-            let current = self.store.lock().matching(&query.template);
+            let current = self.store.lock().items.matching(&query.template);
             let rest = next.find(ctx, query).await?;
-            let current = stream::iter(current.into_iter().map(|item| {
-                Ok(Found {
-                    item,
-                    deleted: false,
-                })
-            }));
-            return Ok(current.chain(rest).boxed());
+            return Ok(snapshot_stream(current).chain(rest).boxed());
         }
         if !T::WATCH_CONTINUES {
             return Ok(self.watch(query.template));
@@ -280,13 +243,10 @@ impl<T: MemoryItem> RegistryServer<T> for MemoryServer<T> {
     async fn unregister(&self, ctx: &mut Ctx, item: T, next: RegistryNext<T>) -> Result<()> {
         {
             let mut store = self.store.lock();
-            if let Some(removed) = store.remove(item.name())
+            if let Some(removed) = store.items.remove(item.name())
                 && T::ANNOUNCES_DELETION
             {
-                store.announce(&Found {
-                    item: removed,
-                    deleted: true,
-                });
+                store.announce(&removed, true);
             }
         }
         next.unregister(ctx, item).await
@@ -299,7 +259,7 @@ impl<T: MemoryItem> RegistryServer<T> for MemoryServer<T> {
 
 /// The changes half of a watching Find; unsubscribes when dropped.
 struct WatchStream<T: MemoryItem> {
-    rx: mpsc::Receiver<Found<T>>,
+    rx: mpsc::Receiver<(Arc<T>, bool)>,
     fell_behind: Arc<AtomicBool>,
     finished: bool,
     id: u64,
@@ -314,7 +274,7 @@ impl<T: MemoryItem> Stream for WatchStream<T> {
             return Poll::Ready(None);
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(found)) => Poll::Ready(Some(Ok(found))),
+            Poll::Ready(Some((item, deleted))) => Poll::Ready(Some(Ok(found(item, deleted)))),
             Poll::Ready(None) => {
                 self.finished = true;
                 if self.fell_behind.load(Ordering::SeqCst) {

@@ -155,5 +155,5 @@ async fn service_name_index_follows_re_registration_and_removal() {
     assert_eq!(chain.find_all(&mut ctx, by("c")).await.unwrap().len(), 1);
     chain.run_unregister(&mut ctx, with(&[])).await.unwrap();
     assert!(chain.find_all(&mut ctx, by("a")).await.unwrap().is_empty());
-    assert!(store.store.lock().by_key.is_empty(), "index emptied");
+    assert!(store.store.lock().items.indexes_empty(), "index emptied");
 }
