@@ -25,7 +25,7 @@ mod proc;
 mod state;
 
 pub use ip::{LinkInfo, addresses, ip, ip_ok, links, root_snapshot};
-pub use mesh::{Connected, Node, Teardown, Testbed, TestbedOptions, Tier, ping};
+pub use mesh::{Connected, Node, OWN_PID_NAMESPACE, Teardown, Testbed, TestbedOptions, Tier, ping};
 pub use state::{DownReport, down, state_base};
 
 use std::time::Instant;

@@ -179,6 +179,12 @@ pub struct Teardown {
     pub errors: Vec<String>,
 }
 
+/// [`Testbed::wrapper`] for a process with its own PID namespace and `/proc` (as in a container): it
+/// cannot open another process's `/proc/<pid>/…`, so its network namespace must be passed as an fd.
+/// `--kill-child` ends it with its `unshare` parent.
+pub const OWN_PID_NAMESPACE: [&str; 5] =
+    ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
+
 /// A local mesh in network namespaces. See the crate docs.
 pub struct Testbed {
     /// Run id.
@@ -187,6 +193,10 @@ pub struct Testbed {
     pub dir: PathBuf,
     /// Nodes added so far.
     pub nodes: Vec<Node>,
+    /// Command prefix for the processes started from now on, run inside `ip netns exec` — e.g.
+    /// [`OWN_PID_NAMESPACE`] for pods in their own PID namespace. Stopping such a process signals
+    /// its process group.
+    pub wrapper: Vec<String>,
     opts: TestbedOptions,
     state: State,
     procs: Vec<Proc>,
@@ -235,6 +245,7 @@ impl Testbed {
             id: opts.id.clone(),
             dir,
             nodes: Vec::new(),
+            wrapper: Vec::new(),
             opts,
             state,
             procs: Vec::new(),
@@ -469,7 +480,16 @@ impl Testbed {
             all.push(("NSM_IDENTITY_DIR".into(), dir.display().to_string()));
         }
         let log = self.dir.join(format!("{name}.log"));
-        let p = Proc::spawn(name, ns, &self.opts.nsm_bin, args, &all, log, tier)?;
+        let p = Proc::spawn(
+            name,
+            ns,
+            &self.wrapper,
+            &self.opts.nsm_bin,
+            args,
+            &all,
+            log,
+            tier,
+        )?;
         if let Some(r) = ProcRef::of(p.pid()) {
             self.state.processes.push(ProcRecord {
                 name: name.to_string(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use crate::mesh::Tier;
@@ -21,6 +21,8 @@ pub(crate) struct Proc {
     pub tier: Tier,
     pub started: Instant,
     child: Child,
+    /// Started under a wrapper (`unshare --fork` ignores SIGTERM): signals go to the process group.
+    wrapped: bool,
     status: Option<ExitStatus>,
 }
 
@@ -35,10 +37,12 @@ fn inherited_config(key: &str) -> bool {
 }
 
 impl Proc {
-    /// `ip netns exec <ns> <bin> <args…>` with `env`, in its own process group.
+    /// `ip netns exec <ns> [<wrapper…>] <bin> <args…>` with `env`, in its own process group.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         name: &str,
         ns: &str,
+        wrapper: &[String],
         bin: &Path,
         args: &[&str],
         env: &[(String, String)],
@@ -47,7 +51,10 @@ impl Proc {
     ) -> io::Result<Self> {
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(bin).args(args);
+        cmd.args(["netns", "exec", ns])
+            .args(wrapper)
+            .arg(bin)
+            .args(args);
         for (k, _) in std::env::vars() {
             if inherited_config(&k) {
                 cmd.env_remove(k);
@@ -69,6 +76,7 @@ impl Proc {
             tier,
             started: now(),
             child,
+            wrapped: !wrapper.is_empty(),
             status: None,
         })
     }
@@ -87,7 +95,12 @@ impl Proc {
 
     pub fn signal(&mut self, sig: Signal) {
         if self.exited().is_none() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+            let pid = Pid::from_raw(self.child.id() as i32);
+            let _ = if self.wrapped {
+                killpg(pid, sig)
+            } else {
+                kill(pid, sig)
+            };
         }
     }
 

@@ -190,11 +190,8 @@ fn client_for(
 ) -> Chain {
     let (negative, lifetime) = cfg.token_lifetime;
     let tokens = super::common::tokens(security, negative, lifetime);
-    // On a unix socket sendfd passes this namespace as an fd (`inode://` on the wire, as Go NSCs
-    // do), so the NSMgr and forwarder need not share our PID namespace; over TCP the path itself goes
-    // out, which works for peers that do.
     let kernel = KernelClient::new(url.interface.clone())
-        .with_netns_url(format!("file:///proc/{}/ns/net", std::process::id()));
+        .with_netns_url(netns_url(&cfg.connect_to, std::process::id()));
     let mut additional: Vec<nsm_core::chain::Element> =
         vec![Arc::new(kernel), Arc::new(SendFdClient::new())];
     if let Some((interval, threshold)) = cfg.liveness {
@@ -223,6 +220,18 @@ fn client_for(
             RetryClient::new(Arc::new(client)).with_try_timeout(cfg.request_timeout),
         )],
     )
+}
+
+/// How we name our network namespace to the NSMgr. On a unix socket: `/proc/thread-self/ns/net`, which
+/// sendfd passes as an fd (`inode://` on the wire, as Go NSCs do), so the NSMgr and forwarder need not
+/// share our PID namespace — and a peer that got the path instead could only open its own namespace
+/// (the data plane refuses it) rather than whatever our pid means in its PID namespace. Over TCP
+/// there is no fd passing: `/proc/<pid>/ns/net`, for peers that share our PID namespace.
+pub(crate) fn netns_url(next_hop: &NsmUrl, pid: u32) -> String {
+    match next_hop {
+        NsmUrl::Unix(_) => nsm_networkservice::mechanisms::kernel::NETNS_URL.to_string(),
+        _ => format!("file:///proc/{pid}/ns/net"),
+    }
 }
 
 async fn serve(args: NscArgs, cfg: NscConfig) -> ExitCode {

@@ -222,15 +222,16 @@ async fn serve(name: String, payload: String, cfg: NseConfig) -> ExitCode {
     let mut options = EndpointOptions::new(name.clone(), tokens, clock);
     options.security = security.clone();
     options.authorize = authorize;
-    // The icmp-responder chain's sendfd passes this namespace to a forwarder that dials us on a unix
-    // socket (`inode://` on the wire); one dialing over TCP opens the path itself, which works when
-    // it shares our PID namespace.
-    let nse = IcmpResponder::with_netns_url(
-        options,
-        cfg.cidrs.clone(),
-        cfg.dns.clone(),
-        Some(format!("file:///proc/{}/ns/net", std::process::id())),
-    );
+    // The icmp-responder chain's sendfd passes this namespace as an fd to a forwarder that dials us
+    // on a unix socket (`inode://` on the wire); see `nsc::netns_url`. If we also listen on TCP, the
+    // path must mean something to a forwarder in our PID namespace.
+    let tcp = cfg.listen.iter().find(|u| !matches!(u, NsmUrl::Unix(_)));
+    let netns = match tcp {
+        Some(u) => super::nsc::netns_url(u, std::process::id()),
+        None => nsm_networkservice::mechanisms::kernel::NETNS_URL.to_string(),
+    };
+    let nse =
+        IcmpResponder::with_netns_url(options, cfg.cidrs.clone(), cfg.dns.clone(), Some(netns));
     let servers = match serve_all(
         &cfg.listen,
         nse.endpoint.routes(),
