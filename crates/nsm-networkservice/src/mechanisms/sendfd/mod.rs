@@ -74,7 +74,13 @@ impl Sent {
                 ELEMENT,
                 format!("cannot pass {original}: the connection to the next hop is closed"),
             ),
-            other => NsmError::invalid(ELEMENT, format!("cannot pass {original}: {other}")),
+            other => NsmError::invalid(
+                ELEMENT,
+                format!(
+                    "cannot pass {original} (the {} mechanism's network namespace or socket file): {other}",
+                    m.r#type
+                ),
+            ),
         })?;
         let inode = inode.to_string();
         m.set_param(common::INODE_URL, inode.clone());
