@@ -173,8 +173,23 @@ impl EtcdClient {
         })
     }
 
-    /// How many keys start with `prefix`, and the store revision now — one cheap linearizable
-    /// count-only read, to tell whether a local mirror has caught up.
+    /// The store revision now: one linearizable read of a single key (`key`, which need not
+    /// exist), so its cost does not grow with the number of keys — to tell whether a local mirror
+    /// has caught up.
+    pub async fn current_revision(&self, key: &[u8]) -> Result<i64, NsmError> {
+        let req = RangeRequest {
+            key: key.to_vec(),
+            count_only: true,
+            ..Default::default()
+        };
+        let r = self
+            .call("range", KvClient::new(self.channel.clone()).range(req))
+            .await?;
+        Ok(r.header.map_or(0, |h| h.revision))
+    }
+
+    /// How many keys start with `prefix`, and the store revision now — one linearizable count-only
+    /// read (etcd walks the prefix's keys in its index, but reads no values).
     pub async fn prefix_count(&self, prefix: &[u8]) -> Result<(i64, i64), NsmError> {
         let req = RangeRequest {
             key: prefix.to_vec(),
@@ -188,31 +203,24 @@ impl EtcdClient {
         Ok((r.count, r.header.map_or(0, |h| h.revision)))
     }
 
-    /// Puts `value` under `key`, attached to `lease` (0: none); returns the previous key-value.
-    pub async fn put(
-        &self,
-        key: Vec<u8>,
-        value: Vec<u8>,
-        lease: i64,
-    ) -> Result<Option<KeyValue>, NsmError> {
+    /// Puts `value` under `key`, attached to `lease` (0: none); returns the store revision it made.
+    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>, lease: i64) -> Result<i64, NsmError> {
         let req = PutRequest {
             key,
             value,
             lease,
-            prev_kv: true,
             ..Default::default()
         };
         let r = self
             .call("put", KvClient::new(self.channel.clone()).put(req))
             .await?;
-        Ok(r.prev_kv)
+        Ok(r.header.map_or(0, |h| h.revision))
     }
 
-    /// Deletes `key`; returns the deleted key-value, if there was one.
-    pub async fn delete(&self, key: Vec<u8>) -> Result<Option<KeyValue>, NsmError> {
+    /// Deletes `key`; returns the revision of the deletion, or None if there was no such key.
+    pub async fn delete(&self, key: Vec<u8>) -> Result<Option<i64>, NsmError> {
         let req = DeleteRangeRequest {
             key,
-            prev_kv: true,
             ..Default::default()
         };
         let r = self
@@ -221,7 +229,7 @@ impl EtcdClient {
                 KvClient::new(self.channel.clone()).delete_range(req),
             )
             .await?;
-        Ok(r.prev_kvs.into_iter().next())
+        Ok((r.deleted > 0).then(|| r.header.map_or(0, |h| h.revision)))
     }
 
     /// Grants a lease of `ttl` seconds (etcd may raise it to its minimum); returns its id.

@@ -3,23 +3,25 @@
 //!
 //! - Keys: `<prefix>/nse/<name>` and `<prefix>/ns/<name>`; values are the protobuf-encoded items.
 //! - Register (endpoints): sets `expiration_time = min(now + expire period, requested)` (what `expire`
-//!   does in the memory chain), runs the rest of the chain, then grants an etcd lease of the remaining
-//!   time (whole seconds, at least 1; etcd may round it up to its minimum) and puts the item with it. A
-//!   refresh — on any replica — puts again with a fresh lease; the old lease is revoked in the
-//!   background (the key is no longer attached to it). Expiry is etcd's: when the lease runs out etcd
-//!   deletes the key, and every replica's watchers see `deleted=true` with the last value. Network
-//!   services are put without a lease.
-//! - Unregister: deletes the key (unknown names are fine) and continues down the chain.
+//!   does in the memory chain), runs the rest of the chain, then puts the item attached to the
+//!   replica's lease for that second of expiry (see `LeaseBook`: one lease per second, shared by
+//!   every endpoint expiring in it, so a Register is usually one etcd write, not a lease grant and a
+//!   write). A refresh — on any replica — puts again on a later lease. Expiry is etcd's: when the
+//!   lease runs out etcd deletes the key, and every replica's watchers see `deleted=true` with the
+//!   last value. Network services are put without a lease.
+//! - Unregister: deletes the key (unknown names are fine; the lease, maybe shared, is left to run
+//!   out) and continues down the chain.
 //! - Find: answers from the in-memory mirror (below) once it has caught up with etcd: one cheap
-//!   linearizable count-only Range tells etcd's current revision, and the Find waits (up to 250 ms,
-//!   asking the mirror's etcd watch for a progress notification) for the mirror to get there — so a registration acknowledged by
-//!   any replica before the Find is seen. A mirror still behind after that makes the Find read the
-//!   whole prefix from etcd instead. Matching is `nsm_registry::matchutils` (the memory store's rules,
-//!   on the same `ItemIndex`: by name, service name and name trigram). `watch=true` takes the snapshot and subscribes to the local
-//!   fan-out under one lock (when reading etcd directly: subscribes first, reads at revision R, and
-//!   streams only changes above R), so nothing is missed or repeated. When etcd cannot be reached,
-//!   Finds are answered from the last known state (a warning is logged); a store that never reached
-//!   etcd returns the error.
+//!   linearizable read of a single key tells etcd's current revision, and the Find waits (up to
+//!   250 ms, asking the mirror's etcd watch for a progress notification when the revision moved on
+//!   outside the prefix) for the mirror to get there — so a registration acknowledged by any replica
+//!   before the Find is seen. A mirror still behind after that makes the Find read the whole prefix
+//!   from etcd instead. Matching is `nsm_registry::matchutils` (the memory store's rules, on the same
+//!   `ItemIndex`: by name, service name and name trigram). `watch=true` takes the snapshot and
+//!   subscribes to the local fan-out under one lock (when reading etcd directly: subscribes first,
+//!   reads at revision R, and streams only changes above R), so nothing is missed or repeated. When
+//!   etcd cannot be reached, Finds are answered from the last known state (a warning is logged); a
+//!   store that never reached etcd returns the error.
 //! - Background: one etcd watch per store (prefix, from the last seen revision + 1, with previous
 //!   values) keeps an in-memory mirror of the prefix and fans changes out to the local watchers. When the
 //!   etcd watch breaks (etcd restart, compaction) the mirror re-reads the prefix, announces the
@@ -30,7 +32,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,7 +45,8 @@ use nsm_core::registry::{FindStream, Found, Query, RegistryNext, RegistryServer}
 use nsm_core::{Clock, Ctx, NsmError, Result};
 use nsm_registry::memory::{DEFAULT_WATCH_BUFFER, ItemIndex, MemoryItem, found, snapshot_stream};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc};
+use prost_types::Timestamp;
+use tokio::sync::{Notify, OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{EtcdClient, Snapshot, WatchEvent, WatchHandle};
@@ -55,24 +58,20 @@ const NAME: &str = "etcd";
 pub trait EtcdItem: MemoryItem {
     /// The key directory under the prefix (`nse` or `ns`).
     const DIR: &'static str;
-    /// Whether items of this kind live on an etcd lease (expire).
-    const LEASED: bool;
     /// Sets the expiration time a Register asks for, bounded by `period` (no-op for unleased items).
     fn bound_expiration(&mut self, _clock: &Clock, _period: Duration) {}
-    /// Lease TTL in whole seconds for a registered item (None: no lease).
-    fn lease_ttl(&self, _clock: &Clock) -> Option<i64> {
+    /// When a registered item expires (None: it lives on no lease).
+    fn expires(&self) -> Option<&Timestamp> {
         None
     }
 }
 
 impl EtcdItem for NetworkService {
     const DIR: &'static str = "ns";
-    const LEASED: bool = false;
 }
 
 impl EtcdItem for NetworkServiceEndpoint {
     const DIR: &'static str = "nse";
-    const LEASED: bool = true;
     fn bound_expiration(&mut self, clock: &Clock, period: Duration) {
         let mut expires = clock.now() + period;
         if let Some(requested) = self.expiration_time.as_ref().and_then(from_timestamp) {
@@ -80,13 +79,75 @@ impl EtcdItem for NetworkServiceEndpoint {
         }
         self.expiration_time = Some(to_timestamp(expires));
     }
-    fn lease_ttl(&self, clock: &Clock) -> Option<i64> {
-        let left = self
-            .expiration_time
-            .as_ref()
-            .map_or(Duration::ZERO, |t| clock.until_timestamp(t));
-        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-        Some(i64::try_from(secs.max(1)).unwrap_or(i64::MAX))
+    fn expires(&self) -> Option<&Timestamp> {
+        // A registered endpoint always has one (`bound_expiration`); a missing one reads as "now".
+        Some(self.expiration_time.as_ref().unwrap_or(&NO_TIME))
+    }
+}
+
+const NO_TIME: Timestamp = Timestamp {
+    seconds: 0,
+    nanos: 0,
+};
+
+/// Whole seconds from now until `t`, rounded up, at least 1 (an etcd lease TTL).
+fn ttl_until(clock: &Clock, t: &Timestamp) -> i64 {
+    let left = clock.until_timestamp(t);
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+/// The leases this replica attaches endpoints to: one per wall-clock second of expiry, shared by
+/// every endpoint expiring within that second, granted on first use (concurrent Registers wait for
+/// the same grant). A lease of second `s` is granted with a TTL that ends it at or after `s` and
+/// before `s + 1` plus the grant's latency (etcd may raise short TTLs to its minimum), so an endpoint
+/// never disappears before its `expiration_time` and at most about a second after it — the bound a
+/// per-endpoint lease of whole seconds had. Leases are never revoked: other endpoints may still be
+/// attached to one, and an unused lease simply runs out. Seconds at most one second ahead get a
+/// lease of their own (a shared one could run out between the lookup and the put).
+#[derive(Default)]
+struct LeaseBook {
+    by_second: Mutex<BTreeMap<i64, Arc<OnceCell<i64>>>>,
+}
+
+impl LeaseBook {
+    /// A lease that lasts until `expires` (rounded up to the second); the second is the book key.
+    async fn lease_for(
+        &self,
+        client: &EtcdClient,
+        clock: &Clock,
+        expires: &Timestamp,
+    ) -> Result<(i64, Option<i64>)> {
+        let second = expires.seconds + i64::from(expires.nanos > 0);
+        let now = clock.now_timestamp().seconds;
+        let end = Timestamp {
+            seconds: second,
+            nanos: 0,
+        };
+        if second <= now + 1 {
+            return Ok((client.lease_grant(ttl_until(clock, &end)).await?, None));
+        }
+        let cell = {
+            let mut book = self.by_second.lock();
+            // Forget seconds that are (nearly) over; their leases run out on their own.
+            *book = book.split_off(&(now + 2));
+            book.entry(second).or_default().clone()
+        };
+        let id = cell
+            .get_or_try_init(|| client.lease_grant(ttl_until(clock, &end)))
+            .await?;
+        Ok((*id, Some(second)))
+    }
+
+    /// Drops the shared lease of `second` if it is still `lease` (etcd no longer knows it).
+    fn forget(&self, second: i64, lease: i64) {
+        let mut book = self.by_second.lock();
+        if book
+            .get(&second)
+            .is_some_and(|c| c.get().is_some_and(|id| *id == lease))
+        {
+            book.remove(&second);
+        }
     }
 }
 
@@ -99,7 +160,12 @@ struct Watcher<T> {
 struct MirrorState<T> {
     /// The mirrored items, indexed as in the memory store.
     items: ItemIndex<T>,
+    /// The revision the mirror is known to be at: from events, re-reads and progress notifications.
     revision: i64,
+    /// The highest revision of an event (or re-read) the mirror has applied. Unlike `revision` this
+    /// never runs ahead of the events: etcd 3.4 before 3.4.24 may answer a progress request before
+    /// delivering events up to the revision it reports (etcd issue 15220).
+    event_revision: i64,
     synced: bool,
     watchers: HashMap<u64, Watcher<T>>,
     next_watcher: u64,
@@ -141,6 +207,7 @@ impl<T: EtcdItem> MirrorState<T> {
             }
         }
         self.revision = revision;
+        self.event_revision = revision;
         self.synced = true;
     }
 
@@ -151,6 +218,7 @@ impl<T: EtcdItem> MirrorState<T> {
             } else {
                 revision
             };
+            self.event_revision = self.event_revision.max(ev.kv.mod_revision);
             if ev.deleted {
                 let last = ev.prev_kv.as_ref().and_then(decode::<T>);
                 let removed = match last {
@@ -204,6 +272,10 @@ pub struct EtcdServer<T: EtcdItem> {
     watch_handle: Arc<Mutex<Option<WatchHandle>>>,
     watch_buffer: usize,
     stop: CancellationToken,
+    /// Shared endpoint leases, by second of expiry.
+    leases: LeaseBook,
+    /// The revision of this replica's last put or delete in the prefix.
+    written: AtomicI64,
 }
 
 /// How long a Find waits for the mirror to catch up with etcd before reading etcd directly.
@@ -235,6 +307,7 @@ impl<T: EtcdItem> EtcdServer<T> {
             mirror: Arc::new(Mutex::new(MirrorState {
                 items: ItemIndex::new(),
                 revision: 0,
+                event_revision: 0,
                 synced: false,
                 watchers: HashMap::new(),
                 next_watcher: 0,
@@ -243,6 +316,8 @@ impl<T: EtcdItem> EtcdServer<T> {
             watch_handle: Arc::default(),
             watch_buffer: DEFAULT_WATCH_BUFFER,
             stop: CancellationToken::new(),
+            leases: LeaseBook::default(),
+            written: AtomicI64::new(0),
         };
         tokio::spawn(run_mirror(
             s.client.clone(),
@@ -295,27 +370,31 @@ impl<T: EtcdItem> EtcdServer<T> {
         k
     }
 
-    fn revoke_later(&self, lease: i64) {
-        if lease == 0 {
-            return;
-        }
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            if let Err(e) = client.lease_revoke(lease).await {
-                tracing::debug!("etcd: revoking replaced lease {lease:x}: {e}");
-            }
-        });
-    }
-
-    /// Waits until the mirror holds everything etcd held when this was called, up to [`CATCH_UP`]:
-    /// reads the key count and store revision R (one count-only Range), then — unless the mirror is
-    /// already at R — asks the mirror's etcd watch for a progress notification, which etcd sends once
-    /// every event up to its current revision has been delivered.
+    /// Waits until the mirror holds everything etcd held when this was called, up to [`CATCH_UP`].
+    ///
+    /// Fast path: one linearizable read of a single key (its cost does not grow with the number of
+    /// keys) gives etcd's current revision R; if the mirror has applied events up to R (and up to
+    /// this replica's own last write), it is caught up. Otherwise (writes outside the prefix moved
+    /// the revision on, or events are still on their way), as before: a count-only read of the
+    /// prefix gives its key count and revision R', and the Find waits until the mirror is at R' with
+    /// that many items and has seen this replica's own writes, asking the mirror's etcd watch for a
+    /// progress notification. The count guards against etcd 3.4's progress answers overtaking
+    /// events (issue 15220); a change that keeps the count (a refresh through another replica still
+    /// in flight) can still be missed there on etcd before 3.4.24.
     async fn barrier(&self) -> Result<Barrier> {
+        let own = self.written.load(Ordering::SeqCst);
+        let revision = self.client.current_revision(&self.prefix).await?;
+        {
+            let m = self.mirror.lock();
+            if m.synced && m.event_revision >= revision.max(own) {
+                return Ok(Barrier::CaughtUp);
+            }
+        }
         let (count, revision) = self.client.prefix_count(&self.prefix).await?;
         let caught_up = |m: &MirrorState<T>| {
             m.synced
                 && m.revision >= revision
+                && m.event_revision >= own
                 && i64::try_from(m.items.len()).is_ok_and(|n| n == count)
         };
         let wait = async {
@@ -336,6 +415,11 @@ impl<T: EtcdItem> EtcdServer<T> {
             Ok(()) => Barrier::CaughtUp,
             Err(_) => Barrier::Behind,
         })
+    }
+
+    /// Notes a change this replica made at `revision` (Finds wait for the mirror to see it).
+    fn wrote(&self, revision: i64) {
+        self.written.fetch_max(revision, Ordering::SeqCst);
     }
 
     /// Current matches for a non-watching Find.
@@ -496,26 +580,25 @@ impl<T: EtcdItem> RegistryServer<T> for EtcdServer<T> {
         let clock = *ctx.clock();
         item.bound_expiration(&clock, self.period);
         let registered = next.register(ctx, item).await?;
-        let lease = match registered.lease_ttl(&clock) {
-            Some(ttl) if T::LEASED => self.client.lease_grant(ttl).await?,
-            _ => 0,
-        };
+        let key = self.key(registered.name());
         let value = registered.encode_to_vec();
-        let prev = match self
-            .client
-            .put(self.key(registered.name()), value, lease)
-            .await
-        {
-            Ok(prev) => prev,
-            Err(e) => {
-                self.revoke_later(lease);
-                return Err(e);
-            }
+        let Some(expires) = registered.expires() else {
+            self.wrote(self.client.put(key, value, 0).await?);
+            return Ok(registered);
         };
-        if let Some(prev) = prev
-            && prev.lease != lease
-        {
-            self.revoke_later(prev.lease);
+        let (lease, second) = self.leases.lease_for(&self.client, &clock, expires).await?;
+        match self.client.put(key.clone(), value.clone(), lease).await {
+            Ok(revision) => self.wrote(revision),
+            // etcd no longer knows the shared lease (a new etcd cluster at the same address): take a
+            // fresh one, once.
+            Err(NsmError::NotFound { .. }) if second.is_some() => {
+                if let Some(second) = second {
+                    self.leases.forget(second, lease);
+                }
+                let (lease, _) = self.leases.lease_for(&self.client, &clock, expires).await?;
+                self.wrote(self.client.put(key, value, lease).await?);
+            }
+            Err(e) => return Err(e),
         }
         Ok(registered)
     }
@@ -540,8 +623,9 @@ impl<T: EtcdItem> RegistryServer<T> for EtcdServer<T> {
     }
 
     async fn unregister(&self, ctx: &mut Ctx, item: T, next: RegistryNext<T>) -> Result<()> {
-        if let Some(prev) = self.client.delete(self.key(item.name())).await? {
-            self.revoke_later(prev.lease);
+        // The lease may be shared with other endpoints: it is left to run out.
+        if let Some(revision) = self.client.delete(self.key(item.name())).await? {
+            self.wrote(revision);
         }
         next.unregister(ctx, item).await
     }
