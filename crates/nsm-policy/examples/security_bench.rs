@@ -44,29 +44,46 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-fn four_hop_input(ca: &DevCa) -> PolicyInput {
-    let names = ["nsc", "nsmgr1", "fwd", "nsmgr2"];
-    let mats: Vec<_> = names
+/// Four hops' identities: token signers and the peer view of each.
+struct Hops {
+    sources: Vec<SharedSource>,
+    peers: Vec<nsm_core::values::PeerInfo>,
+}
+
+const NAMES: [&str; 4] = ["nsc", "nsmgr1", "fwd", "nsmgr2"];
+
+fn hops(ca: &DevCa) -> Hops {
+    let mats: Vec<_> = NAMES
         .iter()
         .map(|n| ca.material(n, HOUR).unwrap())
         .collect();
-    let peers: Vec<_> = mats
-        .iter()
-        .map(|m| peer_info(Some(m.svid.chain())))
-        .collect();
+    Hops {
+        peers: mats
+            .iter()
+            .map(|m| peer_info(Some(m.svid.chain())))
+            .collect(),
+        sources: mats
+            .into_iter()
+            .map(|m| Arc::new(MemorySource::new(m)) as SharedSource)
+            .collect(),
+    }
+}
+
+/// The path as the 4th hop sees it, with newly signed tokens on every call.
+fn four_hop_input_of(hops: &Hops) -> PolicyInput {
     let clock = Clock::system();
     let mut segs = Vec::new();
-    for (i, m) in mats.into_iter().enumerate() {
-        let src: SharedSource = Arc::new(MemorySource::new(m));
-        let aud = if i + 1 < names.len() {
-            &peers[i + 1]
+    for (i, src) in hops.sources.iter().enumerate() {
+        let aud = if i + 1 < NAMES.len() {
+            &hops.peers[i + 1]
         } else {
-            &peers[i - 1]
+            &hops.peers[i - 1]
         };
-        let t = JwtTokenGenerator::new(&src, Duration::from_secs(600))
+        let t = JwtTokenGenerator::new(src, Duration::from_secs(600))
+            .without_reuse()
             .generate(&clock, Some(aud))
             .unwrap();
-        let mut s = PathSegment::new(names[i], format!("id-{i}"));
+        let mut s = PathSegment::new(NAMES[i], format!("id-{i}"));
         s.token = t.token;
         s.expires = Some(clock.now_timestamp());
         segs.push(s);
@@ -76,7 +93,7 @@ fn four_hop_input(ca: &DevCa) -> PolicyInput {
             index: 3,
             path_segments: segs,
         },
-        peer: Some(peers[2].clone()),
+        peer: Some(hops.peers[2].clone()),
     }
 }
 
@@ -111,7 +128,8 @@ async fn authorize_all(
 async fn main() {
     nsm_identity::install_crypto_provider();
     let ca = DevCa::new("example.org").unwrap();
-    let input = four_hop_input(&ca);
+    let hops = hops(&ca);
+    let input = four_hop_input_of(&hops);
 
     // authorize per hop, warm caches (a refresh or a long path seen before): the default set as
     // `authorize` runs it (native), then the same rules through regorus.
@@ -169,6 +187,29 @@ async fn main() {
         report(label, s);
     }
 
+    // New tokens on every call from known peers (the steady state of a busy hop: each Request
+    // brings one new token to verify, decodes of new tokens, keys already parsed).
+    for (label, native) in [
+        ("authorize/hop, new tokens, known peer keys", true),
+        ("authorize/hop, new tokens, known peer keys, regorus", false),
+    ] {
+        let rt = PolicyRuntime::new(Clock::system());
+        let set = if native {
+            default_server_policies_with(&rt)
+        } else {
+            rego_server_policies(&rt)
+        };
+        authorize_all(&set, &input).await;
+        let inputs: Vec<_> = (0..300).map(|_| four_hop_input_of(&hops)).collect();
+        let mut s = Vec::new();
+        for i in &inputs {
+            let t = now();
+            authorize_all(&set, i).await;
+            s.push(t.elapsed());
+        }
+        report(label, s);
+    }
+
     // Signing and verification.
     let m = ca.material("nsc", HOUR).unwrap();
     let pem = m.svid.leaf_pem().to_string();
@@ -180,10 +221,17 @@ async fn main() {
     let mut token = String::new();
     for _ in 0..3000 {
         let t = now();
-        token = g.generate(&clock, Some(&peer)).unwrap().token;
+        token = g.sign(clock.now(), Some(&peer)).unwrap().token;
         s.push(t.elapsed());
     }
-    report("ES256 token signing (JwtTokenGenerator)", s);
+    report("ES256 token signing (JwtTokenGenerator::sign)", s);
+    let mut s = Vec::new();
+    for _ in 0..3000 {
+        let t = now();
+        g.generate(&clock, Some(&peer)).unwrap();
+        s.push(t.elapsed());
+    }
+    report("token for the same peer within its exp second (reused)", s);
     let mut s = Vec::new();
     for _ in 0..3000 {
         let cache = JwtCache::new();
@@ -192,6 +240,18 @@ async fn main() {
         s.push(t.elapsed());
     }
     report("ES256 verification, uncached (incl. PEM key parse)", s);
+    let cache = JwtCache::new();
+    assert!(cache.verify_es256(&token, &pem, clock.now()));
+    let tokens: Vec<_> = (0..3000)
+        .map(|_| g.sign(clock.now(), Some(&peer)).unwrap().token)
+        .collect();
+    let mut s = Vec::new();
+    for t in &tokens {
+        let start = now();
+        assert!(cache.verify_es256(t, &pem, clock.now()));
+        s.push(start.elapsed());
+    }
+    report("ES256 verification of a new token, key already parsed", s);
 
     // TLS handshake over loopback (full mTLS handshake, both sides verifying).
     let server = TlsIdentity::new(Arc::new(MemorySource::new(
@@ -234,21 +294,30 @@ async fn main() {
     report("mTLS handshake over loopback (TLS 1.3, P-256)", s);
 
     // In-process Request+Close nsc → endpoint: plaintext baseline, mTLS + tokens, and + policies.
-    for (label, secure, policies) in [
+    for (label, secure, policies, reuse) in [
         (
             "Request+Close nsc→endpoint, plaintext, test tokens, Any",
             false,
             false,
+            true,
         ),
         (
             "Request+Close nsc→endpoint, mTLS + ES256 tokens, Any",
             true,
             false,
+            true,
         ),
         (
             "Request+Close nsc→endpoint, mTLS + tokens + default policies",
             true,
             true,
+            true,
+        ),
+        (
+            "  same, every token signed afresh (no reuse, as Go)",
+            true,
+            true,
+            false,
         ),
     ] {
         let nse_tls = TlsIdentity::new(Arc::new(MemorySource::new(
@@ -260,16 +329,11 @@ async fn main() {
         )))
         .unwrap();
         let (nse_tokens, nsc_tokens): (SharedTokenGenerator, SharedTokenGenerator) = if secure {
-            (
-                Arc::new(JwtTokenGenerator::new(
-                    nse_tls.source(),
-                    Duration::from_secs(600),
-                )),
-                Arc::new(JwtTokenGenerator::new(
-                    nsc_tls.source(),
-                    Duration::from_secs(600),
-                )),
-            )
+            let jwt = |tls: &TlsIdentity| {
+                let g = JwtTokenGenerator::new(tls.source(), Duration::from_secs(600));
+                Arc::new(if reuse { g } else { g.without_reuse() }) as SharedTokenGenerator
+            };
+            (jwt(&nse_tls), jwt(&nsc_tls))
         } else {
             (
                 Arc::new(TestTokenGenerator::default()),

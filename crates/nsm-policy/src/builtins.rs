@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::DecodingKey;
 use nsm_core::Clock;
 use parking_lot::Mutex;
 use regorus::Value;
@@ -40,7 +41,7 @@ type Verified = Vec<(Arc<str>, SystemTime)>;
 pub struct JwtCache {
     decoded: Mutex<HashMap<Arc<str>, Option<Decoded>>>,
     verified: Mutex<HashMap<Arc<str>, Verified>>,
-    keys: Mutex<HashMap<Arc<str>, Option<Arc<DecodingKey>>>>,
+    keys: Mutex<HashMap<Arc<str>, Option<Arc<ParsedPublicKey>>>>,
     max_entries: usize,
     max_keys: usize,
     signature_checks: AtomicU64,
@@ -156,11 +157,19 @@ impl JwtCache {
         d
     }
 
-    fn key(&self, pem: &str) -> Option<Arc<DecodingKey>> {
+    /// The P-256 verifying key of the certificate (or public key) `pem`, parsed once: the PEM, the
+    /// SubjectPublicKeyInfo and the curve point are decoded and validated when first seen.
+    fn key(&self, pem: &str) -> Option<Arc<ParsedPublicKey>> {
         if let Some(k) = self.keys.lock().get(pem) {
             return k.clone();
         }
-        let k = DecodingKey::from_ec_pem(pem.as_bytes()).ok().map(Arc::new);
+        let k = DecodingKey::from_ec_pem(pem.as_bytes())
+            .ok()
+            .and_then(|k| {
+                let point = k.try_get_as_bytes().ok()?;
+                ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).ok()
+            })
+            .map(Arc::new);
         let mut m = self.keys.lock();
         if m.len() >= self.max_keys {
             m.clear();
@@ -186,9 +195,10 @@ impl JwtCache {
             return false;
         };
         self.signature_checks.fetch_add(1, Ordering::Relaxed);
-        let ok =
-            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, Algorithm::ES256)
-                .unwrap_or(false);
+        // As `jsonwebtoken::crypto::verify` does for ES256: unpadded base64url, then r‖s.
+        let ok = URL_SAFE_NO_PAD
+            .decode(signature)
+            .is_ok_and(|sig| key.verify_sig(message.as_bytes(), &sig).is_ok());
         if ok {
             let until = self
                 .decode(token)

@@ -163,3 +163,40 @@ async fn the_default_policies_check_each_new_token_once_per_process() {
     }
     assert_eq!(refused, ["prev_token_signed"]);
 }
+
+#[tokio::test]
+async fn signature_checks_agree_with_jsonwebtoken() {
+    let ca = DevCa::new("example.org").unwrap();
+    let clock = Clock::system();
+    let nsc = signer(&ca, "nsc", Duration::from_secs(600));
+    let other = signer(&ca, "other", Duration::from_secs(600));
+    let token = nsc.tokens.sign(clock.now(), None).unwrap().token;
+    let sig_at = token.rfind('.').unwrap() + 1;
+    let (msg, _) = token.rsplit_once('.').unwrap();
+    let candidates = [
+        token.clone(),
+        format!("{token}="),
+        format!("{token}=="),
+        flip(&token, sig_at),
+        flip(&token, token.len() - 1),
+        format!("{msg}."),
+        format!("{msg}.AAAA"),
+        format!("{msg}.{}", "A".repeat(86)),
+        token.replace('.', ""),
+    ];
+    assert!(JwtCache::new().verify_es256(&token, &nsc.pem, clock.now()));
+    for pem in [&nsc.pem, &other.pem, &"not a pem".to_string()] {
+        let key = jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).ok();
+        for t in &candidates {
+            let want = match (&key, t.rsplit_once('.')) {
+                (Some(k), Some((m, s))) => {
+                    jsonwebtoken::crypto::verify(s, m.as_bytes(), k, jsonwebtoken::Algorithm::ES256)
+                        .unwrap_or(false)
+                }
+                _ => false,
+            };
+            let got = JwtCache::new().verify_es256(t, pem, clock.now());
+            assert_eq!(got, want, "{t}");
+        }
+    }
+}
