@@ -1,8 +1,9 @@
 //! The icmp-responder endpoint (Go `cmd-nse-icmp-responder`).
 //!
-//! endpoint chain → point2pointipam(CIDR) → mechanisms{KERNEL: kernel server, NOOP: nothing} →
-//! dnscontext(configs) → *additional* → sendfd (the endpoint's network namespace goes back to the
-//! forwarder as an fd on unix sockets)
+//! endpoint chain → recvfd → point2pointipam(CIDR) → mechanisms{KERNEL: kernel server, NOOP:
+//! nothing} → dnscontext(configs) → *additional* → sendfd (the endpoint's network namespace goes back
+//! to the forwarder as an fd on unix sockets; recvfd claims the copy a forwarder passes back on each
+//! refresh and Close, which Go's cmd-nse leaves unclaimed)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use nsm_networkservice::dnscontext::DnsContextServer;
 use nsm_networkservice::ipam::point2point::Point2PointIpamServer;
 use nsm_networkservice::mechanisms::MechanismsServer;
 use nsm_networkservice::mechanisms::kernel::KernelServer;
+use nsm_networkservice::mechanisms::recvfd::RecvFdServer;
 use nsm_networkservice::mechanisms::sendfd::SendFdServer;
 
 use crate::endpoint::{Endpoint, EndpointOptions};
@@ -84,6 +86,7 @@ impl IcmpResponder {
         ]
         .into();
         let mut additional: Vec<Element> = vec![
+            Arc::new(RecvFdServer::new()),
             ipam.clone(),
             Arc::new(MechanismsServer::new(mechanisms)),
             Arc::new(DnsContextServer::new(dns)),

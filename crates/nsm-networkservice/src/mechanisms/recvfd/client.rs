@@ -33,6 +33,9 @@ impl NetworkServiceServer for RecvFdClient {
         let Some(m) = conn.mechanism.as_mut() else {
             return Ok(conn);
         };
+        if let Some(fds) = &fds {
+            files.discard_resent(fds, m);
+        }
         if let Err(e) = files.resolve(ctx, fds.as_ref(), m).await {
             // Established downstream, unusable here: release it before failing.
             let mut close_ctx = ctx.postpone();

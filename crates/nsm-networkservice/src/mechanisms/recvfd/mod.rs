@@ -8,12 +8,15 @@
 //! same file name and Close can still use it.
 //!
 //! - [`RecvFdServer`] — **Request**: resolves the mechanism preferences and the connection's
-//!   mechanism of the incoming call; after success, keeps only the file of the selected mechanism.
+//!   mechanism of the incoming call; after success, keeps only the file the selected mechanism names
+//!   (none if it names none of them).
 //!   A missing fd fails the call with `DeadlineExceeded` naming recvfd and the inode URL.
 //!   **Close**: resolves (from the kept files), closes downstream, then closes the files.
 //! - [`RecvFdClient`] — **Request**: resolves the mechanism of the answer from the next hop (an
 //!   endpoint passing its own network namespace); if its fd does not come, the downstream connection
-//!   is closed again before the error is returned. **Close**: closes downstream, then the files.
+//!   is closed again before the error is returned. On a refresh, `sendfd` (after us) has already put
+//!   our name back on the answer; the copy of the file that came with it is claimed and closed.
+//!   **Close**: closes downstream, then the files.
 //!
 //! **State**: the received files of each connection, in its metadata (server and client side
 //! separately); dropped — and so closed — with the metadata (Close, failed first Request).
@@ -107,11 +110,32 @@ impl ReceivedFiles {
         Ok(())
     }
 
-    /// Puts the inode URL back where `m` names one of our files; returns that inode URL.
+    /// Where `m` already names one of our files (our `sendfd` put our name back on an answer that
+    /// carried the file again), claims and closes the copy that came with it.
+    fn discard_resent(&self, fds: &FdTransceiver, m: &Mechanism) {
+        let Some(value) = m.inode_url() else { return };
+        let inode = {
+            let files = self.0.lock();
+            files
+                .iter()
+                .find(|(_, r)| r.file_url == value)
+                .map(|(inode, _)| inode.clone())
+        };
+        let key = inode.and_then(|i| NsmUrl::parse(&i).ok());
+        if let Some(key) = key.as_ref().and_then(InodeKey::from_url) {
+            fds.discard(key);
+        }
+    }
+
+    /// Puts the inode URL back where `m` names one of our files; returns that inode URL (also when
+    /// `sendfd` already did).
     fn restore(&self, m: Option<&mut Mechanism>) -> Option<String> {
         let m = m?;
         let value = m.inode_url()?;
         let files = self.0.lock();
+        if files.contains_key(value) {
+            return Some(value.to_string());
+        }
         let (inode, _) = files.iter().find(|(_, r)| r.file_url == value)?;
         let inode = inode.clone();
         m.set_param(common::INODE_URL, inode.clone());

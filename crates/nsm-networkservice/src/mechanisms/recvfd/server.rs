@@ -39,9 +39,11 @@ impl NetworkServiceServer for RecvFdServer {
             files.resolve(ctx, Some(&fds), m).await?;
         }
         let mut conn = next.request(ctx, request).await?;
-        if let Some(selected) = files.restore(conn.mechanism.as_mut()) {
-            // Files of preferences that were not selected are not needed any more.
-            files.keep_only(&selected);
+        // Files the selected mechanism does not name (other preferences; a file an endpoint replaced
+        // with its own) are not needed any more.
+        match files.restore(conn.mechanism.as_mut()) {
+            Some(selected) => files.keep_only(&selected),
+            None => files.close_all(),
         }
         Ok(conn)
     }

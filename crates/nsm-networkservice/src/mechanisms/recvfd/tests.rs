@@ -272,3 +272,24 @@ async fn without_a_unix_connection_values_pass_unchanged() {
         .unwrap();
     assert_eq!(probe.seen.lock().as_slice(), ["inode://1/2".to_string()]);
 }
+
+#[tokio::test]
+async fn a_file_the_endpoint_replaces_is_not_kept() {
+    // A forwarder passes the endpoint's own namespace back on a refresh; the endpoint names its own.
+    let dir = TempDir::new();
+    let (passed, own) = (temp_file(&dir, "passed-back"), temp_file(&dir, "own"));
+    let mut s = setup();
+    *s.probe.answer_url.lock() = Some(format!("file://{}", own.display()));
+    let inode = s.pass(&passed).await;
+    let mut ctx = s.ctx(Duration::from_secs(2));
+    s.chain
+        .run_request(&mut ctx, req_with("c1", &inode))
+        .await
+        .unwrap();
+    assert_eq!(s.receiver.transceiver().unclaimed(), 0, "claimed");
+    assert_eq!(
+        open_fds_of(&passed),
+        0,
+        "and closed: the answer does not name it"
+    );
+}
