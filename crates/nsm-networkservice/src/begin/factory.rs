@@ -22,8 +22,9 @@ pub(super) struct SlotState {
     pub(super) status: Status,
     /// Last successful request, its connection replaced by the one returned.
     pub(super) request: Option<NetworkServiceRequest>,
-    /// The connection last returned to the caller (events do not change it): what a re-request's
-    /// changes are judged against.
+    /// The connection last returned to the caller, when an event has changed the stored one since
+    /// (`None`: it is `request.connection`): what a re-request's changes are judged against. Kept
+    /// apart only then, so an established connection is stored once.
     pub(super) returned: Option<Connection>,
     /// The rest of the chain after begin, and the context of the last call, for events.
     pub(super) next: Option<Next>,
@@ -174,9 +175,15 @@ impl EventFactory {
                 }
             }
             let mut ctx = this.event_ctx(&stored_ctx);
-            let conn = next.request(&mut ctx, request.clone()).await?;
-            request.connection = Some(conn.clone());
-            st.request = Some(request);
+            let conn = next.request(&mut ctx, request).await?;
+            // The caller still holds what it was returned last: keep that apart from now on.
+            let before = st
+                .request
+                .as_mut()
+                .and_then(|r| r.connection.replace(conn.clone()));
+            if st.returned.is_none() {
+                st.returned = before;
+            }
             Ok(Some(conn))
         };
         run_detached(work).await
@@ -267,15 +274,19 @@ impl Begin {
                 && let Some(stored) = st.request.as_ref()
                 && let Some(requested) = request.connection.take()
             {
+                let returned = st.returned.as_ref().or(stored.connection.as_ref());
                 request.connection = Some(super::merge::merge_connection(
-                    st.returned.as_ref(),
+                    returned,
                     stored.connection.as_ref(),
                     requested,
                 ));
             }
             let stored_ctx = ctx.clone();
             ctx.insert(EventFactory { slot: slot.clone() });
-            let result = next.clone().request(ctx, request.clone()).await;
+            // Only the preferences are kept from the request: its connection is replaced by the
+            // answer, so the (large) connection is not copied on the way down.
+            let preferences = request.mechanism_preferences.clone();
+            let result = next.clone().request(ctx, request).await;
             ctx.remove::<EventFactory>();
             if let Ok(conn) = &result
                 && st.status != Status::Established
@@ -298,9 +309,11 @@ impl Begin {
             }
             match &result {
                 Ok(conn) => {
-                    request.connection = Some(conn.clone());
-                    st.returned = Some(conn.clone());
-                    st.request = Some(request);
+                    st.request = Some(NetworkServiceRequest {
+                        connection: Some(conn.clone()),
+                        mechanism_preferences: preferences,
+                    });
+                    st.returned = None;
                     st.next = Some(next);
                     st.ctx = Some(stored_ctx);
                     st.status = Status::Established;
