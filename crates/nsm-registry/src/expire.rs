@@ -6,13 +6,15 @@
 //! - Unregister: forwards only if an expiry was scheduled for the name (otherwise the endpoint already
 //!   expired or was never registered here, and the call succeeds without going further); the schedule
 //!   is dropped on success and resumed if the rest of the chain fails.
-//! - Background: the scheduled Unregister runs through the rest of the chain on its own task, taking the
-//!   name's turn from `serialize` when that element precedes this one, with a fresh context of the
-//!   register call's timeout. Timers use the context's clock, so paused-time tests drive them.
-//! - State: one schedule per endpoint name; all timers stop when the `with_cancellation` token is
-//!   cancelled.
+//! - Background: one timer task per element (started by the first Register, on its clock) sleeps
+//!   until the earliest scheduled expiry; each due Unregister runs through the rest of the chain on
+//!   its own task, taking the name's turn from `serialize` when that element precedes this one, with
+//!   a fresh context of the register call's timeout. A refresh only moves the name's entry in the
+//!   queue (no task per Register). Timers use the context's clock, so paused-time tests drive them.
+//! - State: one schedule per endpoint name and a queue of them ordered by expiry time; the timer task
+//!   stops when the `with_cancellation` token is cancelled or the element is dropped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,8 +23,9 @@ use async_trait::async_trait;
 use nsm_api::registry::NetworkServiceEndpoint;
 use nsm_core::clock::{from_timestamp, to_timestamp};
 use nsm_core::registry::{FindStream, Query, RegistryNext, RegistryServer};
-use nsm_core::{Ctx, Result};
+use nsm_core::{Clock, Ctx, Result};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,22 +35,43 @@ const NAME: &str = "expire";
 
 type Nse = NetworkServiceEndpoint;
 
+/// Where a schedule's timer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// In the queue, waiting for its time.
+    Queued,
+    /// Its time came: a task is about to unregister the endpoint.
+    Firing,
+    /// Paused by a Register or Unregister in progress.
+    Paused,
+}
+
 /// One scheduled Unregister.
 struct Schedule {
-    /// Changes whenever a timer task is (re)started; a task acts only if its id is still current.
+    /// Changes whenever the schedule is (re)queued; a firing acts only if its id is still current.
     id: u64,
     at: Instant,
-    /// `None` while paused.
-    timer: Option<CancellationToken>,
+    phase: Phase,
     nse: Nse,
     ctx: Ctx,
     next: RegistryNext<Nse>,
 }
 
 #[derive(Default)]
+struct State {
+    by_name: HashMap<String, Schedule>,
+    /// Queued schedules by (time, id) → name; the timer task sleeps until the first.
+    queue: BTreeMap<(Instant, u64), String>,
+    /// Whether the timer task runs (started with the first schedule).
+    timer_started: bool,
+}
+
+#[derive(Default)]
 struct Schedules {
-    by_name: Mutex<HashMap<String, Schedule>>,
+    state: Mutex<State>,
     ids: AtomicU64,
+    /// Wakes the timer task when the earliest expiry moved earlier.
+    wake: Notify,
     shutdown: CancellationToken,
 }
 
@@ -72,8 +96,8 @@ impl ExpireServer {
         }
     }
 
-    /// Stops every timer when `token` is cancelled (Go's chain context). Timer tasks hold the rest of
-    /// the chain, and so this element, alive until they fire; cancelling ends them at once.
+    /// Stops the timer when `token` is cancelled (Go's chain context). The timer task holds the
+    /// pending Unregisters, and so the rest of the chain, alive; cancelling ends it at once.
     pub fn with_cancellation(mut self, token: &CancellationToken) -> Self {
         self.schedules = Arc::new(Schedules {
             shutdown: token.child_token(),
@@ -84,25 +108,69 @@ impl ExpireServer {
 
     /// Number of endpoints with a scheduled expiry.
     pub fn scheduled(&self) -> usize {
-        self.schedules.by_name.lock().len()
+        self.schedules.state.lock().by_name.len()
     }
 }
 
 impl Schedules {
-    /// Starts the timer task of `s` (a fresh id makes any older task for the name stand down).
-    fn start_timer(self: &Arc<Self>, name: &str, s: &mut Schedule) {
-        let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let stop = self.shutdown.child_token();
-        s.id = id;
-        s.timer = Some(stop.clone());
-        let schedules = Arc::clone(self);
-        let (name, at, clock) = (name.to_string(), s.at, *s.ctx.clock());
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = clock.sleep_until(at) => schedules.fire(&name, id).await,
+    /// Puts `s` (not in the queue) into the queue under a fresh id (any older firing for the name
+    /// stands down), waking the timer if it became the earliest.
+    fn enqueue(&self, queue: &mut BTreeMap<(Instant, u64), String>, name: &str, s: &mut Schedule) {
+        s.id = self.ids.fetch_add(1, Ordering::Relaxed);
+        s.phase = Phase::Queued;
+        let key = (s.at, s.id);
+        let earliest = queue.first_key_value().is_none_or(|(k, _)| key < *k);
+        queue.insert(key, name.to_string());
+        if earliest {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes `s` out of the queue (if it is there) and marks it paused.
+    fn dequeue(queue: &mut BTreeMap<(Instant, u64), String>, s: &mut Schedule) {
+        if s.phase == Phase::Queued {
+            queue.remove(&(s.at, s.id));
+        }
+        s.phase = Phase::Paused;
+    }
+
+    /// The timer: sleeps until the earliest queued expiry and hands every due one to its own task.
+    async fn run_timer(self: Arc<Self>, clock: Clock) {
+        loop {
+            let (due, next_at) = {
+                let mut st = self.state.lock();
+                let now = clock.instant();
+                let mut due = Vec::new();
+                while let Some(entry) = st.queue.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    let ((_, id), name) = entry.remove_entry();
+                    if let Some(s) = st.by_name.get_mut(&name)
+                        && s.id == id
+                    {
+                        s.phase = Phase::Firing;
+                        due.push((name, id));
+                    }
+                }
+                (due, st.queue.first_key_value().map(|((at, _), _)| *at))
+            };
+            for (name, id) in due {
+                let this = Arc::clone(&self);
+                tokio::spawn(async move { this.fire(&name, id).await });
             }
-        });
+            let sleep = async {
+                match next_at {
+                    Some(at) => clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = sleep => {}
+            }
+        }
     }
 
     async fn fire(&self, name: &str, id: u64) {
@@ -119,32 +187,34 @@ impl Schedules {
         }
     }
 
-    /// The register context of the name's schedule, if `id` is still its running timer.
+    /// The register context of the name's schedule, if `id` is still its firing.
     fn current_ctx(&self, name: &str, id: u64) -> Option<Ctx> {
-        let map = self.by_name.lock();
-        map.get(name)
-            .filter(|s| s.id == id && s.timer.is_some())
+        let st = self.state.lock();
+        st.by_name
+            .get(name)
+            .filter(|s| s.id == id && s.phase == Phase::Firing)
             .map(|s| s.ctx.clone())
     }
 
     fn take_if_current(&self, name: &str, id: u64) -> Option<Schedule> {
-        let mut map = self.by_name.lock();
-        if map
+        let mut st = self.state.lock();
+        if st
+            .by_name
             .get(name)
-            .is_some_and(|s| s.id == id && s.timer.is_some())
+            .is_some_and(|s| s.id == id && s.phase == Phase::Firing)
         {
-            return map.remove(name);
+            return st.by_name.remove(name);
         }
         None
     }
 
     /// Pauses the name's timer; true if the name had a schedule.
     fn pause(&self, name: &str) -> bool {
-        match self.by_name.lock().get_mut(name) {
+        let mut st = self.state.lock();
+        let State { by_name, queue, .. } = &mut *st;
+        match by_name.get_mut(name) {
             Some(s) => {
-                if let Some(t) = s.timer.take() {
-                    t.cancel();
-                }
+                Self::dequeue(queue, s);
                 true
             }
             None => false,
@@ -152,37 +222,43 @@ impl Schedules {
     }
 
     /// Resumes a paused timer with its old expiry time.
-    fn resume(self: &Arc<Self>, name: &str) {
-        let mut map = self.by_name.lock();
-        if let Some(s) = map.get_mut(name).filter(|s| s.timer.is_none()) {
-            self.start_timer(name, s);
+    fn resume(&self, name: &str) {
+        let mut st = self.state.lock();
+        let State { by_name, queue, .. } = &mut *st;
+        if let Some(s) = by_name.get_mut(name)
+            && s.phase == Phase::Paused
+        {
+            self.enqueue(queue, name, s);
         }
     }
 
     fn remove(&self, name: &str) {
-        if let Some(t) = self.by_name.lock().remove(name).and_then(|s| s.timer) {
-            t.cancel();
+        let mut st = self.state.lock();
+        if let Some(mut s) = st.by_name.remove(name) {
+            Self::dequeue(&mut st.queue, &mut s);
         }
     }
 
     fn schedule(self: &Arc<Self>, at: Instant, nse: Nse, ctx: Ctx, next: RegistryNext<Nse>) {
         let name = nse.name.clone();
+        let clock = *ctx.clock();
         let mut s = Schedule {
             id: 0,
             at,
-            timer: None,
+            phase: Phase::Paused,
             nse,
             ctx,
             next,
         };
-        self.start_timer(&name, &mut s);
-        if let Some(t) = self
-            .by_name
-            .lock()
-            .insert(name, s)
-            .and_then(|old| old.timer)
-        {
-            t.cancel();
+        let mut st = self.state.lock();
+        if let Some(mut old) = st.by_name.remove(&name) {
+            Self::dequeue(&mut st.queue, &mut old);
+        }
+        self.enqueue(&mut st.queue, &name, &mut s);
+        st.by_name.insert(name, s);
+        if !st.timer_started {
+            st.timer_started = true;
+            tokio::spawn(Arc::clone(self).run_timer(clock));
         }
     }
 }

@@ -144,3 +144,23 @@ async fn a_failed_unregister_keeps_the_expiry() {
     advance(PERIOD + Duration::from_secs(1)).await;
     assert_eq!(f.memory.len(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_expiry_scheduled_later_still_fires_first() {
+    let f = fixture();
+    let clock = clock();
+    f.chain.run_register(&mut ctx(), nse("late")).await.unwrap();
+    let mut early = nse("early");
+    early.expiration_time = Some(to_timestamp(clock.now() + Duration::from_secs(5)));
+    f.chain.run_register(&mut ctx(), early).await.unwrap();
+    advance(Duration::from_secs(6)).await;
+    assert!(
+        f.memory.get("early").is_none(),
+        "the timer woke for the earlier expiry"
+    );
+    assert!(f.memory.get("late").is_some());
+    assert_eq!(f.expire.scheduled(), 1);
+    advance(PERIOD).await;
+    assert_eq!(f.memory.len(), 0);
+    assert_eq!(f.expire.scheduled(), 0);
+}
