@@ -1,12 +1,14 @@
 //! `heal` (client, NSC side): re-request a connection when the path behind the next hop breaks.
 //!
 //! **Request**: stops the connection's monitor loop, runs the rest of the chain and, on success, if a
-//! [`ClientConn`] and begin's [`EventFactory`] are present, opens `MonitorConnections` on the same channel
-//! with selector = our own segment and waits for the INITIAL_STATE_TRANSFER (failure → closes the
-//! just-made connection and fails "unable to monitor"). A task then watches the events of our connection.
+//! [`ClientConn`] and begin's [`EventFactory`] are present, watches the connection at the next hop's
+//! `MonitorConnections` — on ONE stream per next-hop URL shared by every connection of this element
+//! (selector = our segment's name; events dispatched by our connection id, as the `monitor`
+//! passthrough does), opened on first use, whose INITIAL_STATE_TRANSFER it waits for (failure →
+//! closes the just-made connection and fails "unable to monitor"). A task then waits for trouble.
 //!
-//! **Heal**: when the stream fails (anything but `Cancelled`), ends, or reports our connection DOWN (a
-//! DELETE counts as DOWN), the task re-requests through begin with `reselect` — the old path is closed,
+//! **Heal**: when the shared stream fails or ends, or reports our connection DOWN (a DELETE counts as
+//! DOWN), the task re-requests through begin with `reselect` — the old path is closed,
 //! mechanism and endpoint name are cleared and every hop selects again — after 200 ms, then backing off
 //! up to 1 s between attempts, until one succeeds (the new Request starts a new monitor) or the
 //! connection is closed. Timers go through the context's clock.
@@ -14,9 +16,15 @@
 //! **Close**: stops the monitor and any healing (no task outlives the connection), then closes. The
 //! Close that a reselect runs on the old path does not stop the healing it is part of.
 //!
+//! A DOWN or DELETE that reports the next hop's segment with an expiry older than the one our latest
+//! Request got is about a path this connection already left (the Close of the old path in a heal can
+//! reach the shared stream after the new path's watch started) and is ignored.
+//!
 //! **State**: per connection id, in the element (not in connection metadata, which a failed reselect
 //! drops): the connection's stop tokens and whether a heal is in progress. An external Close finds it
-//! even mid-heal and stops everything at once.
+//! even mid-heal and stops everything at once. **Background**: one task per watched connection, waiting
+//! (no stream of its own), and one per shared next-hop stream (closed a minute after its last
+//! connection).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,15 +35,16 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nsm_api::{Connection, ConnectionEvent, NetworkServiceRequest, State};
+use nsm_api::{Connection, NetworkServiceRequest, State};
 use nsm_core::metadata::Side;
 use nsm_core::{Clock, Ctx, NetworkServiceServer, Next, NsmError, Result};
+use prost_types::Timestamp;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, Streaming};
+use tonic::Status;
 
 use crate::begin::{EventFactory, RequestOptions};
 use crate::dial::ClientConn;
-use crate::monitor::{ClientFilter, subscribe_next_hop};
+use crate::monitor::{Upstreams, WatchGuard, Watcher};
 
 const ELEMENT: &str = "heal";
 /// Delay before the first heal attempt.
@@ -54,11 +63,50 @@ struct HealState {
     healing: Arc<AtomicBool>,
 }
 
+/// Turns the next hop's view of one connection into "needs healing".
+struct Trouble {
+    /// Cancelled when the connection needs healing.
+    found: CancellationToken,
+    /// Our path index (the next hop's segment follows it).
+    index: usize,
+    /// The next hop's segment expiry in the connection our latest Request got.
+    since: Option<Timestamp>,
+}
+
+impl Watcher for Trouble {
+    fn changed(&self, incoming: &Connection, deleted: bool) {
+        if !deleted && incoming.state() != State::Down {
+            return;
+        }
+        let theirs = next_segment_expiry(incoming, self.index);
+        if let (Some(theirs), Some(since)) = (theirs, &self.since)
+            && (theirs.seconds, theirs.nanos) < (since.seconds, since.nanos)
+        {
+            return; // about the path before our latest Request
+        }
+        self.found.cancel();
+    }
+
+    fn broken(&self) {
+        self.found.cancel();
+    }
+}
+
+fn next_segment_expiry(conn: &Connection, index: usize) -> Option<&Timestamp> {
+    conn.path
+        .as_ref()?
+        .path_segments
+        .get(index + 1)?
+        .expires
+        .as_ref()
+}
+
 /// The `heal` client element.
 #[derive(Debug, Default)]
 pub struct HealClient {
     tasks: Arc<AtomicUsize>,
     states: Arc<Mutex<HashMap<String, HealState>>>,
+    upstreams: Upstreams,
 }
 
 impl HealClient {
@@ -75,6 +123,11 @@ impl HealClient {
     /// Number of connections with heal state (for leak checks).
     pub fn tracked(&self) -> usize {
         self.states.lock().len()
+    }
+
+    /// Number of MonitorConnections streams open to next hops (one per next-hop URL, shared).
+    pub fn monitor_streams(&self) -> usize {
+        self.upstreams.streams()
     }
 
     fn spawn(&self, watch: Watch) {
@@ -109,19 +162,24 @@ enum Outcome {
 
 /// One connection's monitor loop, and the healing that follows it.
 struct Watch {
-    stream: Streaming<ConnectionEvent>,
-    filter: ClientFilter,
+    /// The connection's registration on the shared stream.
+    guard: WatchGuard,
+    trouble: CancellationToken,
     state: HealState,
     event: EventFactory,
     clock: Clock,
 }
 
 impl Watch {
-    async fn run(mut self) -> Outcome {
-        if !self.wait_for_trouble().await {
+    async fn run(self) -> Outcome {
+        let trouble = tokio::select! {
+            () = self.state.monitor.cancelled() => false,
+            () = self.trouble.cancelled() => true,
+        };
+        drop(self.guard);
+        if !trouble {
             return Outcome::Done;
         }
-        drop(self.stream);
         let closed = self.state.closed.clone();
         let mut wait = FIRST_ATTEMPT_AFTER;
         loop {
@@ -149,29 +207,6 @@ impl Watch {
                 }
             }
             wait = (wait * 2).min(MAX_ATTEMPT_INTERVAL);
-        }
-    }
-
-    /// Waits until the connection needs healing (true) or monitoring was stopped (false).
-    async fn wait_for_trouble(&mut self) -> bool {
-        loop {
-            let msg = tokio::select! {
-                () = self.state.monitor.cancelled() => return false,
-                m = self.stream.message() => m,
-            };
-            match msg {
-                Ok(Some(ev)) => {
-                    if self
-                        .filter
-                        .apply(&ev)
-                        .is_some_and(|c| c.state() == State::Down)
-                    {
-                        return true;
-                    }
-                }
-                Err(s) if s.code() == Code::Cancelled => return false,
-                Ok(None) | Err(_) => return true,
-            }
         }
     }
 }
@@ -202,8 +237,17 @@ impl NetworkServiceServer for HealClient {
         let Some(cc) = md.get::<ClientConn>(Side::Client) else {
             return Ok(conn);
         };
-        let stream = match subscribe_next_hop(&cc, &conn, ctx.remaining()).await {
-            Ok(s) => s,
+        let trouble = Arc::new(Trouble {
+            found: CancellationToken::new(),
+            index: conn.path_or_default().index as usize,
+            since: next_segment_expiry(&conn, conn.path_or_default().index as usize).cloned(),
+        });
+        let watching = self
+            .upstreams
+            .watch(&cc, &conn, ctx.remaining(), *ctx.clock(), trouble.clone())
+            .await;
+        let guard = match watching {
+            Ok(g) => g,
             Err(status) => {
                 if let Err(e) = next.close(&mut entry.postpone(), conn).await {
                     tracing::debug!(error = %e, "heal: closing after a failed subscription failed");
@@ -226,8 +270,8 @@ impl NetworkServiceServer for HealClient {
         };
         self.states.lock().insert(conn.id.clone(), state.clone());
         self.spawn(Watch {
-            stream,
-            filter: ClientFilter::new(conn.clone()),
+            guard,
+            trouble: trouble.found.clone(),
             state,
             event,
             clock: *ctx.clock(),

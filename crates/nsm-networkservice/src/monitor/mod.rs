@@ -29,10 +29,10 @@ mod hub;
 mod server;
 mod upstream;
 
-pub(crate) use client_filter::{ClientFilter, subscribe_next_hop};
 pub use grpc::MonitorConnectionGrpc;
 pub use hub::{DEFAULT_SUBSCRIBER_BUFFER, matches_selector};
 pub use server::MonitorServer;
+pub(crate) use upstream::{Upstreams, WatchGuard, Watcher};
 
 #[cfg(test)]
 mod tests;

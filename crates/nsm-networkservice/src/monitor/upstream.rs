@@ -6,7 +6,7 @@
 //! connection through us to the same next hop (URL) shares ONE stream whose selector is our segment's
 //! *name* without id: at the next hop that matches every connection that came through us (on a Go
 //! v1.1.1 next hop as on ours). Events are dispatched by our connection id (the id of our segment in
-//! the event's path) to that connection's [`ClientFilter`] and [`Watcher`].
+//! the event's path) to that connection's [`Watcher`] (the `monitor` passthrough and `heal` both use it).
 //!
 //! Semantics kept from the per-connection streams:
 //! - **Initial state transfer**: the first watcher of a next hop waits (up to its deadline) for the
