@@ -5,8 +5,10 @@
 //!
 //! NS registry: serialize → (memory, or querycache → clienturl(registry) → connect): discoverforwarder
 //! and the forwarders' Finds are answered from the cache, which watches the registry.
-//! NSE registry: validate → clientinfo → serialize → expire(1 min) → memory (this node's endpoints, also
-//! what discoverforwarder searches) → localbypass(public URL) → [clienturl(registry) → connect].
+//! NSE registry: validate → clientinfo → serialize → expire(1 min) → recvfd → memory (this node's
+//! endpoints, also what discoverforwarder searches) → localbypass(public URL) → [clienturl(registry) →
+//! connect]. recvfd turns a passed endpoint socket (`inode://`) into `unix:///proc/<pid>/fd/<n>`,
+//! which the memory store keeps and the NetworkService side dials.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use nsm_networkservice::discoverforwarder::DiscoverForwarderServer;
 use nsm_networkservice::excludedprefixes::ExcludedPrefixesServer;
 use nsm_networkservice::mechanisms::recvfd::{RecvFdClient, RecvFdServer};
 use nsm_networkservice::mechanisms::sendfd::{SendFdClient, SendFdServer};
+use nsm_registry::RecvFdServer as RegistryRecvFdServer;
 use nsm_registry::grpc::{NetworkServiceEndpointRegistryGrpc, NetworkServiceRegistryGrpc};
 use nsm_registry::{
     ClientInfoServer, ClientUrlServer, ExpireServer, LocalBypassServer, MemoryServer,
@@ -138,6 +141,7 @@ impl Nsmgr {
             Arc::new(info),
             Arc::new(SerializeServer::new()),
             Arc::new(ExpireServer::new(opts.nse_expiry).with_cancellation(&stop)),
+            Arc::new(RegistryRecvFdServer::new()),
             local_endpoints.clone(),
             Arc::new(LocalBypassServer::new(opts.public_url.to_string())),
         ];

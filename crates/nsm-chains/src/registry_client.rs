@@ -1,7 +1,8 @@
 //! Registry client chains (Go `registry/chains/client`): how forwarders and endpoints register with
 //! their NSMgr, and how anything finds services.
 //!
-//! NSE: serialize → refresh → clienturl(url) → heal → connect.
+//! NSE: serialize → refresh → clienturl(url) → heal → sendfd → connect (sendfd: an endpoint serving on a
+//! unix socket passes the socket as an fd when it talks to its NSMgr over a unix socket).
 //! NS:  clienturl(url) → heal → connect.
 
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use nsm_core::registry::{RegistryChain, RegistryElement};
 use nsm_identity::TransportSecurity;
 use nsm_registry::connect::GrpcRegistryItem;
 use nsm_registry::{
-    ClientUrlServer, ConnectServer, Dialer, HealClient, RefreshClient, SerializeServer,
+    ClientUrlServer, ConnectServer, Dialer, HealClient, RefreshClient, SendFdClient,
+    SerializeServer,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -24,9 +26,7 @@ pub fn registry_dialer(security: &TransportSecurity) -> Option<Dialer> {
     Some(Arc::new(move |url: NsmUrl, timeout: Duration| {
         let security = security.clone();
         Box::pin(async move {
-            nsm_networkservice::grpc::client_channel_with(&url, timeout, &security)
-                .await
-                .map(|(channel, _)| channel)
+            nsm_networkservice::grpc::client_channel_with(&url, timeout, &security).await
         })
     }))
 }
@@ -63,6 +63,7 @@ pub fn nse_registry_client_with(
             Arc::new(RefreshClient::new().with_cancellation(stop)),
             Arc::new(ClientUrlServer::new(url)),
             Arc::new(HealClient::<NetworkServiceEndpoint>::new().with_cancellation(stop)),
+            Arc::new(SendFdClient::new()),
             Arc::new(registry_connect(dial_timeout, security)),
         ],
     )

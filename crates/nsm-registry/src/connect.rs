@@ -6,7 +6,10 @@
 //!   failed call keeps the remote status code (`NsmError::Remote`). A Find result is the remote stream.
 //! - State: one gRPC channel per URL, dialled on first use (within the dial timeout) and reused; tonic
 //!   reconnects a channel whose peer went away.
-//! - URLs: `tcp://host:port` (plain HTTP/2) and `unix:///path` (dialled with a unix-socket connector).
+//! - URLs: `tcp://host:port` (plain HTTP/2) and `unix:///path` (dialled with a unix-socket connector;
+//!   `unix:///proc/<pid>/fd/<n>` reaches a socket through an fd `recvfd` holds).
+//! - Files: fds `sendfd` put in the context ([`FilesToPass`]) are queued on the unix connection's fd
+//!   side channel before the call and withdrawn if it fails.
 //! - Transport: plaintext by default; [`ConnectServer::with_dialer`] plugs in another way to dial
 //!   (SPIFFE mTLS: the chains pass one built on `nsm_networkservice::grpc::client_channel_with`).
 //! - The context's deadline, if any, is sent as the call's `grpc-timeout`.
@@ -18,7 +21,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use hyper_util::rt::TokioIo;
 use nsm_api::registry::network_service_endpoint_registry_client::NetworkServiceEndpointRegistryClient;
 use nsm_api::registry::network_service_registry_client::NetworkServiceRegistryClient;
 use nsm_api::registry::{NetworkService, NetworkServiceEndpoint};
@@ -26,11 +28,16 @@ use nsm_api::url::NsmUrl;
 use nsm_core::registry::{FindStream, Query, RegistryItem, RegistryNext, RegistryServer};
 use nsm_core::values::ClientUrl;
 use nsm_core::{Ctx, NsmError, Result};
+use nsm_identity::TransportSecurity;
+use nsm_networkservice::grpc::fdconn::{FdTransceiver, Ticket};
+use nsm_networkservice::grpc::{ServerPeer, client_channel_with};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 use tonic::codec::Streaming;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
+
+use crate::sendfd::FilesToPass;
 
 const NAME: &str = "connect";
 
@@ -94,56 +101,25 @@ impl GrpcRegistryItem for NetworkServiceEndpoint {
     }
 }
 
-/// Dials `url` within `timeout`.
-pub async fn dial(url: &NsmUrl, timeout: Duration) -> Result<Channel> {
-    let failed =
-        |e: &dyn std::fmt::Display| NsmError::unavailable(NAME, format!("dial {url}: {e}"));
-    let connecting = async {
-        match url {
-            NsmUrl::Tcp { .. } => {
-                let authority = url.authority().unwrap_or_default();
-                let endpoint = Endpoint::from_shared(format!("http://{authority}"))
-                    .map_err(|e| failed(&e))?
-                    .connect_timeout(timeout);
-                endpoint.connect().await.map_err(|e| failed(&e))
-            }
-            NsmUrl::Unix(path) => {
-                let path = path.clone();
-                // The authority is never resolved: the connector below ignores it.
-                let endpoint = Endpoint::from_static("http://localhost");
-                endpoint
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(TokioIo::new(stream))
-                        }
-                    }))
-                    .await
-                    .map_err(|e| failed(&e))
-            }
-            other => Err(NsmError::invalid(
-                NAME,
-                format!("cannot dial {other}: only tcp:// and unix:// URLs reach a registry"),
-            )),
-        }
-    };
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(r) => r,
-        Err(_) => Err(failed(&format!("no connection within {timeout:?}"))),
-    }
+/// Dials `url` (`tcp://` or `unix://`) in plaintext within `timeout`. Unix-socket connections carry
+/// passed fds (the returned [`ServerPeer`] holds their side channel, see [`crate::sendfd`]).
+pub async fn dial(url: &NsmUrl, timeout: Duration) -> Result<Dialed> {
+    client_channel_with(url, timeout, &TransportSecurity::Insecure).await
 }
+
+/// A dialled channel and what the dialer learnt about its server end (identity, fd side channel).
+pub type Dialed = (Channel, ServerPeer);
 
 /// Dials a registry URL within a timeout (a transport: plaintext, mTLS…).
 pub type Dialer = Arc<
-    dyn Fn(NsmUrl, Duration) -> futures::future::BoxFuture<'static, Result<Channel>> + Send + Sync,
+    dyn Fn(NsmUrl, Duration) -> futures::future::BoxFuture<'static, Result<Dialed>> + Send + Sync,
 >;
 
 /// Calls the registry at the context's client URL.
 pub struct ConnectServer<T> {
     dial_timeout: Duration,
     dialer: Option<Dialer>,
-    channels: Mutex<HashMap<NsmUrl, Arc<OnceCell<Channel>>>>,
+    channels: Mutex<HashMap<NsmUrl, Arc<OnceCell<Dialed>>>>,
     _kind: PhantomData<fn() -> T>,
 }
 
@@ -164,7 +140,7 @@ impl<T: GrpcRegistryItem> ConnectServer<T> {
         self
     }
 
-    async fn channel(&self, ctx: &Ctx) -> Result<(NsmUrl, Channel)> {
+    async fn channel(&self, ctx: &Ctx) -> Result<(NsmUrl, Channel, ServerPeer)> {
         let Some(ClientUrl(url)) = ctx.get::<ClientUrl>().cloned() else {
             return Err(NsmError::internal(
                 NAME,
@@ -175,7 +151,7 @@ impl<T: GrpcRegistryItem> ConnectServer<T> {
             ));
         };
         let cell = self.channels.lock().entry(url.clone()).or_default().clone();
-        let ch = cell
+        let (ch, peer) = cell
             .get_or_try_init(|| async {
                 match &self.dialer {
                     Some(d) => d(url.clone(), self.dial_timeout).await,
@@ -184,7 +160,52 @@ impl<T: GrpcRegistryItem> ConnectServer<T> {
             })
             .await?
             .clone();
-        Ok((url, ch))
+        Ok((url, ch, peer))
+    }
+}
+
+/// The fds `sendfd` asked to pass with a call ([`FilesToPass`]), queued on the call's connection.
+struct QueuedFds(Option<(FdTransceiver, Vec<Ticket>)>);
+
+impl QueuedFds {
+    /// Queues the call's files on `peer`'s fd side channel (they leave no later than the message).
+    fn queue(ctx: &Ctx, peer: &ServerPeer, url: &NsmUrl) -> Result<Self> {
+        let files = ctx
+            .get::<FilesToPass>()
+            .map(FilesToPass::take)
+            .unwrap_or_default();
+        if files.is_empty() {
+            return Ok(Self(None));
+        }
+        let Some(fds) = peer.fds() else {
+            return Err(NsmError::internal(
+                NAME,
+                format!("sendfd passes files but the connection to {url} cannot carry fds"),
+            ));
+        };
+        let mut tickets = Vec::with_capacity(files.len());
+        for fd in files {
+            match fds.send(fd) {
+                Ok((_, t)) => tickets.push(t),
+                Err(e) => {
+                    Self(Some((fds, tickets))).settle(false);
+                    return Err(NsmError::unavailable(
+                        NAME,
+                        format!("cannot pass a file to {url}: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(Self(Some((fds, tickets))))
+    }
+
+    /// After the call: a failed call's fds that have not left yet are withdrawn (closed).
+    fn settle(self, ok: bool) {
+        if let (false, Some((fds, tickets))) = (ok, self.0) {
+            for t in tickets {
+                fds.withdraw(t);
+            }
+        }
     }
 }
 
@@ -199,13 +220,16 @@ fn request<M>(ctx: &Ctx, msg: M) -> Request<M> {
 #[async_trait]
 impl<T: GrpcRegistryItem> RegistryServer<T> for ConnectServer<T> {
     async fn register(&self, ctx: &mut Ctx, item: T, _next: RegistryNext<T>) -> Result<T> {
-        let (url, ch) = self.channel(ctx).await?;
+        let (url, ch, peer) = self.channel(ctx).await?;
+        let queued = QueuedFds::queue(ctx, &peer, &url)?;
         let call = async {
             T::call_register(ch, request(ctx, item))
                 .await
                 .map_err(|s| NsmError::remote(NAME, url.to_string(), s))
         };
-        ctx.within(NAME, call).await
+        let result = ctx.within(NAME, call).await;
+        queued.settle(result.is_ok());
+        result
     }
 
     async fn find(
@@ -214,7 +238,7 @@ impl<T: GrpcRegistryItem> RegistryServer<T> for ConnectServer<T> {
         query: Query<T>,
         _next: RegistryNext<T>,
     ) -> Result<FindStream<T>> {
-        let (url, ch) = self.channel(ctx).await?;
+        let (url, ch, _) = self.channel(ctx).await?;
         let target = url.to_string();
         let call = async {
             T::call_find(ch, request(ctx, T::query_to_msg(query)))
@@ -231,13 +255,16 @@ impl<T: GrpcRegistryItem> RegistryServer<T> for ConnectServer<T> {
     }
 
     async fn unregister(&self, ctx: &mut Ctx, item: T, _next: RegistryNext<T>) -> Result<()> {
-        let (url, ch) = self.channel(ctx).await?;
+        let (url, ch, peer) = self.channel(ctx).await?;
+        let queued = QueuedFds::queue(ctx, &peer, &url)?;
         let call = async {
             T::call_unregister(ch, request(ctx, item))
                 .await
                 .map_err(|s| NsmError::remote(NAME, url.to_string(), s))
         };
-        ctx.within(NAME, call).await
+        let result = ctx.within(NAME, call).await;
+        queued.settle(result.is_ok());
+        result
     }
 
     fn name(&self) -> &'static str {

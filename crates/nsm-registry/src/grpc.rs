@@ -2,7 +2,8 @@
 //! `registry.NetworkServiceEndpointRegistry`.
 //!
 //! Each call gets a fresh [`Ctx`] on the given clock, with the caller's `grpc-timeout` as its deadline
-//! and the peer address as [`PeerInfo`]. Errors become statuses through `From<NsmError>`; a Find stream
+//! and the peer address as [`PeerInfo`] (on unix sockets also the connection's fd side channel,
+//! [`IncomingFds`], for `recvfd`). Errors become statuses through `From<NsmError>`; a Find stream
 //! is the chain's stream mapped to the wire response messages, ended with `DeadlineExceeded` when the
 //! call's deadline passes.
 
@@ -23,6 +24,8 @@ use nsm_api::registry::{
 use nsm_core::registry::{RegistryChain, RegistryItem};
 use nsm_core::values::PeerInfo;
 use nsm_core::{Clock, Ctx};
+use nsm_networkservice::grpc::TlsConnInfo;
+use nsm_networkservice::grpc::fdconn::{FdTransceiver, IncomingFds, UnixConnInfo};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -64,7 +67,19 @@ fn ctx_for<M>(clock: Clock, req: &Request<M>) -> Ctx {
         remote_addr: req.remote_addr().map(|a| a.to_string()),
         ..PeerInfo::default()
     });
+    if let Some(fds) = incoming_fds(req) {
+        ctx.insert(IncomingFds(fds));
+    }
     ctx
+}
+
+/// The fd side channel of the unix-socket connection a call came on (plaintext or TLS); none on TCP.
+fn incoming_fds<M>(req: &Request<M>) -> Option<FdTransceiver> {
+    let ext = req.extensions();
+    match ext.get::<TlsConnInfo>() {
+        Some(tls) => tls.fds.clone(),
+        None => ext.get::<UnixConnInfo>().map(|u| u.fds.clone()),
+    }
 }
 
 async fn register<T: RegistryItem>(

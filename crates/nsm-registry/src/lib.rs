@@ -4,10 +4,10 @@
 //! What lives here:
 //! - stores and server-side elements: [`memory`] (the in-memory store with watch fan-out, matching by
 //!   [`matchutils`]), [`expire`], [`setregistrationtime`], [`setpayload`], [`serialize`],
-//!   [`clientinfo`], [`localbypass`], [`proxy`], [`validate`], [`validatequery`];
+//!   [`clientinfo`], [`localbypass`], [`proxy`], [`validate`], [`validatequery`], [`recvfd`];
 //! - the edges to other registries: [`clienturl`] + [`connect`] (gRPC client), [`grpc`] (gRPC server
 //!   adapters serving a chain);
-//! - client-side elements: [`refresh`], [`heal`] and [`querycache`];
+//! - client-side elements: [`refresh`], [`heal`], [`querycache`] and [`sendfd`];
 //! - [`conformance`]: the Register/Find/Unregister/watch/expiry suite every store chain must pass.
 //!
 //! Chains composed from these elements live in `nsm-chains`.
@@ -26,7 +26,9 @@ pub mod matchutils;
 pub mod memory;
 pub mod proxy;
 pub mod querycache;
+pub mod recvfd;
 pub mod refresh;
+pub mod sendfd;
 pub mod serialize;
 pub mod setpayload;
 pub mod setregistrationtime;
@@ -45,7 +47,9 @@ pub use localbypass::LocalBypassServer;
 pub use memory::MemoryServer;
 pub use proxy::ProxyServer;
 pub use querycache::QueryCacheClient;
+pub use recvfd::RecvFdServer;
 pub use refresh::RefreshClient;
+pub use sendfd::SendFdClient;
 pub use serialize::SerializeServer;
 pub use setpayload::SetPayloadServer;
 pub use setregistrationtime::SetRegistrationTimeServer;

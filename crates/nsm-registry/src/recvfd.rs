@@ -1,0 +1,227 @@
+//! `recvfd` (endpoint registry server, NSMgr): receives the socket an endpoint passed with its
+//! registration (Go `registry/common/recvfd`) and names it so this process can dial it.
+//!
+//! - Register: an `inode://dev/ino` URL arriving on a unix-socket connection is resolved by claiming
+//!   the fd with that `(dev, ino)` from the connection ([`IncomingFds`]), waiting at most until the
+//!   call's deadline ([`DEFAULT_WAIT`] without one), and replaced with `unix:///proc/<our pid>/fd/<n>`
+//!   (dialing that path connects to the socket through the fd, wherever the socket file lives). A
+//!   refresh of a registration whose file is held keeps the same name and closes the resent copy. The
+//!   answer gets the `inode://` URL back. A missing fd fails the call with `DeadlineExceeded` naming
+//!   recvfd, the endpoint and the URL, with nothing kept.
+//! - Unregister: the held name is put back in place of the `inode://` URL, the rest of the chain
+//!   runs, then the fd is closed (on success; a failed Unregister leaves the registration, and so
+//!   the fd, alive). `expire` unregisters through this element too, so expiry closes it as well.
+//! - Find: results naming a held file show the `inode://` URL it came under (what the endpoint
+//!   registered), not this process's `/proc` path, which means nothing to anyone else.
+//! - State: one fd per registered endpoint name, closed on Unregister, replaced when a registration
+//!   passes another socket, closed when the element is dropped.
+//!
+//! Without an fd side channel (TCP) an `inode://` URL of a registration whose file is not held
+//! passes unchanged, as in Go.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use nsm_api::registry::NetworkServiceEndpoint;
+use nsm_api::url::NsmUrl;
+use nsm_core::registry::{FindStream, Query, RegistryNext, RegistryServer};
+use nsm_core::{Ctx, NsmError, Result};
+use nsm_networkservice::grpc::fdconn::{FdError, FdTransceiver, IncomingFds, InodeKey};
+use parking_lot::Mutex;
+
+const NAME: &str = "recvfd";
+
+/// How long to wait for an fd when the call has no deadline.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(15);
+
+type Nse = NetworkServiceEndpoint;
+
+/// The socket an endpoint passed: the fd (closed when dropped) and both its names.
+#[derive(Debug)]
+struct Held {
+    _fd: OwnedFd,
+    inode_url: String,
+    unix_url: String,
+}
+
+impl Held {
+    fn new(fd: OwnedFd, inode_url: String) -> Self {
+        let unix_url = format!("unix:///proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
+        Self {
+            _fd: fd,
+            inode_url,
+            unix_url,
+        }
+    }
+}
+
+type HeldFiles = Arc<Mutex<HashMap<String, Held>>>;
+
+/// Receives passed endpoint sockets.
+#[derive(Debug, Default)]
+pub struct RecvFdServer {
+    held: HeldFiles,
+}
+
+impl RecvFdServer {
+    /// The element.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The names held for `endpoint`: `(inode URL, unix URL)` (for tests and diagnostics).
+    pub fn held(&self, endpoint: &str) -> Option<(String, String)> {
+        let held = self.held.lock();
+        held.get(endpoint)
+            .map(|h| (h.inode_url.clone(), h.unix_url.clone()))
+    }
+
+    /// How many fds are held.
+    pub fn held_count(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    /// The unix URL held for `name` if it was passed under `inode_url`.
+    fn held_as(&self, name: &str, inode_url: &str) -> Option<String> {
+        let held = self.held.lock();
+        held.get(name)
+            .filter(|h| h.inode_url == inode_url)
+            .map(|h| h.unix_url.clone())
+    }
+}
+
+/// The fd side channel of the call, if it came on a unix socket.
+fn incoming(ctx: &Ctx) -> Option<FdTransceiver> {
+    ctx.get::<IncomingFds>().map(|f| f.0.clone())
+}
+
+/// `(inode URL, key)` if `url` is an `inode://` URL.
+fn inode_of(url: &str) -> Option<InodeKey> {
+    NsmUrl::parse(url)
+        .ok()
+        .as_ref()
+        .and_then(InodeKey::from_url)
+}
+
+/// Claims the fd for `key`, bounded by the call's deadline (or [`DEFAULT_WAIT`]).
+async fn wait_for(ctx: &Ctx, fds: &FdTransceiver, key: InodeKey, nse: &Nse) -> Result<OwnedFd> {
+    let clock = *ctx.clock();
+    let deadline = ctx
+        .deadline()
+        .unwrap_or_else(|| clock.instant() + DEFAULT_WAIT);
+    tokio::select! {
+        r = fds.recv(key) => r.map_err(|e| match e {
+            FdError::Closed => NsmError::unavailable(
+                NAME,
+                format!(
+                    "no fd for endpoint {:?} url {}: the connection it would arrive on is closed",
+                    nse.name, nse.url
+                ),
+            ),
+            other => NsmError::internal(
+                NAME,
+                format!("no fd for endpoint {:?} url {}: {other}", nse.name, nse.url),
+            ),
+        }),
+        () = clock.sleep_until(deadline) => Err(NsmError::deadline(
+            NAME,
+            format!(
+                "no fd arrived for endpoint {:?} url {} (the endpoint's sendfd must pass its socket \
+                 over the same unix-socket connection)",
+                nse.name, nse.url
+            ),
+        )),
+    }
+}
+
+#[async_trait]
+impl RegistryServer<Nse> for RecvFdServer {
+    async fn register(&self, ctx: &mut Ctx, mut nse: Nse, next: RegistryNext<Nse>) -> Result<Nse> {
+        let fds = incoming(ctx);
+        let inode_url = nse.url.clone();
+        let Some(key) = inode_of(&inode_url) else {
+            let reg = next.register(ctx, nse).await?;
+            // The endpoint no longer passes a socket: the one it passed before is not needed.
+            drop(self.held.lock().remove(&reg.name));
+            return Ok(reg);
+        };
+        // A fresh fd is kept only once the registration succeeded.
+        let mut fresh = None;
+        match self.held_as(&nse.name, &inode_url) {
+            Some(unix_url) => {
+                // The endpoint passes its socket with every refresh; we hold it already.
+                if let Some(fds) = &fds {
+                    fds.discard(key);
+                }
+                nse.url = unix_url;
+            }
+            None => {
+                if let Some(fds) = &fds {
+                    let held = Held::new(wait_for(ctx, fds, key, &nse).await?, inode_url.clone());
+                    nse.url.clone_from(&held.unix_url);
+                    fresh = Some(held);
+                }
+            }
+        }
+        let unix_url = nse.url.clone();
+        let mut reg = next.register(ctx, nse).await?;
+        if let Some(held) = fresh {
+            // Replaces (and closes) the socket an earlier registration of the name passed.
+            drop(self.held.lock().insert(reg.name.clone(), held));
+        }
+        if reg.url == unix_url {
+            reg.url = inode_url;
+        }
+        Ok(reg)
+    }
+
+    async fn find(
+        &self,
+        ctx: &mut Ctx,
+        query: Query<Nse>,
+        next: RegistryNext<Nse>,
+    ) -> Result<FindStream<Nse>> {
+        let held = self.held.clone();
+        let found = next.find(ctx, query).await?;
+        Ok(found
+            .map(move |r| {
+                r.map(|mut f| {
+                    if let Some(h) = held.lock().get(&f.item.name)
+                        && h.unix_url == f.item.url
+                    {
+                        f.item.url.clone_from(&h.inode_url);
+                    }
+                    f
+                })
+            })
+            .boxed())
+    }
+
+    async fn unregister(&self, ctx: &mut Ctx, mut nse: Nse, next: RegistryNext<Nse>) -> Result<()> {
+        if let Some(key) = inode_of(&nse.url) {
+            // The endpoint's sendfd passed the socket again; nobody needs this copy.
+            if let Some(fds) = incoming(ctx) {
+                fds.discard(key);
+            }
+            if let Some(unix_url) = self.held_as(&nse.name, &nse.url) {
+                nse.url = unix_url;
+            }
+        }
+        let name = nse.name.clone();
+        next.unregister(ctx, nse).await?;
+        drop(self.held.lock().remove(&name));
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+#[cfg(test)]
+#[path = "recvfd_tests.rs"]
+pub(crate) mod tests;
