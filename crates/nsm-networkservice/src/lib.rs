@@ -10,6 +10,7 @@
 pub mod authorize;
 pub mod begin;
 pub mod clientinfo;
+mod encoded;
 pub mod metadata;
 pub mod trimpath;
 pub mod updatepath;

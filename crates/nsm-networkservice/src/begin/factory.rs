@@ -9,6 +9,8 @@ use nsm_core::{Ctx, Next, NsmError, Result};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::encoded::Encoded;
+
 pub(super) const ELEMENT: &str = "begin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,12 +22,13 @@ pub(super) enum Status {
 
 pub(super) struct SlotState {
     pub(super) status: Status,
-    /// Last successful request, its connection replaced by the one returned.
-    pub(super) request: Option<NetworkServiceRequest>,
+    /// Last successful request, its connection replaced by the one returned (encoded: see
+    /// [`Encoded`]).
+    pub(super) request: Option<Encoded<NetworkServiceRequest>>,
     /// The connection last returned to the caller, when an event has changed the stored one since
     /// (`None`: it is `request.connection`): what a re-request's changes are judged against. Kept
     /// apart only then, so an established connection is stored once.
-    pub(super) returned: Option<Connection>,
+    pub(super) returned: Option<Encoded<Connection>>,
     /// The rest of the chain after begin, and the context of the last call, for events.
     pub(super) next: Option<Next>,
     pub(super) ctx: Option<Ctx>,
@@ -158,11 +161,13 @@ impl EventFactory {
             {
                 return Ok(None);
             }
-            let (Some(mut request), Some(next), Some(stored_ctx)) =
-                (st.request.clone(), st.next.clone(), st.ctx.clone())
+            let (Some(stored), Some(next), Some(stored_ctx)) =
+                (st.request.as_ref(), st.next.clone(), st.ctx.clone())
             else {
                 return Ok(None);
             };
+            let mut request = stored.decode(ELEMENT)?;
+            let before = request.connection.clone();
             if opts.reselect {
                 let mut ctx = this.event_ctx(&stored_ctx);
                 let old = request.connection.clone().unwrap_or_default();
@@ -175,14 +180,15 @@ impl EventFactory {
                 }
             }
             let mut ctx = this.event_ctx(&stored_ctx);
+            let preferences = request.mechanism_preferences.clone();
             let conn = next.request(&mut ctx, request).await?;
+            st.request = Some(Encoded::new(&NetworkServiceRequest {
+                connection: Some(conn.clone()),
+                mechanism_preferences: preferences,
+            }));
             // The caller still holds what it was returned last: keep that apart from now on.
-            let before = st
-                .request
-                .as_mut()
-                .and_then(|r| r.connection.replace(conn.clone()));
             if st.returned.is_none() {
-                st.returned = before;
+                st.returned = before.as_ref().map(Encoded::new);
             }
             Ok(Some(conn))
         };
@@ -194,11 +200,12 @@ impl EventFactory {
         let this = self.clone();
         let work = async move {
             let mut st = this.slot.state.lock().await;
-            let (Some(request), Some(next), Some(stored_ctx)) =
-                (st.request.clone(), st.next.clone(), st.ctx.clone())
+            let (Some(stored), Some(next), Some(stored_ctx)) =
+                (st.request.as_ref(), st.next.clone(), st.ctx.clone())
             else {
                 return Ok(());
             };
+            let request = stored.decode(ELEMENT)?;
             // After a Close that failed, the connection may still exist downstream: let the event retry
             // it (Go's timeout relies on this), unless the id now belongs to a new connection.
             let retry_failed_close =
@@ -274,10 +281,15 @@ impl Begin {
                 && let Some(stored) = st.request.as_ref()
                 && let Some(requested) = request.connection.take()
             {
-                let returned = st.returned.as_ref().or(stored.connection.as_ref());
+                let stored = stored.decode(ELEMENT)?.connection;
+                let returned = st
+                    .returned
+                    .as_ref()
+                    .map(|r| r.decode(ELEMENT))
+                    .transpose()?;
                 request.connection = Some(super::merge::merge_connection(
-                    returned,
-                    stored.connection.as_ref(),
+                    returned.as_ref().or(stored.as_ref()),
+                    stored.as_ref(),
                     requested,
                 ));
             }
@@ -309,10 +321,10 @@ impl Begin {
             }
             match &result {
                 Ok(conn) => {
-                    st.request = Some(NetworkServiceRequest {
+                    st.request = Some(Encoded::new(&NetworkServiceRequest {
                         connection: Some(conn.clone()),
                         mechanism_preferences: preferences,
-                    });
+                    }));
                     st.returned = None;
                     st.next = Some(next);
                     st.ctx = Some(stored_ctx);
@@ -342,7 +354,8 @@ impl Begin {
         let stored = st
             .request
             .as_ref()
-            .and_then(|r| r.connection.clone())
+            .and_then(|r| r.decode(ELEMENT).ok())
+            .and_then(|r| r.connection)
             .unwrap_or(conn);
         ctx.insert(EventFactory { slot: slot.clone() });
         let result = next.close(ctx, stored).await;

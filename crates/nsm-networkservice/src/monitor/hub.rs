@@ -5,6 +5,10 @@
 //! Go NSC, our `heal` — sends) is filed under that id, and an event is offered to the subscribers filed
 //! under the ids of its connection's path segments plus the "wide" ones (selectors without any id: our
 //! passthrough hops' shared streams, `nsm ctl watch`), which are few.
+//!
+//! The recorded connections are kept encoded ([`Encoded`]): one allocation of about half the decoded
+//! size per live connection, decoded only for a passthrough update of that connection or a new
+//! subscriber's initial state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +21,10 @@ use nsm_api::{Connection, ConnectionEvent, ConnectionEventType};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tonic::Status;
+
+use crate::encoded::Encoded;
+
+const ELEMENT: &str = "monitor";
 
 /// Events a subscriber may have queued before it is considered stuck and disconnected.
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
@@ -55,6 +63,26 @@ fn select(
         .collect()
 }
 
+/// The recorded connections that `selector` matches, decoded.
+fn select_recorded(
+    conns: &BTreeMap<String, Encoded<Connection>>,
+    selector: &MonitorScopeSelector,
+) -> BTreeMap<String, Connection> {
+    conns
+        .iter()
+        .filter_map(|(k, c)| Some((k.clone(), decoded(c)?)))
+        .filter(|(_, c)| matches_selector(c, selector))
+        .collect()
+}
+
+fn decoded(conn: &Encoded<Connection>) -> Option<Connection> {
+    conn.decode(ELEMENT)
+        .inspect_err(
+            |e| tracing::error!(error = %e, "monitor: a recorded connection is unreadable"),
+        )
+        .ok()
+}
+
 /// The segment id a selector requires, if any: the subscriber is filed under it.
 fn index_id(selector: &MonitorScopeSelector) -> Option<String> {
     selector
@@ -73,7 +101,7 @@ struct Subscriber {
 
 #[derive(Default)]
 struct HubState {
-    connections: BTreeMap<String, Connection>,
+    connections: BTreeMap<String, Encoded<Connection>>,
     subscribers: HashMap<u64, Subscriber>,
     /// Subscribers by the segment id their selector requires.
     by_segment_id: HashMap<String, Vec<u64>>,
@@ -105,7 +133,7 @@ impl HubState {
         match event.r#type() {
             ConnectionEventType::Update => {
                 for (id, c) in &event.connections {
-                    self.connections.insert(id.clone(), c.clone());
+                    self.connections.insert(id.clone(), Encoded::new(c));
                 }
             }
             ConnectionEventType::Delete => {
@@ -211,7 +239,12 @@ impl Hub {
         if !still_wanted() {
             return;
         }
-        let Some(conn) = st.connections.get(id).and_then(change) else {
+        let Some(conn) = st
+            .connections
+            .get(id)
+            .and_then(decoded)
+            .and_then(|c| change(&c))
+        else {
             return;
         };
         st.publish(ConnectionEvent {
@@ -242,7 +275,7 @@ impl Hub {
             let mut st = self.state.lock();
             let initial = ConnectionEvent {
                 r#type: ConnectionEventType::InitialStateTransfer as i32,
-                connections: select(&st.connections, &selector),
+                connections: select_recorded(&st.connections, &selector),
             };
             // A fresh channel has room for at least one event.
             let _ = tx.try_send(initial);
@@ -288,7 +321,11 @@ impl Hub {
 
     /// The connections currently known.
     pub(super) fn connections(&self) -> BTreeMap<String, Connection> {
-        self.state.lock().connections.clone()
+        let st = self.state.lock();
+        st.connections
+            .iter()
+            .filter_map(|(k, c)| Some((k.clone(), decoded(c)?)))
+            .collect()
     }
 
     /// Number of live subscribers.
