@@ -6,8 +6,11 @@
 //!
 //! The forwarder finds the endpoint through the NSMgr's registry (its `connect_to` URL) and registers
 //! itself there as an endpoint of service `forwarder` with its labels (see [`registration`]).
-//! NS and NSE registry clients: querycache → clienturl(NSMgr) → connect, so a steady-state Request
-//! does not go to the registry at all (the caches follow the NSMgr's registries by watching Finds).
+//! NS and NSE registry clients: querycache → clienturl(NSMgr) → [NSE: recvfd →] connect, so a
+//! steady-state Request does not go to the registry at all (the caches follow the NSMgr's registries
+//! by watching Finds). recvfd claims the endpoint sockets the NSMgr passes with Find results and
+//! names them `unix:///proc/<our pid>/fd/<n>`, so the forwarder reaches endpoints whose socket paths
+//! it cannot see.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +32,7 @@ use nsm_networkservice::mechanisms::recvfd::{RecvFdClient, RecvFdServer};
 use nsm_networkservice::mechanisms::sendfd::{SendFdClient, SendFdServer};
 use nsm_networkservice::mechanismtranslation::MechanismTranslationClient;
 use nsm_networkservice::roundrobin::RoundRobinServer;
-use nsm_registry::{ClientUrlServer, QueryCacheClient};
+use nsm_registry::{ClientUrlServer, QueryCacheClient, RecvFdClient as RegistryRecvFdClient};
 use tonic::service::Routes;
 
 use crate::client::{ClientOptions, new_client_parts};
@@ -129,6 +132,8 @@ impl Forwarder {
                 Arc::new(ClientUrlServer::<NetworkServiceEndpoint>::new(
                     opts.connect_to.clone(),
                 )),
+                // Endpoint sockets the NSMgr passes with Find results (`inode://`).
+                Arc::new(RegistryRecvFdClient::new()),
                 Arc::new(registry_connect(opts.dial_timeout, &opts.security)),
             ],
         );

@@ -5,10 +5,11 @@
 //!
 //! NS registry: serialize → (memory, or querycache → clienturl(registry) → connect): discoverforwarder
 //! and the forwarders' Finds are answered from the cache, which watches the registry.
-//! NSE registry: validate → clientinfo → serialize → expire(1 min) → recvfd → memory (this node's
-//! endpoints, also what discoverforwarder searches) → localbypass(public URL) → [clienturl(registry) →
-//! connect]. recvfd turns a passed endpoint socket (`inode://`) into `unix:///proc/<pid>/fd/<n>`,
-//! which the memory store keeps and the NetworkService side dials.
+//! NSE registry: validate → clientinfo → serialize → expire(1 min) → recvfd → sendfd → memory (this
+//! node's endpoints, also what discoverforwarder searches) → localbypass(public URL) →
+//! [clienturl(registry) → connect]. recvfd turns a passed endpoint socket (`inode://`) into
+//! `unix:///proc/<pid>/fd/<n>`, which the memory store keeps and the NetworkService side dials;
+//! sendfd passes the sockets of Find results on to callers on unix sockets (forwarders).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +30,12 @@ use nsm_networkservice::discoverforwarder::DiscoverForwarderServer;
 use nsm_networkservice::excludedprefixes::ExcludedPrefixesServer;
 use nsm_networkservice::mechanisms::recvfd::{RecvFdClient, RecvFdServer};
 use nsm_networkservice::mechanisms::sendfd::{SendFdClient, SendFdServer};
-use nsm_registry::RecvFdServer as RegistryRecvFdServer;
 use nsm_registry::grpc::{NetworkServiceEndpointRegistryGrpc, NetworkServiceRegistryGrpc};
 use nsm_registry::{
     ClientInfoServer, ClientUrlServer, ExpireServer, LocalBypassServer, MemoryServer,
     QueryCacheClient, SerializeServer, ValidateServer,
 };
+use nsm_registry::{RecvFdServer as RegistryRecvFdServer, SendFdServer as RegistrySendFdServer};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
@@ -142,6 +143,7 @@ impl Nsmgr {
             Arc::new(SerializeServer::new()),
             Arc::new(ExpireServer::new(opts.nse_expiry).with_cancellation(&stop)),
             Arc::new(RegistryRecvFdServer::new()),
+            Arc::new(RegistrySendFdServer::new()),
             local_endpoints.clone(),
             Arc::new(LocalBypassServer::new(opts.public_url.to_string())),
         ];

@@ -9,7 +9,8 @@
 //! - URLs: `tcp://host:port` (plain HTTP/2) and `unix:///path` (dialled with a unix-socket connector;
 //!   `unix:///proc/<pid>/fd/<n>` reaches a socket through an fd `recvfd` holds).
 //! - Files: fds `sendfd` put in the context ([`FilesToPass`]) are queued on the unix connection's fd
-//!   side channel before the call and withdrawn if it fails.
+//!   side channel before the call and withdrawn if it fails; a Find leaves that side channel in the
+//!   context ([`ReplyFds`]) for `recvfd`.
 //! - Transport: plaintext by default; [`ConnectServer::with_dialer`] plugs in another way to dial
 //!   (SPIFFE mTLS: the chains pass one built on `nsm_networkservice::grpc::client_channel_with`).
 //! - The context's deadline, if any, is sent as the call's `grpc-timeout`.
@@ -164,6 +165,11 @@ impl<T: GrpcRegistryItem> ConnectServer<T> {
     }
 }
 
+/// The fd side channel of the unix connection a Find's results arrive on (set by `connect` for the
+/// elements before it: `recvfd` claims the files the results name).
+#[derive(Debug, Clone)]
+pub struct ReplyFds(pub FdTransceiver);
+
 /// The fds `sendfd` asked to pass with a call ([`FilesToPass`]), queued on the call's connection.
 struct QueuedFds(Option<(FdTransceiver, Vec<Ticket>)>);
 
@@ -238,7 +244,10 @@ impl<T: GrpcRegistryItem> RegistryServer<T> for ConnectServer<T> {
         query: Query<T>,
         _next: RegistryNext<T>,
     ) -> Result<FindStream<T>> {
-        let (url, ch, _) = self.channel(ctx).await?;
+        let (url, ch, peer) = self.channel(ctx).await?;
+        if let Some(fds) = peer.fds() {
+            ctx.insert(ReplyFds(fds));
+        }
         let target = url.to_string();
         let call = async {
             T::call_find(ch, request(ctx, T::query_to_msg(query)))

@@ -18,6 +18,13 @@
 //!
 //! Without an fd side channel (TCP) an `inode://` URL of a registration whose file is not held
 //! passes unchanged, as in Go.
+//!
+//! [`RecvFdClient`] (forwarder, Find through its NSMgr) is the other direction: `inode://` Find
+//! results are resolved with the fds the NSMgr's `sendfd` passed on the unix connection
+//! ([`ReplyFds`], left by `connect`), waiting at most [`DEFAULT_WAIT`] (less if the call's deadline
+//! is nearer) per result; a result whose fd does not come stays as it is (logged). One fd per
+//! endpoint name is kept (updates reuse its name and close the resent copy) until a deleted result
+//! for the name arrives or the element is dropped. Register and Unregister pass through.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -28,10 +35,12 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use nsm_api::registry::NetworkServiceEndpoint;
 use nsm_api::url::NsmUrl;
-use nsm_core::registry::{FindStream, Query, RegistryNext, RegistryServer};
+use nsm_core::registry::{FindStream, Found, Query, RegistryNext, RegistryServer};
 use nsm_core::{Ctx, NsmError, Result};
 use nsm_networkservice::grpc::fdconn::{FdError, FdTransceiver, IncomingFds, InodeKey};
 use parking_lot::Mutex;
+
+use crate::connect::ReplyFds;
 
 const NAME: &str = "recvfd";
 
@@ -215,6 +224,111 @@ impl RegistryServer<Nse> for RecvFdServer {
         next.unregister(ctx, nse).await?;
         drop(self.held.lock().remove(&name));
         Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+/// Resolves the endpoint sockets Find results were passed with.
+#[derive(Debug, Default)]
+pub struct RecvFdClient {
+    held: HeldFiles,
+}
+
+impl RecvFdClient {
+    /// The element.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The names held for `endpoint`: `(inode URL, unix URL)`.
+    pub fn held(&self, endpoint: &str) -> Option<(String, String)> {
+        let held = self.held.lock();
+        held.get(endpoint)
+            .map(|h| (h.inode_url.clone(), h.unix_url.clone()))
+    }
+}
+
+/// Names `found`'s passed socket by a held fd, claiming it from `fds` if it is new.
+async fn resolve_found(
+    held: &HeldFiles,
+    fds: &FdTransceiver,
+    clock: nsm_core::Clock,
+    wait: Duration,
+    found: &mut Found<Nse>,
+) {
+    let nse = &mut found.item;
+    let key = inode_of(&nse.url);
+    let known = {
+        let held = held.lock();
+        held.get(&nse.name)
+            .filter(|h| h.inode_url == nse.url)
+            .map(|h| h.unix_url.clone())
+    };
+    if found.deleted {
+        if let Some(unix_url) = known {
+            nse.url = unix_url;
+        }
+        drop(held.lock().remove(&nse.name));
+        return;
+    }
+    let Some(key) = key else { return };
+    if let Some(unix_url) = known {
+        fds.discard(key);
+        nse.url = unix_url;
+        return;
+    }
+    tokio::select! {
+        r = fds.recv(key) => match r {
+            Ok(fd) => {
+                let h = Held::new(fd, nse.url.clone());
+                nse.url.clone_from(&h.unix_url);
+                drop(held.lock().insert(nse.name.clone(), h));
+            }
+            Err(e) => tracing::warn!(error = %e, name = %nse.name, url = %nse.url,
+                "recvfd: no fd for a Find result"),
+        },
+        () = clock.sleep(wait) => tracing::warn!(name = %nse.name, url = %nse.url,
+            "recvfd: no fd arrived for a Find result within {wait:?}"),
+    }
+}
+
+#[async_trait]
+impl RegistryServer<Nse> for RecvFdClient {
+    async fn register(&self, ctx: &mut Ctx, nse: Nse, next: RegistryNext<Nse>) -> Result<Nse> {
+        next.register(ctx, nse).await
+    }
+
+    async fn find(
+        &self,
+        ctx: &mut Ctx,
+        query: Query<Nse>,
+        next: RegistryNext<Nse>,
+    ) -> Result<FindStream<Nse>> {
+        let found = next.find(ctx, query).await?;
+        let Some(ReplyFds(fds)) = ctx.remove::<ReplyFds>() else {
+            return Ok(found);
+        };
+        let (held, clock) = (self.held.clone(), *ctx.clock());
+        let wait = ctx
+            .remaining()
+            .map_or(DEFAULT_WAIT, |r| r.min(DEFAULT_WAIT));
+        Ok(found
+            .then(move |r| {
+                let (held, fds) = (held.clone(), fds.clone());
+                async move {
+                    let mut f = r?;
+                    resolve_found(&held, &fds, clock, wait, &mut f).await;
+                    Ok(f)
+                }
+            })
+            .boxed())
+    }
+
+    async fn unregister(&self, ctx: &mut Ctx, nse: Nse, next: RegistryNext<Nse>) -> Result<()> {
+        next.unregister(ctx, nse).await
     }
 
     fn name(&self) -> &'static str {

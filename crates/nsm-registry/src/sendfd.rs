@@ -13,6 +13,11 @@
 //! - Find: passes through.
 //! - State: none; fds that did not leave with a failed call are closed by `connect`.
 //!
+//! [`SendFdServer`] (NSMgr) is the other direction: Find results naming a `unix://` socket go to a
+//! caller on a unix socket as fds, each result's URL rewritten to `inode://` (the forwarder's
+//! `recvfd` claims them and dials the endpoints through them). Deleted results are not sent. Register
+//! and Unregister pass through. State: none.
+//!
 //! Over TCP (any other client URL) the registration passes unchanged: fds travel only on unix
 //! sockets. Go rewrites the URL regardless and its registry then keeps an `inode://` URL it cannot
 //! dial.
@@ -22,12 +27,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use nsm_api::registry::NetworkServiceEndpoint;
 use nsm_api::url::NsmUrl;
 use nsm_core::registry::{FindStream, Query, RegistryNext, RegistryServer};
 use nsm_core::values::ClientUrl;
 use nsm_core::{Ctx, NsmError, Result};
-use nsm_networkservice::grpc::fdconn::InodeKey;
+use nsm_networkservice::grpc::fdconn::{FdTransceiver, IncomingFds, InodeKey};
 use parking_lot::Mutex;
 
 const NAME: &str = "sendfd";
@@ -159,6 +165,68 @@ impl RegistryServer<Nse> for SendFdClient {
         let result = next.unregister(ctx, nse).await;
         drop_unsent(ctx);
         result
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+/// Passes the sockets Find results name to a caller on a unix socket.
+#[derive(Debug, Default)]
+pub struct SendFdServer;
+
+impl SendFdServer {
+    /// The element.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// Sends the socket `nse`'s `unix://` URL names and swaps in its inode URL; a socket that cannot be
+/// opened leaves the result as it is.
+fn send_result(fds: &FdTransceiver, nse: &mut Nse) {
+    let Ok(NsmUrl::Unix(path)) = NsmUrl::parse(&nse.url) else {
+        return;
+    };
+    match fds.send_path(&path) {
+        Ok((inode, _)) => nse.url = inode.to_string(),
+        Err(e) => tracing::debug!(error = %e, name = %nse.name, url = %nse.url,
+            "sendfd: Find result sent without its socket"),
+    }
+}
+
+#[async_trait]
+impl RegistryServer<Nse> for SendFdServer {
+    async fn register(&self, ctx: &mut Ctx, nse: Nse, next: RegistryNext<Nse>) -> Result<Nse> {
+        next.register(ctx, nse).await
+    }
+
+    async fn find(
+        &self,
+        ctx: &mut Ctx,
+        query: Query<Nse>,
+        next: RegistryNext<Nse>,
+    ) -> Result<FindStream<Nse>> {
+        let fds = ctx.get::<IncomingFds>().map(|f| f.0.clone());
+        let found = next.find(ctx, query).await?;
+        let Some(fds) = fds else {
+            return Ok(found);
+        };
+        Ok(found
+            .map(move |r| {
+                r.map(|mut f| {
+                    if !f.deleted {
+                        send_result(&fds, &mut f.item);
+                    }
+                    f
+                })
+            })
+            .boxed())
+    }
+
+    async fn unregister(&self, ctx: &mut Ctx, nse: Nse, next: RegistryNext<Nse>) -> Result<()> {
+        next.unregister(ctx, nse).await
     }
 
     fn name(&self) -> &'static str {

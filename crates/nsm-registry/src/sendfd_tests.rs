@@ -15,8 +15,8 @@ use crate::clienturl::ClientUrlServer;
 use crate::connect::{ConnectServer, Dialer};
 use crate::grpc::NetworkServiceEndpointRegistryGrpc;
 use crate::memory::MemoryServer;
-use crate::recvfd::RecvFdServer;
 use crate::recvfd::tests::{TempDir, endpoint_socket, open_fds_of};
+use crate::recvfd::{RecvFdClient, RecvFdServer};
 
 fn securities() -> (TransportSecurity, TransportSecurity) {
     nsm_identity::install_crypto_provider();
@@ -38,7 +38,7 @@ fn dialer(security: TransportSecurity) -> Option<Dialer> {
     }))
 }
 
-/// A registry served at `url` (recvfd → memory).
+/// A registry served at `url` (recvfd → sendfd → memory, as in the NSMgr).
 struct Registry {
     serving: Serving,
     recvfd: Arc<RecvFdServer>,
@@ -50,7 +50,11 @@ async fn registry(url: &NsmUrl, security: &TransportSecurity) -> Registry {
     let memory = Arc::new(MemoryServer::<Nse>::new());
     let chain = RegistryChain::new(
         "nsmgr-nse-registry",
-        vec![recvfd.clone() as RegistryElement<Nse>, memory.clone()],
+        vec![
+            recvfd.clone() as RegistryElement<Nse>,
+            Arc::new(SendFdServer::new()),
+            memory.clone(),
+        ],
     );
     let router = Server::builder().add_service(
         NetworkServiceEndpointRegistryGrpc::new(chain, Clock::system()).into_service(),
@@ -187,4 +191,67 @@ async fn a_missing_socket_fails_naming_sendfd_and_nothing_is_registered() {
     let msg = e.to_string();
     assert!(msg.starts_with("sendfd") && msg.contains(&url), "{msg}");
     assert!(r.memory.get("nse-1").is_none());
+}
+
+#[tokio::test]
+async fn find_results_pass_the_sockets_to_a_forwarder() {
+    let dir = TempDir::new();
+    let (listener, nse_path, witness) = endpoint_socket(&dir, "nse");
+    let r = registry(
+        &NsmUrl::Unix(dir.0.join("nsmgr.sock")),
+        &TransportSecurity::Insecure,
+    )
+    .await;
+    let nse = client(r.serving.url(), TransportSecurity::Insecure);
+    let original = format!("unix://{}", nse_path.display());
+    nse.run_register(&mut ctx(), nse_at(&original))
+        .await
+        .unwrap();
+    std::fs::remove_file(&nse_path).unwrap();
+
+    // The forwarder's Find client: clienturl → recvfd → connect.
+    let recvfd = Arc::new(RecvFdClient::new());
+    let forwarder = RegistryChain::new(
+        "forwarder-nse-client",
+        vec![
+            Arc::new(ClientUrlServer::new(r.serving.url().clone())) as RegistryElement<Nse>,
+            recvfd.clone(),
+            Arc::new(ConnectServer::<Nse>::new(Duration::from_secs(2))),
+        ],
+    );
+    let find = |watch: bool| Query {
+        template: Nse::default(),
+        watch,
+    };
+    let mut watch = forwarder.run_find(&mut ctx(), find(true)).await.unwrap();
+    let first = watch.next().await.unwrap().unwrap();
+    let url = first.item.url.clone();
+    let held = r.memory.get("nse-1").unwrap().url;
+    let prefix = format!("unix:///proc/{}/fd/", std::process::id());
+    assert!(
+        url.starts_with(&prefix) && url != held,
+        "our own fd: {url} (NSMgr {held})"
+    );
+    assert_eq!(open_fds_of(&witness), 2, "the NSMgr's and the forwarder's");
+    let Ok(NsmUrl::Unix(path)) = NsmUrl::parse(&url) else {
+        panic!("{url}")
+    };
+    tokio::net::UnixStream::connect(&path).await.unwrap();
+    listener.accept().await.unwrap();
+
+    // A one-shot Find shows the same name, keeping no second copy.
+    let again = collect_found(forwarder.run_find(&mut ctx(), find(false)).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(again[0].item.url, url);
+    assert_eq!(open_fds_of(&witness), 2);
+
+    // Unregister: the NSMgr closes its fd, the watch's deleted result closes the forwarder's.
+    nse.run_unregister(&mut ctx(), nse_at(&original))
+        .await
+        .unwrap();
+    let gone = watch.next().await.unwrap().unwrap();
+    assert!(gone.deleted);
+    assert!(recvfd.held("nse-1").is_none());
+    assert_eq!(open_fds_of(&witness), 0);
 }
