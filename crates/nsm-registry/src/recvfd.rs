@@ -321,6 +321,8 @@ impl RegistryServer<Nse> for RecvFdClient {
                 async move {
                     let mut f = r?;
                     resolve_found(&held, &fds, clock, wait, &mut f).await;
+                    tracing::debug!(name = %f.item.name, url = %f.item.url, deleted = f.deleted,
+                        unclaimed = fds.unclaimed(), "recvfd: Find result");
                     Ok(f)
                 }
             })

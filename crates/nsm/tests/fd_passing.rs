@@ -4,6 +4,10 @@
 //! the unix sockets (grpcfd wire format, below mTLS). Real `nsm registry | nsmgr | forwarder | nse |
 //! nsc` processes in namespaces the test creates; as root, skipped otherwise (failing under CI=true);
 //! the root namespace is checked unchanged.
+//!
+//! The endpoint's own socket travels the same way (registry `sendfd`/`recvfd`): an endpoint whose
+//! socket lives on a tmpfs mounted in its own mount namespace registers it as an fd, and the NSMgr
+//! and the forwarder reach it through `/proc/<pid>/fd/<n>` without ever seeing its path.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -80,4 +84,95 @@ fn netns_fds_cross_pid_namespaces_across_two_nodes() {
         return;
     }
     client_and_endpoint_in_own_pid_namespaces(2);
+}
+
+/// `OWN_PID_NAMESPACE`, then a private tmpfs on `dir` (visible only to the wrapped process).
+fn own_pid_namespace_and_private_dir(dir: &std::path::Path) -> Vec<String> {
+    let mut w: Vec<String> = OWN_PID_NAMESPACE.map(String::from).to_vec();
+    w.extend([
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mount -t tmpfs nsm-fd-passing {} && exec \"$@\"",
+            dir.display()
+        ),
+        "sh".into(),
+    ]);
+    w
+}
+
+fn endpoint_socket_outside_the_nsmgr_view(nodes: usize) {
+    let _root = RootGuard::new();
+    let mut tb = Testbed::mesh(opts(), nodes, &[]).unwrap();
+    let e = tb.add_pod("e1").unwrap();
+    let c = tb.add_pod("c1").unwrap();
+    let private = tb.dir.join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    let sock = private.join("icmp-server.sock");
+    let listen = format!("unix://{}", sock.display());
+    tb.wrapper = own_pid_namespace_and_private_dir(&private);
+    tb.start_nse(
+        "icmp-server",
+        &e,
+        nodes,
+        &[("NSM_CIDR_PREFIX", CIDR), ("NSM_LISTEN_ON", &listen)],
+    )
+    .unwrap();
+    assert!(
+        !sock.exists(),
+        "the endpoint's socket is not visible outside its mount namespace"
+    );
+    // The endpoint's node's NSMgr holds the passed socket (its forwarder will too, once it found the
+    // endpoint through the NSMgr's registry).
+    let node = tb.nodes[nodes - 1].clone();
+    let nsmgr = tb.pid(&node.nsmgr).unwrap();
+    assert_eq!(
+        fds_naming(nsmgr, &sock),
+        1,
+        "the NSMgr holds the endpoint's socket"
+    );
+    tb.wrapper = OWN_PID_NAMESPACE.map(String::from).to_vec();
+    tb.spawn_nsc("nsc", &c, 1, SVC, &[], false).unwrap();
+    let conn = match tb.wait_connected("nsc", CONNECT) {
+        Ok(conn) => conn,
+        Err(err) => panic!("{err}\n{}", tb.dump_logs(40)),
+    };
+    assert_eq!(conn.path.len(), 2 + 2 * nodes, "{:?}", conn.path);
+    let forwarder = tb.pid(&node.forwarder).unwrap();
+    // (Besides the copy its recvfd holds, copies that came with the results of its registration
+    // client's heal watch wait unclaimed until they expire.)
+    assert!(
+        fds_naming(forwarder, &sock) >= 1,
+        "the forwarder holds it too"
+    );
+    check_interfaces(&conn, &c, &e, CIDR, None);
+    ping_both_ways(&tb, &conn, &c, &e);
+    close_client(&mut tb, "nsc");
+    assert_clean(&tb, &[&c, &e]);
+}
+
+/// How many of process `pid`'s fds name `path` (the kernel still names a passed `O_PATH` fd by the
+/// path it was opened at in the sender's mount namespace).
+fn fds_naming(pid: u32, path: &std::path::Path) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+#[test]
+fn endpoint_socket_passed_as_fd_on_one_node() {
+    if !privileged() {
+        return;
+    }
+    endpoint_socket_outside_the_nsmgr_view(1);
+}
+
+#[test]
+fn endpoint_socket_passed_as_fd_across_two_nodes() {
+    if !privileged() {
+        return;
+    }
+    endpoint_socket_outside_the_nsmgr_view(2);
 }
