@@ -480,6 +480,23 @@ fn sample_anon(pids: &[(&'static str, u32)]) -> Vec<u64> {
         .collect()
 }
 
+/// PSS (`/proc/<pid>/smaps_rollup`): the process's own pages plus its share of the pages it maps
+/// together with others — here mostly the `nsm` executable, mapped by every component of a node.
+fn sample_pss(pids: &[(&'static str, u32)]) -> Vec<u64> {
+    pids.iter()
+        .map(|(_, p)| {
+            std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Pss:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clients
 
@@ -826,6 +843,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = sample_rss(&pids);
     let anon_idle = sample_anon(&pids);
+    let pss_idle = sample_pss(&pids);
     let text = !args.json;
     let security = if args.insecure {
         "NSM_INSECURE=true: plaintext, test tokens, no policies"
@@ -853,8 +871,10 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
         );
         let idle: Vec<String> = pids
             .iter()
-            .zip(rss_idle.iter().zip(&anon_idle))
-            .map(|((n, _), (r, a))| format!("{n} {} (anon {})", mib(*r), mib(*a)))
+            .zip(rss_idle.iter().zip(&anon_idle).zip(&pss_idle))
+            .map(|((n, _), ((r, a), p))| {
+                format!("{n} {} (anon {}, PSS {})", mib(*r), mib(*a), mib(*p))
+            })
             .collect();
         println!("RSS idle: {}", idle.join(", "));
     }
@@ -977,6 +997,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
         let doc = json!({
             "mesh": describe,
             "rss_kib_idle": pids.iter().zip(&rss_idle).map(|((n, _), r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
+            "pss_kib_idle": pids.iter().zip(&pss_idle).map(|((n, _), r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
             "rss_anon_kib_idle": pids.iter().zip(&anon_idle).map(|((n, _), r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
             "hold": hold_json,
             "rss_kib_held": rss_held,
