@@ -2,7 +2,10 @@
 //!
 //! Serves an endpoint that hands each client a point-to-point address pair from `NSM_CIDR_PREFIX`,
 //! registers its network services (unless `NSM_REGISTER_SERVICE=false`) and itself with the NSMgr at
-//! `NSM_CONNECT_TO`, keeps the registration refreshed, and unregisters on SIGTERM.
+//! `NSM_CONNECT_TO`, keeps the registration refreshed, and unregisters on SIGTERM. Serving on a unix
+//! socket and talking to the NSMgr over one, it passes its socket as an fd with the registration
+//! (registry `sendfd`), so an NSMgr that cannot see the socket's path (another container's
+//! filesystem) still reaches it.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
