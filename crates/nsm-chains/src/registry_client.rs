@@ -1,8 +1,10 @@
 //! Registry client chains (Go `registry/chains/client`): how forwarders and endpoints register with
 //! their NSMgr, and how anything finds services.
 //!
-//! NSE: serialize → refresh → clienturl(url) → heal → sendfd → connect (sendfd: an endpoint serving on a
-//! unix socket passes the socket as an fd when it talks to its NSMgr over a unix socket).
+//! NSE: serialize → refresh → clienturl(url) → heal → sendfd → recvfd → connect (sendfd: an endpoint
+//! serving on a unix socket passes the socket as an fd when it talks to its NSMgr over a unix socket;
+//! recvfd claims the endpoint sockets the NSMgr passes with the results of heal's watching Find, one
+//! per endpoint, instead of leaving them unclaimed).
 //! NS:  clienturl(url) → heal → connect.
 
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use nsm_core::registry::{RegistryChain, RegistryElement};
 use nsm_identity::TransportSecurity;
 use nsm_registry::connect::GrpcRegistryItem;
 use nsm_registry::{
-    ClientUrlServer, ConnectServer, Dialer, HealClient, RefreshClient, SendFdClient,
+    ClientUrlServer, ConnectServer, Dialer, HealClient, RecvFdClient, RefreshClient, SendFdClient,
     SerializeServer,
 };
 use tokio_util::sync::CancellationToken;
@@ -64,6 +66,7 @@ pub fn nse_registry_client_with(
             Arc::new(ClientUrlServer::new(url)),
             Arc::new(HealClient::<NetworkServiceEndpoint>::new().with_cancellation(stop)),
             Arc::new(SendFdClient::new()),
+            Arc::new(RecvFdClient::new()),
             Arc::new(registry_connect(dial_timeout, security)),
         ],
     )

@@ -6,7 +6,8 @@
 //!   call's deadline ([`DEFAULT_WAIT`] without one), and replaced with `unix:///proc/<our pid>/fd/<n>`
 //!   (dialing that path connects to the socket through the fd, wherever the socket file lives). A
 //!   refresh of a registration whose file is held keeps the same name and closes the resent copy. The
-//!   answer gets the `inode://` URL back. A missing fd fails the call with `DeadlineExceeded` naming
+//!   answer gets the `inode://` URL back. Another socket for a registered name takes the held fd's
+//!   number (`dup3`), so the name stays `unix:///proc/<pid>/fd/<n>` for the endpoint's lifetime. A missing fd fails the call with `DeadlineExceeded` naming
 //!   recvfd, the endpoint and the URL, with nothing kept.
 //! - Unregister: the held name is put back in place of the `inode://` URL, the rest of the chain
 //!   runs, then the fd is closed (on success; a failed Unregister leaves the registration, and so
@@ -24,7 +25,7 @@
 //! ([`ReplyFds`], left by `connect`), waiting at most [`DEFAULT_WAIT`] (less if the call's deadline
 //! is nearer) per result; a result whose fd does not come stays as it is (logged). One fd per
 //! endpoint name is kept (updates reuse its name and close the resent copy) until a deleted result
-//! for the name arrives or the element is dropped. Register and Unregister pass through.
+//! for the name arrives or the element is dropped; another socket for the name takes its number. Register and Unregister pass through.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -52,16 +53,30 @@ type Nse = NetworkServiceEndpoint;
 /// The socket an endpoint passed: the fd (closed when dropped) and both its names.
 #[derive(Debug)]
 struct Held {
-    _fd: OwnedFd,
+    fd: OwnedFd,
     inode_url: String,
     unix_url: String,
 }
 
 impl Held {
+    /// Puts `fd` in place of the held one under the same fd number, so the endpoint keeps its
+    /// `unix:///proc/<pid>/fd/<n>` name: a connection cached under that URL reconnects to the new
+    /// socket, and a number we closed can never come back naming another endpoint.
+    fn replace(&mut self, fd: &OwnedFd, inode_url: String) -> Result<()> {
+        rustix::io::dup3(fd, &mut self.fd, rustix::io::DupFlags::CLOEXEC).map_err(|e| {
+            NsmError::internal(
+                NAME,
+                format!("cannot put {inode_url} in place of {}: {e}", self.unix_url),
+            )
+        })?;
+        self.inode_url = inode_url;
+        Ok(())
+    }
+
     fn new(fd: OwnedFd, inode_url: String) -> Self {
         let unix_url = format!("unix:///proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
         Self {
-            _fd: fd,
+            fd,
             inode_url,
             unix_url,
         }
@@ -176,11 +191,19 @@ impl RegistryServer<Nse> for RecvFdServer {
                 }
             }
         }
+        // Another socket for a held name goes under the held name (see `Held::replace`).
+        let held_url = self.held.lock().get(&nse.name).map(|h| h.unix_url.clone());
+        if let (Some(_), Some(url)) = (&fresh, held_url) {
+            nse.url = url;
+        }
         let unix_url = nse.url.clone();
         let mut reg = next.register(ctx, nse).await?;
-        if let Some(held) = fresh {
-            // Replaces (and closes) the socket an earlier registration of the name passed.
-            drop(self.held.lock().insert(reg.name.clone(), held));
+        if let Some(fresh) = fresh {
+            let mut held = self.held.lock();
+            match held.get_mut(&reg.name) {
+                Some(h) if h.unix_url == unix_url => h.replace(&fresh.fd, fresh.inode_url)?,
+                _ => drop(held.insert(reg.name.clone(), fresh)),
+            }
         }
         if reg.url == unix_url {
             reg.url = inode_url;
@@ -283,9 +306,19 @@ async fn resolve_found(
     tokio::select! {
         r = fds.recv(key) => match r {
             Ok(fd) => {
-                let h = Held::new(fd, nse.url.clone());
-                nse.url.clone_from(&h.unix_url);
-                drop(held.lock().insert(nse.name.clone(), h));
+                let mut held = held.lock();
+                let replaced = held.get_mut(&nse.name).map(|h| {
+                    h.replace(&fd, nse.url.clone()).map(|()| h.unix_url.clone())
+                });
+                match replaced {
+                    Some(Ok(unix_url)) => nse.url = unix_url,
+                    Some(Err(e)) => tracing::warn!(error = %e, "recvfd: Find result left as it is"),
+                    None => {
+                        let h = Held::new(fd, nse.url.clone());
+                        nse.url.clone_from(&h.unix_url);
+                        drop(held.insert(nse.name.clone(), h));
+                    }
+                }
             }
             Err(e) => tracing::warn!(error = %e, name = %nse.name, url = %nse.url,
                 "recvfd: no fd for a Find result"),

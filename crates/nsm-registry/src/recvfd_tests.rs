@@ -232,12 +232,23 @@ async fn another_socket_for_the_name_replaces_the_held_one() {
         .run_register(&mut s.ctx(Duration::from_secs(2)), nse_at("nse", &first))
         .await
         .unwrap();
+    let name = s.recvfd.held("nse").unwrap().1;
     let second = s.pass(&p2).await;
-    s.chain
+    let reg = s
+        .chain
         .run_register(&mut s.ctx(Duration::from_secs(2)), nse_at("nse", &second))
         .await
         .unwrap();
-    assert_eq!(s.recvfd.held("nse").unwrap().0, second);
+    assert_eq!(reg.url, second);
+    assert_eq!(
+        s.recvfd.held("nse"),
+        Some((second.clone(), name.clone())),
+        "the same /proc name, now naming the new socket"
+    );
+    assert_eq!(s.memory.get("nse").unwrap().url, name);
+    let want = rustix::fs::stat(&w2).unwrap();
+    let got = rustix::fs::stat(name.trim_start_matches("unix://")).unwrap();
+    assert_eq!((got.st_dev, got.st_ino), (want.st_dev, want.st_ino));
     assert_eq!((open_fds_of(&w1), open_fds_of(&w2)), (0, 1));
 
     // A registration that stops passing a socket lets the held one go.

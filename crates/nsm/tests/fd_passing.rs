@@ -139,10 +139,10 @@ fn endpoint_socket_outside_the_nsmgr_view(nodes: usize) {
     };
     assert_eq!(conn.path.len(), 2 + 2 * nodes, "{:?}", conn.path);
     let forwarder = tb.pid(&node.forwarder).unwrap();
-    // (Besides the copy its recvfd holds, copies that came with the results of its registration
-    // client's heal watch wait unclaimed until they expire.)
-    assert!(
-        fds_naming(forwarder, &sock) >= 1,
+    // One for its Find client, one for its registration client (heal's watch gets the results too).
+    assert_eq!(
+        fds_naming(forwarder, &sock),
+        2,
         "the forwarder holds it too"
     );
     check_interfaces(&conn, &c, &e, CIDR, None);
