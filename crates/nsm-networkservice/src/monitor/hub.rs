@@ -99,6 +99,20 @@ struct Subscriber {
     lagged: Arc<AtomicBool>,
 }
 
+impl Subscriber {
+    /// Queues `event`; returns the subscriber's `id` if it must go (stuck or gone).
+    fn offer(&self, id: u64, event: ConnectionEvent) -> Option<u64> {
+        match self.tx.try_send(event) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagged.store(true, Ordering::Release);
+                Some(id)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(id),
+        }
+    }
+}
+
 #[derive(Default)]
 struct HubState {
     connections: BTreeMap<String, Encoded<Connection>>,
@@ -125,6 +139,42 @@ impl HubState {
                 }
             }
             None => self.wide.retain(|i| *i != id),
+        }
+    }
+
+    /// Records and fans out an UPDATE or DELETE of one connection, cloning it only for the
+    /// subscribers that match it (none, often: an NSMgr whose clients do not heal).
+    fn publish_one(&mut self, kind: ConnectionEventType, conn: &Connection) {
+        match kind {
+            ConnectionEventType::Update => {
+                self.connections.insert(conn.id.clone(), Encoded::new(conn));
+            }
+            ConnectionEventType::Delete => {
+                self.connections.remove(&conn.id);
+            }
+            ConnectionEventType::InitialStateTransfer => return,
+        }
+        let mut gone = Vec::new();
+        for id in self.candidates(std::iter::once(conn)) {
+            let Some(sub) = self.subscribers.get(&id) else {
+                continue;
+            };
+            if !matches_selector(conn, &sub.selector) {
+                if sub.tx.is_closed() {
+                    gone.push(id);
+                }
+                continue;
+            }
+            let out = ConnectionEvent {
+                r#type: kind as i32,
+                connections: [(conn.id.clone(), conn.clone())].into(),
+            };
+            if let Some(id) = sub.offer(id, out) {
+                gone.push(id);
+            }
+        }
+        for id in gone {
+            self.remove(id);
         }
     }
 
@@ -160,13 +210,8 @@ impl HubState {
                 r#type: event.r#type,
                 connections,
             };
-            match sub.tx.try_send(out) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    sub.lagged.store(true, Ordering::Release);
-                    gone.push(id);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
+            if let Some(id) = sub.offer(id, out) {
+                gone.push(id);
             }
         }
         for id in gone {
@@ -218,15 +263,6 @@ impl Hub {
         }
     }
 
-    /// Records and fans out an UPDATE or DELETE, if `still_wanted()` holds under the hub's lock (so a
-    /// stopped passthrough loop cannot publish after the DELETE of its connection).
-    pub(super) fn publish_if(&self, still_wanted: impl FnOnce() -> bool, event: ConnectionEvent) {
-        let mut st = self.state.lock();
-        if still_wanted() {
-            st.publish(event);
-        }
-    }
-
     /// Publishes `change(current)` as an UPDATE of the recorded connection `id`, if it is recorded,
     /// `still_wanted()` holds under the hub's lock and `change` returns a new version.
     pub(super) fn update_if(
@@ -253,8 +289,15 @@ impl Hub {
         });
     }
 
+    /// Records and fans out an event as built (tests of subscribers).
+    #[cfg(test)]
     pub(super) fn publish(&self, event: ConnectionEvent) {
-        self.publish_if(|| true, event);
+        self.state.lock().publish(event);
+    }
+
+    /// Records and fans out an UPDATE or DELETE of `conn` (cloned only for matching subscribers).
+    pub(super) fn publish_one(&self, kind: ConnectionEventType, conn: &Connection) {
+        self.state.lock().publish_one(kind, conn);
     }
 
     /// A new subscriber's stream: the initial state transfer, then its events. Dropping the stream

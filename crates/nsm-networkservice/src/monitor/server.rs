@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use nsm_api::{Connection, ConnectionEvent, ConnectionEventType, NetworkServiceRequest, State};
+use nsm_api::{Connection, ConnectionEventType, NetworkServiceRequest, State};
 use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use tokio_util::sync::CancellationToken;
@@ -84,13 +84,6 @@ impl Default for MonitorServer {
     }
 }
 
-fn event(kind: ConnectionEventType, conn: Connection) -> ConnectionEvent {
-    ConnectionEvent {
-        r#type: kind as i32,
-        connections: [(conn.id.clone(), conn)].into(),
-    }
-}
-
 impl MonitorServer {
     /// A monitor with no connections; subscribers may queue [`DEFAULT_SUBSCRIBER_BUFFER`] events.
     pub fn new() -> Self {
@@ -142,7 +135,7 @@ impl MonitorServer {
 
     /// Publishes an event as if the chain had produced it (tests of subscribers).
     #[cfg(test)]
-    pub(crate) fn publish(&self, ev: ConnectionEvent) {
+    pub(crate) fn publish(&self, ev: nsm_api::ConnectionEvent) {
         self.hub.publish(ev);
     }
 
@@ -193,8 +186,7 @@ impl NetworkServiceServer for MonitorServer {
         Self::stop_loop(ctx);
         let entry = ctx.clone();
         let conn = next.clone().request(ctx, request).await?;
-        self.hub
-            .publish(event(ConnectionEventType::Update, conn.clone()));
+        self.hub.publish_one(ConnectionEventType::Update, &conn);
         let Some(cc) = ctx
             .metadata()
             .and_then(|m| m.get::<ClientConn>(Side::Client))
@@ -208,7 +200,7 @@ impl NetworkServiceServer for MonitorServer {
                 if let Err(e) = next.close(&mut close_ctx, conn.clone()).await {
                     tracing::debug!(error = %e, "monitor: closing after a failed subscription failed");
                 }
-                self.hub.publish(event(ConnectionEventType::Delete, conn));
+                self.hub.publish_one(ConnectionEventType::Delete, &conn);
                 let status = Status::new(
                     status.code(),
                     format!("unable to monitor: {}", status.message()),
@@ -221,7 +213,7 @@ impl NetworkServiceServer for MonitorServer {
     async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
         Self::stop_loop(ctx);
         let result = next.close(ctx, conn.clone()).await;
-        self.hub.publish(event(ConnectionEventType::Delete, conn));
+        self.hub.publish_one(ConnectionEventType::Delete, &conn);
         result
     }
 
