@@ -33,6 +33,14 @@ impl<T: prost::Message + Default> Encoded<T> {
         }
     }
 
+    /// Wraps bytes that are an encoding of a `T` (what `decode` will read back).
+    pub(crate) fn from_encoding(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes: bytes.into_boxed_slice(),
+            _kind: PhantomData,
+        }
+    }
+
     /// The message back, or an internal error naming `element`. (Only bytes `new` produced are ever
     /// decoded, so this fails only on a bug.)
     pub(crate) fn decode(&self, element: &'static str) -> Result<T> {

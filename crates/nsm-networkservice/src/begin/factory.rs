@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-use nsm_api::{Connection, NetworkServiceRequest};
+use nsm_api::{Connection, Mechanism, NetworkServiceRequest};
 use nsm_core::values::FromEvent;
 use nsm_core::{Ctx, Next, NsmError, Result};
 use parking_lot::Mutex;
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::encoded::Encoded;
@@ -182,10 +183,7 @@ impl EventFactory {
             let mut ctx = this.event_ctx(&stored_ctx);
             let preferences = request.mechanism_preferences.clone();
             let conn = next.request(&mut ctx, request).await?;
-            st.request = Some(Encoded::new(&NetworkServiceRequest {
-                connection: Some(conn.clone()),
-                mechanism_preferences: preferences,
-            }));
+            st.request = Some(stored_request(&conn, preferences));
             // The caller still holds what it was returned last: keep that apart from now on.
             if st.returned.is_none() {
                 st.returned = before.as_ref().map(Encoded::new);
@@ -224,6 +222,21 @@ impl EventFactory {
         };
         run_detached(work).await
     }
+}
+
+/// The request to keep: `preferences` with `conn` as its connection, encoded without copying `conn`.
+fn stored_request(
+    conn: &Connection,
+    preferences: Vec<Mechanism>,
+) -> Encoded<NetworkServiceRequest> {
+    let mut bytes = NetworkServiceRequest {
+        connection: None,
+        mechanism_preferences: preferences,
+    }
+    .encode_to_vec();
+    // Field 1 of NetworkServiceRequest is `connection`; fields may come in any order on the wire.
+    prost::encoding::message::encode(1, conn, &mut bytes);
+    Encoded::from_encoding(bytes)
 }
 
 async fn run_detached<T: Send + 'static>(
@@ -321,10 +334,7 @@ impl Begin {
             }
             match &result {
                 Ok(conn) => {
-                    st.request = Some(Encoded::new(&NetworkServiceRequest {
-                        connection: Some(conn.clone()),
-                        mechanism_preferences: preferences,
-                    }));
+                    st.request = Some(stored_request(conn, preferences));
                     st.returned = None;
                     st.next = Some(next);
                     st.ctx = Some(stored_ctx);
