@@ -1,6 +1,12 @@
 //! The server edge: a chain served as `networkservice.NetworkService`.
 
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use nsm_api::Connection;
 use nsm_api::NetworkServiceRequest;
 use nsm_api::networkservice::network_service_server::{NetworkService, NetworkServiceServer};
@@ -78,14 +84,45 @@ pub fn incoming_ctx<T>(clock: Clock, req: &Request<T>) -> Ctx {
 }
 
 impl NetworkServiceGrpc {
-    /// Runs `work` on its own task: chain elements undo their work on errors, not on being dropped, so
-    /// a caller that hangs up (or whose deadline tonic enforces) must not cut the chain half-way.
+    /// Runs `work` to completion: chain elements undo their work on errors, not on being dropped, so
+    /// a caller that hangs up (or whose deadline tonic enforces) must not cut the chain half-way. The
+    /// work is polled in place — no task of its own per call, which costs a spawn and a wake-up on
+    /// every hop — and handed to a task only if the call is dropped before it finishes.
     async fn detached<T: Send + 'static>(
         work: impl Future<Output = Result<T, NsmError>> + Send + 'static,
     ) -> Result<T, Status> {
-        match tokio::spawn(work).await {
-            Ok(r) => r.map_err(Status::from),
-            Err(e) => Err(NsmError::internal(ELEMENT, format!("chain task failed: {e}")).into()),
+        let guarded = AssertUnwindSafe(work)
+            .catch_unwind()
+            .map(|r| r.unwrap_or_else(|_| Err(NsmError::internal(ELEMENT, "the chain panicked"))));
+        RunToCompletion(Some(Box::pin(guarded)))
+            .await
+            .map_err(Status::from)
+    }
+}
+
+/// Polls its work in place; dropped before the work is done, it spawns the rest of it.
+struct RunToCompletion<T: Send + 'static>(Option<BoxFuture<'static, Result<T, NsmError>>>);
+
+impl<T: Send + 'static> Future for RunToCompletion<T> {
+    type Output = Result<T, NsmError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(work) = self.0.as_mut() else {
+            return Poll::Ready(Err(NsmError::internal(ELEMENT, "polled after completion")));
+        };
+        let out = ready!(work.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for RunToCompletion<T> {
+    fn drop(&mut self) {
+        // Outside a runtime (it is shutting down) there is nothing left to finish the work on.
+        if let Some(work) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(work);
         }
     }
 }
@@ -113,5 +150,37 @@ impl NetworkService for NetworkServiceGrpc {
         let chain = self.chain.clone();
         Self::detached(async move { chain.run_close(&mut ctx, conn).await }).await?;
         Ok(Response::new(()))
+    }
+}
+
+#[cfg(test)]
+mod run_to_completion_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_dropped_half_way_still_finishes_its_work() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
+        let call = NetworkServiceGrpc::detached(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        // The caller gives up long before the work is done.
+        assert!(tokio::time::timeout(Duration::from_millis(1), call).await.is_err());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(finished.load(Ordering::SeqCst), "the rest of the work ran on a task");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_chain_is_an_internal_error() {
+        let r = NetworkServiceGrpc::detached::<()>(async { panic!("boom") }).await;
+        let status = r.expect_err("a panic is an error");
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(status.message().contains("panicked"), "{}", status.message());
     }
 }
