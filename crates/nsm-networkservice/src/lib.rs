@@ -32,6 +32,7 @@ pub mod roundrobin;
 // Talking to the next hop over gRPC.
 pub mod connect;
 pub mod dial;
+pub mod fdpass;
 pub mod grpc;
 pub mod monitor;
 

@@ -27,63 +27,31 @@
 //! endpoint name is kept (updates reuse its name and close the resent copy) until a deleted result
 //! for the name arrives or the element is dropped; another socket for the name takes its number. Register and Unregister pass through.
 
-use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use nsm_api::registry::NetworkServiceEndpoint;
-use nsm_api::url::NsmUrl;
 use nsm_core::registry::{FindStream, Found, Query, RegistryNext, RegistryServer};
-use nsm_core::{Ctx, NsmError, Result};
-use nsm_networkservice::grpc::fdconn::{FdError, FdTransceiver, IncomingFds, InodeKey};
-use parking_lot::Mutex;
+use nsm_core::{Ctx, Result};
+pub use nsm_networkservice::fdpass::DEFAULT_WAIT;
+use nsm_networkservice::fdpass::{HeldFd, HeldFds, claim, incoming, inode_key};
+use nsm_networkservice::grpc::fdconn::FdTransceiver;
+#[cfg(doc)]
+use nsm_networkservice::grpc::fdconn::IncomingFds;
 
 use crate::connect::ReplyFds;
 
 const NAME: &str = "recvfd";
 
-/// How long to wait for an fd when the call has no deadline.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(15);
-
 type Nse = NetworkServiceEndpoint;
 
-/// The socket an endpoint passed: the fd (closed when dropped) and both its names.
-#[derive(Debug)]
-struct Held {
-    fd: OwnedFd,
-    inode_url: String,
-    unix_url: String,
-}
+/// What a missing fd's error tells the endpoint.
+const SENDER_HINT: &str =
+    "the endpoint's sendfd must pass its socket over the same unix-socket connection";
 
-impl Held {
-    /// Puts `fd` in place of the held one under the same fd number, so the endpoint keeps its
-    /// `unix:///proc/<pid>/fd/<n>` name: a connection cached under that URL reconnects to the new
-    /// socket, and a number we closed can never come back naming another endpoint.
-    fn replace(&mut self, fd: &OwnedFd, inode_url: String) -> Result<()> {
-        rustix::io::dup3(fd, &mut self.fd, rustix::io::DupFlags::CLOEXEC).map_err(|e| {
-            NsmError::internal(
-                NAME,
-                format!("cannot put {inode_url} in place of {}: {e}", self.unix_url),
-            )
-        })?;
-        self.inode_url = inode_url;
-        Ok(())
-    }
-
-    fn new(fd: OwnedFd, inode_url: String) -> Self {
-        let unix_url = format!("unix:///proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
-        Self {
-            fd,
-            inode_url,
-            unix_url,
-        }
-    }
-}
-
-type HeldFiles = Arc<Mutex<HashMap<String, Held>>>;
+/// The sockets endpoints passed, by endpoint name, each named `unix:///proc/<our pid>/fd/<n>`.
+type HeldFiles = HeldFds<String>;
 
 /// Receives passed endpoint sockets.
 #[derive(Debug, Default)]
@@ -99,66 +67,12 @@ impl RecvFdServer {
 
     /// The names held for `endpoint`: `(inode URL, unix URL)` (for tests and diagnostics).
     pub fn held(&self, endpoint: &str) -> Option<(String, String)> {
-        let held = self.held.lock();
-        held.get(endpoint)
-            .map(|h| (h.inode_url.clone(), h.unix_url.clone()))
+        self.held.names(&endpoint.to_string())
     }
 
     /// How many fds are held.
     pub fn held_count(&self) -> usize {
-        self.held.lock().len()
-    }
-
-    /// The unix URL held for `name` if it was passed under `inode_url`.
-    fn held_as(&self, name: &str, inode_url: &str) -> Option<String> {
-        let held = self.held.lock();
-        held.get(name)
-            .filter(|h| h.inode_url == inode_url)
-            .map(|h| h.unix_url.clone())
-    }
-}
-
-/// The fd side channel of the call, if it came on a unix socket.
-fn incoming(ctx: &Ctx) -> Option<FdTransceiver> {
-    ctx.get::<IncomingFds>().map(|f| f.0.clone())
-}
-
-/// `(inode URL, key)` if `url` is an `inode://` URL.
-fn inode_of(url: &str) -> Option<InodeKey> {
-    NsmUrl::parse(url)
-        .ok()
-        .as_ref()
-        .and_then(InodeKey::from_url)
-}
-
-/// Claims the fd for `key`, bounded by the call's deadline (or [`DEFAULT_WAIT`]).
-async fn wait_for(ctx: &Ctx, fds: &FdTransceiver, key: InodeKey, nse: &Nse) -> Result<OwnedFd> {
-    let clock = *ctx.clock();
-    let deadline = ctx
-        .deadline()
-        .unwrap_or_else(|| clock.instant() + DEFAULT_WAIT);
-    tokio::select! {
-        r = fds.recv(key) => r.map_err(|e| match e {
-            FdError::Closed => NsmError::unavailable(
-                NAME,
-                format!(
-                    "no fd for endpoint {:?} url {}: the connection it would arrive on is closed",
-                    nse.name, nse.url
-                ),
-            ),
-            other => NsmError::internal(
-                NAME,
-                format!("no fd for endpoint {:?} url {}: {other}", nse.name, nse.url),
-            ),
-        }),
-        () = clock.sleep_until(deadline) => Err(NsmError::deadline(
-            NAME,
-            format!(
-                "no fd arrived for endpoint {:?} url {} (the endpoint's sendfd must pass its socket \
-                 over the same unix-socket connection)",
-                nse.name, nse.url
-            ),
-        )),
+        self.held.len()
     }
 }
 
@@ -167,15 +81,15 @@ impl RegistryServer<Nse> for RecvFdServer {
     async fn register(&self, ctx: &mut Ctx, mut nse: Nse, next: RegistryNext<Nse>) -> Result<Nse> {
         let fds = incoming(ctx);
         let inode_url = nse.url.clone();
-        let Some(key) = inode_of(&inode_url) else {
+        let Some(key) = inode_key(&inode_url) else {
             let reg = next.register(ctx, nse).await?;
             // The endpoint no longer passes a socket: the one it passed before is not needed.
-            drop(self.held.lock().remove(&reg.name));
+            self.held.remove(&reg.name);
             return Ok(reg);
         };
         // A fresh fd is kept only once the registration succeeded.
         let mut fresh = None;
-        match self.held_as(&nse.name, &inode_url) {
+        match self.held.local_if(&nse.name, &inode_url) {
             Some(unix_url) => {
                 // The endpoint passes its socket with every refresh; we hold it already.
                 if let Some(fds) = &fds {
@@ -185,25 +99,24 @@ impl RegistryServer<Nse> for RecvFdServer {
             }
             None => {
                 if let Some(fds) = &fds {
-                    let held = Held::new(wait_for(ctx, fds, key, &nse).await?, inode_url.clone());
-                    nse.url.clone_from(&held.unix_url);
+                    let what = format!("endpoint {:?} url {}", nse.name, nse.url);
+                    let fd = claim(ctx, fds, key, &what, SENDER_HINT).await?;
+                    let held = HeldFd::new(fd, inode_url.clone(), "unix");
+                    nse.url = held.local_url().to_string();
                     fresh = Some(held);
                 }
             }
         }
-        // Another socket for a held name goes under the held name (see `Held::replace`).
-        let held_url = self.held.lock().get(&nse.name).map(|h| h.unix_url.clone());
+        // Another socket for a held name goes under the held name (see `HeldFds::adopt`).
+        let held_url = self.held.local_url(&nse.name);
         if let (Some(_), Some(url)) = (&fresh, held_url) {
             nse.url = url;
         }
         let unix_url = nse.url.clone();
         let mut reg = next.register(ctx, nse).await?;
         if let Some(fresh) = fresh {
-            let mut held = self.held.lock();
-            match held.get_mut(&reg.name) {
-                Some(h) if h.unix_url == unix_url => h.replace(&fresh.fd, fresh.inode_url)?,
-                _ => drop(held.insert(reg.name.clone(), fresh)),
-            }
+            self.held
+                .adopt(reg.name.clone(), fresh, |h| h.local_url() == unix_url)?;
         }
         if reg.url == unix_url {
             reg.url = inode_url;
@@ -222,10 +135,8 @@ impl RegistryServer<Nse> for RecvFdServer {
         Ok(found
             .map(move |r| {
                 r.map(|mut f| {
-                    if let Some(h) = held.lock().get(&f.item.name)
-                        && h.unix_url == f.item.url
-                    {
-                        f.item.url.clone_from(&h.inode_url);
+                    if let Some(inode_url) = held.inode_if(&f.item.name, &f.item.url) {
+                        f.item.url = inode_url;
                     }
                     f
                 })
@@ -234,18 +145,18 @@ impl RegistryServer<Nse> for RecvFdServer {
     }
 
     async fn unregister(&self, ctx: &mut Ctx, mut nse: Nse, next: RegistryNext<Nse>) -> Result<()> {
-        if let Some(key) = inode_of(&nse.url) {
+        if let Some(key) = inode_key(&nse.url) {
             // The endpoint's sendfd passed the socket again; nobody needs this copy.
             if let Some(fds) = incoming(ctx) {
                 fds.discard(key);
             }
-            if let Some(unix_url) = self.held_as(&nse.name, &nse.url) {
+            if let Some(unix_url) = self.held.local_if(&nse.name, &nse.url) {
                 nse.url = unix_url;
             }
         }
         let name = nse.name.clone();
         next.unregister(ctx, nse).await?;
-        drop(self.held.lock().remove(&name));
+        self.held.remove(&name);
         Ok(())
     }
 
@@ -268,9 +179,7 @@ impl RecvFdClient {
 
     /// The names held for `endpoint`: `(inode URL, unix URL)`.
     pub fn held(&self, endpoint: &str) -> Option<(String, String)> {
-        let held = self.held.lock();
-        held.get(endpoint)
-            .map(|h| (h.inode_url.clone(), h.unix_url.clone()))
+        self.held.names(&endpoint.to_string())
     }
 }
 
@@ -283,18 +192,13 @@ async fn resolve_found(
     found: &mut Found<Nse>,
 ) {
     let nse = &mut found.item;
-    let key = inode_of(&nse.url);
-    let known = {
-        let held = held.lock();
-        held.get(&nse.name)
-            .filter(|h| h.inode_url == nse.url)
-            .map(|h| h.unix_url.clone())
-    };
+    let key = inode_key(&nse.url);
+    let known = held.local_if(&nse.name, &nse.url);
     if found.deleted {
         if let Some(unix_url) = known {
             nse.url = unix_url;
         }
-        drop(held.lock().remove(&nse.name));
+        held.remove(&nse.name);
         return;
     }
     let Some(key) = key else { return };
@@ -306,18 +210,11 @@ async fn resolve_found(
     tokio::select! {
         r = fds.recv(key) => match r {
             Ok(fd) => {
-                let mut held = held.lock();
-                let replaced = held.get_mut(&nse.name).map(|h| {
-                    h.replace(&fd, nse.url.clone()).map(|()| h.unix_url.clone())
-                });
-                match replaced {
-                    Some(Ok(unix_url)) => nse.url = unix_url,
-                    Some(Err(e)) => tracing::warn!(error = %e, "recvfd: Find result left as it is"),
-                    None => {
-                        let h = Held::new(fd, nse.url.clone());
-                        nse.url.clone_from(&h.unix_url);
-                        drop(held.insert(nse.name.clone(), h));
-                    }
+                // Another socket for a held name takes the held fd's number.
+                let fresh = HeldFd::new(fd, nse.url.clone(), "unix");
+                match held.adopt(nse.name.clone(), fresh, |_| true) {
+                    Ok(unix_url) => nse.url = unix_url,
+                    Err(e) => tracing::warn!(error = %e, "recvfd: Find result left as it is"),
                 }
             }
             Err(e) => tracing::warn!(error = %e, name = %nse.name, url = %nse.url,

@@ -1,14 +1,14 @@
 //! recvfd on a socketpair: the passed socket named `unix:///proc/<pid>/fd/<n>`, dialable through
 //! that name, kept while the registration lives and closed on Unregister, expiry and errors.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use nsm_api::url::NsmUrl;
 use nsm_core::Clock;
 use nsm_core::registry::{RegistryChain, RegistryElement, collect_found};
-use nsm_networkservice::grpc::fdconn::FdUnixStream;
+use nsm_networkservice::fdpass::testing::{FdPair, TempDir, open_fds_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::Code;
@@ -17,40 +17,6 @@ use super::*;
 use crate::expire::ExpireServer;
 use crate::memory::MemoryServer;
 use crate::testutil::Probe;
-
-/// A directory removed when dropped.
-pub(crate) struct TempDir(pub(crate) PathBuf);
-
-impl TempDir {
-    pub(crate) fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "nsm-registry-fd-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// This process's open fds naming `path`'s inode.
-pub(crate) fn open_fds_of(path: &Path) -> usize {
-    let want = rustix::fs::stat(path).unwrap();
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| {
-            let st = rustix::fs::stat(e.ok()?.path()).ok()?;
-            (st.st_dev == want.st_dev && st.st_ino == want.st_ino).then_some(())
-        })
-        .count()
-}
 
 /// A listening endpoint socket; the returned path is a hard link to it (kept to count fds after the
 /// socket's own name is gone).
@@ -74,12 +40,11 @@ struct Setup {
     chain: RegistryChain<Nse>,
     recvfd: Arc<RecvFdServer>,
     memory: Arc<MemoryServer<Nse>>,
-    sender: FdUnixStream,
-    receiver: FdUnixStream,
+    /// The endpoint's connection.
+    fds: FdPair,
 }
 
 fn setup_with(before: Vec<RegistryElement<Nse>>, after: Vec<RegistryElement<Nse>>) -> Setup {
-    let (a, b) = UnixStream::pair().unwrap();
     let recvfd = Arc::new(RecvFdServer::new());
     let memory = Arc::new(MemoryServer::<Nse>::new());
     let mut elements = before;
@@ -90,8 +55,7 @@ fn setup_with(before: Vec<RegistryElement<Nse>>, after: Vec<RegistryElement<Nse>
         chain: RegistryChain::new("t", elements),
         recvfd,
         memory,
-        sender: FdUnixStream::new(a),
-        receiver: FdUnixStream::new(b),
+        fds: FdPair::new(),
     }
 }
 
@@ -99,35 +63,21 @@ fn setup() -> Setup {
     setup_with(vec![], vec![])
 }
 
-impl Setup {
-    fn ctx(&self, timeout: Duration) -> Ctx {
-        let mut ctx = Ctx::new(Clock::system()).with_timeout(timeout);
-        ctx.insert(IncomingFds(self.receiver.transceiver()));
-        ctx
-    }
-
-    /// Passes `path` as the endpoint's sendfd would; returns its inode URL.
-    async fn pass(&mut self, path: &Path) -> String {
-        let (url, _) = self.sender.transceiver().send_path(path).unwrap();
-        self.sender.write_all(b"x").await.unwrap();
-        let mut b = [0u8; 1];
-        self.receiver.read_exact(&mut b).await.unwrap();
-        url.to_string()
-    }
-}
-
 #[tokio::test]
 async fn a_passed_socket_is_dialable_by_proc_fd_until_unregister() {
     let dir = TempDir::new();
     let (listener, path, witness) = endpoint_socket(&dir, "nse");
     let mut s = setup();
-    let inode = s.pass(&path).await;
+    let inode = s.fds.pass(&path).await;
     // The socket's own name is gone: only the fd leads to it now.
     std::fs::remove_file(&path).unwrap();
 
     let reg = s
         .chain
-        .run_register(&mut s.ctx(Duration::from_secs(2)), nse_at("nse", &inode))
+        .run_register(
+            &mut s.fds.ctx(Duration::from_secs(2)),
+            nse_at("nse", &inode),
+        )
         .await
         .unwrap();
     assert_eq!(reg.url, inode, "the answer gets the inode URL back");
@@ -150,7 +100,7 @@ async fn a_passed_socket_is_dialable_by_proc_fd_until_unregister() {
     // Find shows what the endpoint registered, not our /proc path.
     let found = collect_found(
         s.chain
-            .run_find(&mut s.ctx(Duration::from_secs(2)), Query::default())
+            .run_find(&mut s.fds.ctx(Duration::from_secs(2)), Query::default())
             .await
             .unwrap(),
     )
@@ -159,27 +109,27 @@ async fn a_passed_socket_is_dialable_by_proc_fd_until_unregister() {
     assert_eq!(found[0].item.url, inode);
 
     // A refresh brings the socket again: same name, the copy closed.
-    s.pass(&witness).await;
+    s.fds.pass(&witness).await;
     assert_eq!(open_fds_of(&witness), 2);
     let again = s
         .chain
-        .run_register(&mut s.ctx(Duration::from_secs(2)), reg.clone())
+        .run_register(&mut s.fds.ctx(Duration::from_secs(2)), reg.clone())
         .await
         .unwrap();
     assert_eq!(again.url, inode);
     assert_eq!(s.memory.get("nse").unwrap().url, stored);
-    assert_eq!(s.receiver.transceiver().unclaimed(), 0);
+    assert_eq!(s.fds.receiver.transceiver().unclaimed(), 0);
     assert_eq!(open_fds_of(&witness), 1);
 
     // Unregister (with the resent copy) closes everything.
-    s.pass(&witness).await;
+    s.fds.pass(&witness).await;
     s.chain
-        .run_unregister(&mut s.ctx(Duration::from_secs(2)), reg)
+        .run_unregister(&mut s.fds.ctx(Duration::from_secs(2)), reg)
         .await
         .unwrap();
     assert!(s.memory.get("nse").is_none());
     assert_eq!(s.recvfd.held_count(), 0);
-    assert_eq!(s.receiver.transceiver().unclaimed(), 0);
+    assert_eq!(s.fds.receiver.transceiver().unclaimed(), 0);
     assert_eq!(open_fds_of(&witness), 0, "closed on Unregister");
 }
 
@@ -189,7 +139,7 @@ async fn a_missing_fd_fails_at_the_deadline_naming_recvfd_and_the_url() {
     let inode = "inode://1/2";
     let e = s
         .chain
-        .run_register(&mut s.ctx(Duration::from_secs(3)), nse_at("nse", inode))
+        .run_register(&mut s.fds.ctx(Duration::from_secs(3)), nse_at("nse", inode))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
@@ -209,15 +159,18 @@ async fn a_failed_registration_keeps_no_fd() {
     let probe = Probe::new();
     probe.fail_next(1);
     let mut s = setup_with(vec![], vec![probe]);
-    let inode = s.pass(&path).await;
+    let inode = s.fds.pass(&path).await;
     let e = s
         .chain
-        .run_register(&mut s.ctx(Duration::from_secs(2)), nse_at("nse", &inode))
+        .run_register(
+            &mut s.fds.ctx(Duration::from_secs(2)),
+            nse_at("nse", &inode),
+        )
         .await
         .unwrap_err();
     assert_ne!(e.code(), Code::Ok);
     assert_eq!(s.recvfd.held_count(), 0);
-    assert_eq!(s.receiver.transceiver().unclaimed(), 0);
+    assert_eq!(s.fds.receiver.transceiver().unclaimed(), 0);
     assert_eq!(open_fds_of(&witness), 0, "nothing left after the error");
 }
 
@@ -227,16 +180,22 @@ async fn another_socket_for_the_name_replaces_the_held_one() {
     let (_l1, p1, w1) = endpoint_socket(&dir, "old");
     let (_l2, p2, w2) = endpoint_socket(&dir, "new");
     let mut s = setup();
-    let first = s.pass(&p1).await;
+    let first = s.fds.pass(&p1).await;
     s.chain
-        .run_register(&mut s.ctx(Duration::from_secs(2)), nse_at("nse", &first))
+        .run_register(
+            &mut s.fds.ctx(Duration::from_secs(2)),
+            nse_at("nse", &first),
+        )
         .await
         .unwrap();
     let name = s.recvfd.held("nse").unwrap().1;
-    let second = s.pass(&p2).await;
+    let second = s.fds.pass(&p2).await;
     let reg = s
         .chain
-        .run_register(&mut s.ctx(Duration::from_secs(2)), nse_at("nse", &second))
+        .run_register(
+            &mut s.fds.ctx(Duration::from_secs(2)),
+            nse_at("nse", &second),
+        )
         .await
         .unwrap();
     assert_eq!(reg.url, second);
@@ -254,7 +213,7 @@ async fn another_socket_for_the_name_replaces_the_held_one() {
     // A registration that stops passing a socket lets the held one go.
     s.chain
         .run_register(
-            &mut s.ctx(Duration::from_secs(2)),
+            &mut s.fds.ctx(Duration::from_secs(2)),
             nse_at("nse", "tcp://127.0.0.1:5001"),
         )
         .await
@@ -269,9 +228,12 @@ async fn expiry_closes_the_fd() {
     let period = Duration::from_secs(60);
     let expire: RegistryElement<Nse> = Arc::new(ExpireServer::new(period));
     let mut s = setup_with(vec![expire], vec![]);
-    let inode = s.pass(&path).await;
+    let inode = s.fds.pass(&path).await;
     s.chain
-        .run_register(&mut s.ctx(Duration::from_secs(2)), nse_at("nse", &inode))
+        .run_register(
+            &mut s.fds.ctx(Duration::from_secs(2)),
+            nse_at("nse", &inode),
+        )
         .await
         .unwrap();
     assert_eq!(open_fds_of(&witness), 1);

@@ -33,7 +33,8 @@ use nsm_api::url::NsmUrl;
 use nsm_core::registry::{FindStream, Query, RegistryNext, RegistryServer};
 use nsm_core::values::ClientUrl;
 use nsm_core::{Ctx, NsmError, Result};
-use nsm_networkservice::grpc::fdconn::{FdTransceiver, IncomingFds, InodeKey};
+use nsm_networkservice::fdpass::{incoming, open_inode};
+use nsm_networkservice::grpc::fdconn::FdTransceiver;
 use parking_lot::Mutex;
 
 const NAME: &str = "sendfd";
@@ -95,17 +96,10 @@ fn passable(ctx: &Ctx, nse: &Nse) -> Option<std::path::PathBuf> {
     }
 }
 
-/// Opens `path` `O_PATH` (enough to name the socket; connecting goes through `/proc/<pid>/fd/<n>`).
-fn open_path(path: &Path) -> std::io::Result<(OwnedFd, InodeKey)> {
-    use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
-    let key = InodeKey::of(&fd).map_err(std::io::Error::other)?;
-    Ok((fd, key))
-}
-
 /// Puts the socket of `nse`'s URL among the call's files and swaps in its inode URL.
 fn pass(ctx: &mut Ctx, nse: &mut Nse, path: &Path) -> std::io::Result<Swap> {
-    let (fd, key) = open_path(path)?;
+    // `O_PATH` is enough to name the socket; connecting goes through `/proc/<pid>/fd/<n>`.
+    let (fd, key) = open_inode(path)?;
     FilesToPass::of(ctx).push(fd);
     let swap = Swap {
         inode: key.url().to_string(),
@@ -208,7 +202,7 @@ impl RegistryServer<Nse> for SendFdServer {
         query: Query<Nse>,
         next: RegistryNext<Nse>,
     ) -> Result<FindStream<Nse>> {
-        let fds = ctx.get::<IncomingFds>().map(|f| f.0.clone());
+        let fds = incoming(ctx);
         let found = next.find(ctx, query).await?;
         let Some(fds) = fds else {
             return Ok(found);

@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use nsm_api::url::NsmUrl;
 use nsm_core::Clock;
 use nsm_core::registry::{RegistryChain, RegistryElement, collect_found};
-use nsm_identity::{DevCa, MemorySource, TlsIdentity, TransportSecurity};
+use nsm_identity::TransportSecurity;
+use nsm_networkservice::fdpass::testing::{TempDir, open_fds_of, tls_pair};
 use nsm_networkservice::grpc::{Serving, serve_with};
 use tonic::transport::Server;
 
@@ -15,18 +17,8 @@ use crate::clienturl::ClientUrlServer;
 use crate::connect::{ConnectServer, Dialer};
 use crate::grpc::NetworkServiceEndpointRegistryGrpc;
 use crate::memory::MemoryServer;
-use crate::recvfd::tests::{TempDir, endpoint_socket, open_fds_of};
+use crate::recvfd::tests::endpoint_socket;
 use crate::recvfd::{RecvFdClient, RecvFdServer};
-
-fn securities() -> (TransportSecurity, TransportSecurity) {
-    nsm_identity::install_crypto_provider();
-    let ca = DevCa::new("example.org").unwrap();
-    let id = |path: &str| {
-        let m = ca.material(path, Duration::from_secs(3600)).unwrap();
-        TransportSecurity::Tls(TlsIdentity::new(Arc::new(MemorySource::new(m))).unwrap())
-    };
-    (id("/nsmgr"), id("/nse"))
-}
 
 fn dialer(security: TransportSecurity) -> Option<Dialer> {
     security.tls()?;
@@ -159,7 +151,7 @@ async fn a_socket_crosses_a_plaintext_unix_connection() {
 
 #[tokio::test]
 async fn a_socket_crosses_a_tls_unix_connection() {
-    let (server, client) = securities();
+    let (server, client) = tls_pair("/nsmgr", "/nse");
     socket_crosses(server, client).await;
 }
 

@@ -177,14 +177,10 @@ impl FdTransceiver {
     /// Opens `path` (`O_PATH`, as grpcfd does) and queues it; returns the `inode://` URL the peer will
     /// find it under and the ticket to [`withdraw`](Self::withdraw) it.
     pub fn send_path(&self, path: &Path) -> Result<(NsmUrl, Ticket), FdError> {
-        use rustix::fs::{Mode, OFlags};
-        let fd =
-            rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
-                FdError::Open {
-                    path: path.to_path_buf(),
-                    source: e.into(),
-                }
-            })?;
+        let fd = crate::fdpass::open_path(path).map_err(|source| FdError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let (key, ticket) = self.send(fd)?;
         Ok((key.url(), ticket))
     }
@@ -501,7 +497,7 @@ impl AsyncWrite for FdUnixStream {
 /// `file:///proc/<our pid>/fd/<n>`: how this process names a received fd to the rest of the chain
 /// (and to the data plane, which opens it).
 pub fn proc_fd_url(fd: &OwnedFd) -> String {
-    format!("file:///proc/{}/fd/{}", std::process::id(), fd.as_raw_fd())
+    crate::fdpass::proc_url("file", fd)
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use nsm_core::{Chain, Clock, Ctx, NetworkServiceServer, Next, NsmError, Result};
 use parking_lot::Mutex;
 use tonic::transport::Server;
 
+pub(crate) use crate::fdpass::testing::TempDir;
+
 use super::{NetworkServiceGrpc, Serving, serve};
 use crate::clienturl::ClientUrlClient;
 use crate::connect::ConnectClient;
@@ -219,26 +221,6 @@ pub(crate) async fn serve_chain(
 /// `127.0.0.1:0`.
 pub(crate) fn any_local_port() -> NsmUrl {
     NsmUrl::parse("tcp://127.0.0.1:0").unwrap()
-}
-
-/// A fresh directory for unix sockets, removed on drop.
-pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
-
-impl TempDir {
-    pub(crate) fn new() -> Self {
-        let p = std::env::temp_dir().join(format!("nsm-rs-test-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-    pub(crate) fn socket(&self, name: &str) -> NsmUrl {
-        NsmUrl::Unix(self.0.join(name))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `clienturl(url) → dial → connect` with the test token, after `before`.

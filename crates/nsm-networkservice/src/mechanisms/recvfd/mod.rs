@@ -29,35 +29,25 @@ mod server;
 pub use client::RecvFdClient;
 pub use server::RecvFdServer;
 
-use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
-use std::time::Duration;
+pub use crate::fdpass::DEFAULT_WAIT;
 
 use nsm_api::Mechanism;
 use nsm_api::mechanisms::common;
-use nsm_api::url::NsmUrl;
 use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NsmError, Result};
-use parking_lot::Mutex;
 
-use crate::grpc::fdconn::{FdError, FdTransceiver, InodeKey, proc_fd_url};
+use crate::fdpass::{HeldFd, HeldFds, claim, inode_key};
+use crate::grpc::fdconn::FdTransceiver;
 
 const ELEMENT: &str = "recvfd";
 
-/// How long to wait for an fd when the call has no deadline.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(15);
+/// What a missing fd's error tells the caller.
+const SENDER_HINT: &str = "the sender must pass it over the same unix-socket connection";
 
-/// One received file: the fd (closed when dropped) and its name here.
-#[derive(Debug)]
-struct Received {
-    _fd: OwnedFd,
-    file_url: String,
-}
-
-/// The files received for one connection, by the inode URL they arrived under.
+/// The files received for one connection, by the inode URL they arrived under, each named
+/// `file:///proc/<our pid>/fd/<n>`.
 #[derive(Debug, Clone, Default)]
-struct ReceivedFiles(Arc<Mutex<HashMap<String, Received>>>);
+struct ReceivedFiles(HeldFds<String>);
 
 impl ReceivedFiles {
     fn of(ctx: &Ctx, side: Side) -> Result<Self> {
@@ -68,10 +58,6 @@ impl ReceivedFiles {
             )
         })?;
         Ok(md.with(side, |f: &mut ReceivedFiles| f.clone()))
-    }
-
-    fn file_url(&self, inode_url: &str) -> Option<String> {
-        self.0.lock().get(inode_url).map(|r| r.file_url.clone())
     }
 
     /// Resolves `m`'s `inodeURL` if it is an `inode://` URL: from the kept files, or by claiming the
@@ -85,14 +71,10 @@ impl ReceivedFiles {
         let Some(value) = m.inode_url().map(str::to_string) else {
             return Ok(());
         };
-        let Some(key) = NsmUrl::parse(&value)
-            .ok()
-            .as_ref()
-            .and_then(InodeKey::from_url)
-        else {
+        let Some(key) = inode_key(&value) else {
             return Ok(());
         };
-        if let Some(file_url) = self.file_url(&value) {
+        if let Some(file_url) = self.0.local_url(&value) {
             // The sender passes the file with every call; we hold it already.
             if let Some(fds) = fds {
                 fds.discard(key);
@@ -103,10 +85,10 @@ impl ReceivedFiles {
         let Some(fds) = fds else {
             return Ok(());
         };
-        let fd = wait_for(ctx, fds, key, &value).await?;
-        let file_url = proc_fd_url(&fd);
-        m.set_param(common::INODE_URL, file_url.clone());
-        self.0.lock().insert(value, Received { _fd: fd, file_url });
+        let fd = claim(ctx, fds, key, &value, SENDER_HINT).await?;
+        let received = HeldFd::new(fd, value.clone(), "file");
+        m.set_param(common::INODE_URL, received.local_url());
+        self.0.insert(value, received);
         Ok(())
     }
 
@@ -114,15 +96,7 @@ impl ReceivedFiles {
     /// carried the file again), claims and closes the copy that came with it.
     fn discard_resent(&self, fds: &FdTransceiver, m: &Mechanism) {
         let Some(value) = m.inode_url() else { return };
-        let inode = {
-            let files = self.0.lock();
-            files
-                .iter()
-                .find(|(_, r)| r.file_url == value)
-                .map(|(inode, _)| inode.clone())
-        };
-        let key = inode.and_then(|i| NsmUrl::parse(&i).ok());
-        if let Some(key) = key.as_ref().and_then(InodeKey::from_url) {
+        if let Some(key) = self.0.inode_of(value).as_deref().and_then(inode_key) {
             fds.discard(key);
         }
     }
@@ -131,31 +105,23 @@ impl ReceivedFiles {
     /// `sendfd` already did).
     fn restore(&self, m: Option<&mut Mechanism>) -> Option<String> {
         let m = m?;
-        let value = m.inode_url()?;
-        let files = self.0.lock();
-        if files.contains_key(value) {
-            return Some(value.to_string());
+        let value = m.inode_url()?.to_string();
+        if self.0.local_url(&value).is_some() {
+            return Some(value);
         }
-        let (inode, _) = files.iter().find(|(_, r)| r.file_url == value)?;
-        let inode = inode.clone();
+        let inode = self.0.inode_of(&value)?;
         m.set_param(common::INODE_URL, inode.clone());
         Some(inode)
     }
 
     /// Closes every file but the one kept under `inode_url`.
     fn keep_only(&self, inode_url: &str) {
-        let dropped: Vec<Received> = {
-            let mut files = self.0.lock();
-            let others: Vec<String> = files.keys().filter(|k| *k != inode_url).cloned().collect();
-            others.iter().filter_map(|k| files.remove(k)).collect()
-        };
-        drop(dropped);
+        self.0.keep_only(&inode_url.to_string());
     }
 
     /// Closes every file.
     fn close_all(&self) {
-        let all = std::mem::take(&mut *self.0.lock());
-        drop(all);
+        self.0.clear();
     }
 }
 
@@ -164,34 +130,7 @@ impl ReceivedFiles {
 /// (Go sends it; nobody there claims it).
 pub(crate) fn received_as(ctx: &Ctx, side: Side, file_url: &str) -> Option<String> {
     let files = ctx.metadata()?.get::<ReceivedFiles>(side)?;
-    let files = files.0.lock();
-    files
-        .iter()
-        .find(|(_, r)| r.file_url == file_url)
-        .map(|(inode, _)| inode.clone())
-}
-
-/// Claims the fd for `key`, bounded by the call's deadline (or [`DEFAULT_WAIT`]).
-async fn wait_for(ctx: &Ctx, fds: &FdTransceiver, key: InodeKey, url: &str) -> Result<OwnedFd> {
-    let clock = *ctx.clock();
-    let deadline = ctx
-        .deadline()
-        .unwrap_or_else(|| clock.instant() + DEFAULT_WAIT);
-    tokio::select! {
-        r = fds.recv(key) => r.map_err(|e| match e {
-            FdError::Closed => NsmError::unavailable(
-                ELEMENT,
-                format!("no fd for {url}: the connection it would arrive on is closed"),
-            ),
-            other => NsmError::internal(ELEMENT, format!("no fd for {url}: {other}")),
-        }),
-        () = clock.sleep_until(deadline) => Err(NsmError::deadline(
-            ELEMENT,
-            format!(
-                "no fd arrived for {url} (the sender must pass it over the same unix-socket connection)"
-            ),
-        )),
-    }
+    files.0.inode_of(file_url)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, Result};
 
 use super::{ELEMENT, ReceivedFiles};
-use crate::grpc::fdconn::IncomingFds;
+use crate::fdpass::incoming;
 
 /// Receives the files the incoming call's mechanisms name.
 #[derive(Debug, Default)]
@@ -27,7 +27,7 @@ impl NetworkServiceServer for RecvFdServer {
         mut request: NetworkServiceRequest,
         next: Next,
     ) -> Result<Connection> {
-        let Some(IncomingFds(fds)) = ctx.get::<IncomingFds>().cloned() else {
+        let Some(fds) = incoming(ctx) else {
             return next.request(ctx, request).await;
         };
         let files = ReceivedFiles::of(ctx, Side::Server)?;
@@ -50,7 +50,7 @@ impl NetworkServiceServer for RecvFdServer {
 
     async fn close(&self, ctx: &mut Ctx, mut conn: Connection, next: Next) -> Result<()> {
         let files = ReceivedFiles::of(ctx, Side::Server)?;
-        let fds = ctx.get::<IncomingFds>().map(|f| f.0.clone());
+        let fds = incoming(ctx);
         if let Some(m) = conn.mechanism.as_mut()
             && let Err(e) = files.resolve(ctx, fds.as_ref(), m).await
         {

@@ -1,7 +1,7 @@
 //! recvfd on a socketpair: fds claimed by inode URL, named `/proc/<pid>/fd/<n>`, closed on Close.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +10,11 @@ use nsm_api::mechanisms::{MechanismType, common};
 use nsm_api::{Connection, Mechanism, NetworkServiceRequest};
 use nsm_core::{Chain, Clock, Ctx, NetworkServiceServer, Next, NsmError, Result};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tonic::Code;
 
 use super::RecvFdServer;
-use crate::grpc::fdconn::{FdUnixStream, IncomingFds};
-use crate::grpc::testing::{TempDir, request};
+use crate::fdpass::testing::{FdPair, TempDir, open_fds_of};
+use crate::grpc::testing::request;
 use crate::metadata::MetadataServer;
 
 /// Records the `inodeURL` values it sees (preferences and connection mechanism) and answers with the
@@ -85,28 +83,15 @@ pub(crate) fn temp_file(dir: &TempDir, name: &str) -> PathBuf {
     p
 }
 
-/// This process's open fds naming `path`'s inode.
-pub(crate) fn open_fds_of(path: &Path) -> usize {
-    let want = rustix::fs::stat(path).unwrap();
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| {
-            let st = rustix::fs::stat(e.ok()?.path()).ok()?;
-            (st.st_dev == want.st_dev && st.st_ino == want.st_ino).then_some(())
-        })
-        .count()
-}
-
 struct Setup {
     chain: Chain,
     probe: Arc<Probe>,
     metadata: Arc<MetadataServer>,
-    sender: FdUnixStream,
-    receiver: FdUnixStream,
+    /// The caller's connection.
+    fds: FdPair,
 }
 
 fn setup() -> Setup {
-    let (a, b) = UnixStream::pair().unwrap();
     let probe = Arc::new(Probe::default());
     let metadata = Arc::new(MetadataServer::new());
     Setup {
@@ -120,25 +105,7 @@ fn setup() -> Setup {
         ),
         probe,
         metadata,
-        sender: FdUnixStream::new(a),
-        receiver: FdUnixStream::new(b),
-    }
-}
-
-impl Setup {
-    fn ctx(&self, timeout: Duration) -> Ctx {
-        let mut ctx = Ctx::new(Clock::system()).with_timeout(timeout);
-        ctx.insert(IncomingFds(self.receiver.transceiver()));
-        ctx
-    }
-
-    /// Passes `path` as the peer's sendfd would; returns its inode URL.
-    async fn pass(&mut self, path: &Path) -> String {
-        let (url, _) = self.sender.transceiver().send_path(path).unwrap();
-        self.sender.write_all(b"x").await.unwrap();
-        let mut b = [0u8; 1];
-        self.receiver.read_exact(&mut b).await.unwrap();
-        url.to_string()
+        fds: FdPair::new(),
     }
 }
 
@@ -153,10 +120,10 @@ async fn a_passed_fd_is_named_by_proc_fd_and_closed_on_close() {
     let dir = TempDir::new();
     let file = temp_file(&dir, "netns");
     let mut s = setup();
-    let inode = s.pass(&file).await;
+    let inode = s.fds.pass(&file).await;
     assert_eq!(open_fds_of(&file), 1, "received, unclaimed");
 
-    let mut ctx = s.ctx(Duration::from_secs(2));
+    let mut ctx = s.fds.ctx(Duration::from_secs(2));
     let conn = s
         .chain
         .run_request(&mut ctx, req_with("c1", &inode))
@@ -174,19 +141,19 @@ async fn a_passed_fd_is_named_by_proc_fd_and_closed_on_close() {
         Some(inode.as_str()),
         "the answer gets the inode URL back"
     );
-    assert_eq!(s.receiver.transceiver().unclaimed(), 0);
+    assert_eq!(s.fds.receiver.transceiver().unclaimed(), 0);
 
     // A refresh carries the fd again: the same name is used and the new copy is not kept.
-    s.pass(&file).await;
+    s.fds.pass(&file).await;
     let mut refresh = req_with("c1", &inode);
     refresh.connection = Some(conn.clone());
-    let mut ctx = s.ctx(Duration::from_secs(2));
+    let mut ctx = s.fds.ctx(Duration::from_secs(2));
     s.chain.run_request(&mut ctx, refresh).await.unwrap();
     assert!(s.probe.seen.lock().iter().skip(1).all(|u| *u == seen));
-    assert_eq!(s.receiver.transceiver().unclaimed(), 0);
+    assert_eq!(s.fds.receiver.transceiver().unclaimed(), 0);
     assert_eq!(open_fds_of(&file), 1);
 
-    let mut ctx = s.ctx(Duration::from_secs(2));
+    let mut ctx = s.fds.ctx(Duration::from_secs(2));
     s.chain.run_close(&mut ctx, conn).await.unwrap();
     assert_eq!(
         s.probe.closed.lock().as_slice(),
@@ -200,7 +167,7 @@ async fn a_passed_fd_is_named_by_proc_fd_and_closed_on_close() {
 #[tokio::test(start_paused = true)]
 async fn a_missing_fd_fails_at_the_deadline_naming_recvfd_and_the_url() {
     let s = setup();
-    let mut ctx = s.ctx(Duration::from_secs(3));
+    let mut ctx = s.fds.ctx(Duration::from_secs(3));
     let started = tokio::time::Instant::now();
     let e = s
         .chain
@@ -230,11 +197,11 @@ async fn nothing_is_left_when_the_request_fails_downstream() {
     let dir = TempDir::new();
     let (f1, f2) = (temp_file(&dir, "one"), temp_file(&dir, "two"));
     let mut s = setup();
-    let (u1, u2) = (s.pass(&f1).await, s.pass(&f2).await);
+    let (u1, u2) = (s.fds.pass(&f1).await, s.fds.pass(&f2).await);
     *s.probe.fail.lock() = Some(NsmError::unavailable("probe", "down"));
     let mut r = req_with("c1", &u1);
     r.mechanism_preferences.push(kernel_with(&u2));
-    let mut ctx = s.ctx(Duration::from_secs(2));
+    let mut ctx = s.fds.ctx(Duration::from_secs(2));
     assert!(s.chain.run_request(&mut ctx, r).await.is_err());
     assert_eq!((open_fds_of(&f1), open_fds_of(&f2)), (0, 0));
     assert!(s.metadata.is_empty());
@@ -245,10 +212,10 @@ async fn unselected_preferences_files_are_closed() {
     let dir = TempDir::new();
     let (f1, f2) = (temp_file(&dir, "one"), temp_file(&dir, "two"));
     let mut s = setup();
-    let (u1, u2) = (s.pass(&f1).await, s.pass(&f2).await);
+    let (u1, u2) = (s.fds.pass(&f1).await, s.fds.pass(&f2).await);
     let mut r = req_with("c1", &u1);
     r.mechanism_preferences.push(kernel_with(&u2));
-    let mut ctx = s.ctx(Duration::from_secs(2));
+    let mut ctx = s.fds.ctx(Duration::from_secs(2));
     let conn = s.chain.run_request(&mut ctx, r).await.unwrap();
     assert_eq!(conn.mechanism.unwrap().inode_url(), Some(u1.as_str()));
     assert_eq!((open_fds_of(&f1), open_fds_of(&f2)), (1, 0));
@@ -280,13 +247,13 @@ async fn a_file_the_endpoint_replaces_is_not_kept() {
     let (passed, own) = (temp_file(&dir, "passed-back"), temp_file(&dir, "own"));
     let mut s = setup();
     *s.probe.answer_url.lock() = Some(format!("file://{}", own.display()));
-    let inode = s.pass(&passed).await;
-    let mut ctx = s.ctx(Duration::from_secs(2));
+    let inode = s.fds.pass(&passed).await;
+    let mut ctx = s.fds.ctx(Duration::from_secs(2));
     s.chain
         .run_request(&mut ctx, req_with("c1", &inode))
         .await
         .unwrap();
-    assert_eq!(s.receiver.transceiver().unclaimed(), 0, "claimed");
+    assert_eq!(s.fds.receiver.transceiver().unclaimed(), 0, "claimed");
     assert_eq!(
         open_fds_of(&passed),
         0,

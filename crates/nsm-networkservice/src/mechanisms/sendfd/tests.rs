@@ -10,7 +10,6 @@ use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::chain::Element;
 use nsm_core::token::TestTokenGenerator;
 use nsm_core::{Chain, Clock, Ctx, NetworkServiceServer, Next, Result};
-use nsm_identity::{DevCa, MemorySource, TlsIdentity};
 use parking_lot::Mutex;
 use tonic::transport::Server;
 
@@ -18,9 +17,10 @@ use super::{SendFdClient, SendFdServer};
 use crate::clienturl::ClientUrlClient;
 use crate::connect::ConnectClient;
 use crate::dial::DialClient;
+use crate::fdpass::testing::{open_fds_of, tls_pair};
 use crate::grpc::testing::{FakeMetadata, TempDir, any_local_port, request};
 use crate::grpc::{NetworkServiceGrpc, Serving, serve_with};
-use crate::mechanisms::recvfd::tests::{Probe, kernel_with, open_fds_of, temp_file};
+use crate::mechanisms::recvfd::tests::{Probe, kernel_with, temp_file};
 use crate::mechanisms::recvfd::{RecvFdClient, RecvFdServer};
 use nsm_identity::TransportSecurity;
 
@@ -49,16 +49,6 @@ impl NetworkServiceServer for Wire {
     fn name(&self) -> &'static str {
         "wire"
     }
-}
-
-fn securities() -> (TransportSecurity, TransportSecurity) {
-    nsm_identity::install_crypto_provider();
-    let ca = DevCa::new("example.org").unwrap();
-    let id = |path: &str| {
-        let m = ca.material(path, Duration::from_secs(3600)).unwrap();
-        TransportSecurity::Tls(TlsIdentity::new(Arc::new(MemorySource::new(m))).unwrap())
-    };
-    (id("/nsmgr"), id("/nsc"))
 }
 
 struct Mesh {
@@ -147,7 +137,7 @@ async fn a_client_file_crosses_a_plaintext_unix_connection() {
 
 #[tokio::test]
 async fn a_client_file_crosses_a_tls_unix_connection() {
-    let (server, client) = securities();
+    let (server, client) = tls_pair("/nsmgr", "/nsc");
     client_file_crosses(server, client).await;
 }
 
@@ -155,7 +145,7 @@ async fn a_client_file_crosses_a_tls_unix_connection() {
 async fn an_endpoint_file_comes_back_with_the_answer() {
     let dir = TempDir::new();
     let file = temp_file(&dir, "endpoint-netns");
-    let (server, client) = securities();
+    let (server, client) = tls_pair("/nsmgr", "/nsc");
     let m = mesh(&dir.socket("nse.sock"), server, client).await;
     *m.probe.answer_url.lock() = Some(format!("file://{}", file.display()));
     let mut r = request("c1");
