@@ -63,6 +63,14 @@ fn setup() -> Setup {
     setup_with(vec![], vec![])
 }
 
+impl Setup {
+    /// Registers `nse` on the endpoint's connection, with a 2 s deadline.
+    async fn register(&self, nse: Nse) -> Result<Nse> {
+        let mut ctx = self.fds.ctx(Duration::from_secs(2));
+        self.chain.run_register(&mut ctx, nse).await
+    }
+}
+
 #[tokio::test]
 async fn a_passed_socket_is_dialable_by_proc_fd_until_unregister() {
     let dir = TempDir::new();
@@ -72,14 +80,7 @@ async fn a_passed_socket_is_dialable_by_proc_fd_until_unregister() {
     // The socket's own name is gone: only the fd leads to it now.
     std::fs::remove_file(&path).unwrap();
 
-    let reg = s
-        .chain
-        .run_register(
-            &mut s.fds.ctx(Duration::from_secs(2)),
-            nse_at("nse", &inode),
-        )
-        .await
-        .unwrap();
+    let reg = s.register(nse_at("nse", &inode)).await.unwrap();
     assert_eq!(reg.url, inode, "the answer gets the inode URL back");
     let stored = s.memory.get("nse").unwrap().url;
     let prefix = format!("unix:///proc/{}/fd/", std::process::id());
@@ -111,11 +112,7 @@ async fn a_passed_socket_is_dialable_by_proc_fd_until_unregister() {
     // A refresh brings the socket again: same name, the copy closed.
     s.fds.pass(&witness).await;
     assert_eq!(open_fds_of(&witness), 2);
-    let again = s
-        .chain
-        .run_register(&mut s.fds.ctx(Duration::from_secs(2)), reg.clone())
-        .await
-        .unwrap();
+    let again = s.register(reg.clone()).await.unwrap();
     assert_eq!(again.url, inode);
     assert_eq!(s.memory.get("nse").unwrap().url, stored);
     assert_eq!(s.fds.receiver.transceiver().unclaimed(), 0);
@@ -160,14 +157,7 @@ async fn a_failed_registration_keeps_no_fd() {
     probe.fail_next(1);
     let mut s = setup_with(vec![], vec![probe]);
     let inode = s.fds.pass(&path).await;
-    let e = s
-        .chain
-        .run_register(
-            &mut s.fds.ctx(Duration::from_secs(2)),
-            nse_at("nse", &inode),
-        )
-        .await
-        .unwrap_err();
+    let e = s.register(nse_at("nse", &inode)).await.unwrap_err();
     assert_ne!(e.code(), Code::Ok);
     assert_eq!(s.recvfd.held_count(), 0);
     assert_eq!(s.fds.receiver.transceiver().unclaimed(), 0);
@@ -181,23 +171,10 @@ async fn another_socket_for_the_name_replaces_the_held_one() {
     let (_l2, p2, w2) = endpoint_socket(&dir, "new");
     let mut s = setup();
     let first = s.fds.pass(&p1).await;
-    s.chain
-        .run_register(
-            &mut s.fds.ctx(Duration::from_secs(2)),
-            nse_at("nse", &first),
-        )
-        .await
-        .unwrap();
+    s.register(nse_at("nse", &first)).await.unwrap();
     let name = s.recvfd.held("nse").unwrap().1;
     let second = s.fds.pass(&p2).await;
-    let reg = s
-        .chain
-        .run_register(
-            &mut s.fds.ctx(Duration::from_secs(2)),
-            nse_at("nse", &second),
-        )
-        .await
-        .unwrap();
+    let reg = s.register(nse_at("nse", &second)).await.unwrap();
     assert_eq!(reg.url, second);
     assert_eq!(
         s.recvfd.held("nse"),
@@ -211,11 +188,7 @@ async fn another_socket_for_the_name_replaces_the_held_one() {
     assert_eq!((open_fds_of(&w1), open_fds_of(&w2)), (0, 1));
 
     // A registration that stops passing a socket lets the held one go.
-    s.chain
-        .run_register(
-            &mut s.fds.ctx(Duration::from_secs(2)),
-            nse_at("nse", "tcp://127.0.0.1:5001"),
-        )
+    s.register(nse_at("nse", "tcp://127.0.0.1:5001"))
         .await
         .unwrap();
     assert_eq!((s.recvfd.held_count(), open_fds_of(&w2)), (0, 0));
@@ -229,13 +202,7 @@ async fn expiry_closes_the_fd() {
     let expire: RegistryElement<Nse> = Arc::new(ExpireServer::new(period));
     let mut s = setup_with(vec![expire], vec![]);
     let inode = s.fds.pass(&path).await;
-    s.chain
-        .run_register(
-            &mut s.fds.ctx(Duration::from_secs(2)),
-            nse_at("nse", &inode),
-        )
-        .await
-        .unwrap();
+    s.register(nse_at("nse", &inode)).await.unwrap();
     assert_eq!(open_fds_of(&witness), 1);
     tokio::time::advance(period + Duration::from_secs(1)).await;
     for _ in 0..20 {

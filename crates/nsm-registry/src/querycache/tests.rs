@@ -64,6 +64,14 @@ fn plain_finds(probe: &Probe) -> usize {
         .count()
 }
 
+/// Registers endpoint `name` of `service` through `chain`.
+async fn register(chain: &RegistryChain<Nse>, name: &str, service: &str) {
+    chain
+        .run_register(&mut ctx(), of_service(name, service))
+        .await
+        .unwrap();
+}
+
 async fn names(chain: &RegistryChain<Nse>, template: Nse) -> Vec<String> {
     let found = chain.find_all(&mut ctx(), template).await.unwrap();
     found.into_iter().map(|f| f.item.name).collect()
@@ -83,10 +91,7 @@ async fn until(mut cond: impl FnMut() -> bool) {
 #[tokio::test]
 async fn a_repeated_find_is_answered_without_the_registry() {
     let s = setup(QueryCacheClient::new());
-    s.direct
-        .run_register(&mut ctx(), of_service("a", "svc"))
-        .await
-        .unwrap();
+    register(&s.direct, "a", "svc").await;
     assert_eq!(names(&s.chain, by_service("svc")).await, ["a"]);
     assert_eq!(plain_finds(&s.probe), 1);
     assert_eq!(s.memory.watchers(), 1, "one watch per cached query");
@@ -106,16 +111,10 @@ async fn a_repeated_find_is_answered_without_the_registry() {
 #[tokio::test]
 async fn registrations_and_removals_behind_the_cache_are_seen() {
     let s = setup(QueryCacheClient::new());
-    s.direct
-        .run_register(&mut ctx(), of_service("a", "svc"))
-        .await
-        .unwrap();
+    register(&s.direct, "a", "svc").await;
     assert_eq!(names(&s.chain, by_service("svc")).await, ["a"]);
 
-    s.direct
-        .run_register(&mut ctx(), of_service("b", "svc"))
-        .await
-        .unwrap();
+    register(&s.direct, "b", "svc").await;
     until(|| s.cache.entries.lookup_len(&by_service("svc")) == 2).await;
     assert_eq!(names(&s.chain, by_service("svc")).await, ["a", "b"]);
 
@@ -148,10 +147,7 @@ async fn an_empty_answer_is_asked_again_and_fills_when_an_item_registers() {
     );
     assert_eq!(s.memory.watchers(), 1, "but the entry and its watch stay");
 
-    s.direct
-        .run_register(&mut ctx(), of_service("a", "svc"))
-        .await
-        .unwrap();
+    register(&s.direct, "a", "svc").await;
     until(|| s.cache.entries.lookup_len(&by_service("svc")) == 1).await;
     assert_eq!(names(&s.chain, by_service("svc")).await, ["a"]);
     assert_eq!(plain_finds(&s.probe), 2);
@@ -160,25 +156,16 @@ async fn an_empty_answer_is_asked_again_and_fills_when_an_item_registers() {
 #[tokio::test]
 async fn changes_through_the_chain_are_written_through() {
     let s = setup(QueryCacheClient::new());
-    s.chain
-        .run_register(&mut ctx(), of_service("a", "svc"))
-        .await
-        .unwrap();
+    register(&s.chain, "a", "svc").await;
     assert_eq!(names(&s.chain, by_service("svc")).await, ["a"]);
     // On this current-thread runtime the watch task has not run yet: the write-through alone
     // makes the change visible.
-    s.chain
-        .run_register(&mut ctx(), of_service("b", "svc"))
-        .await
-        .unwrap();
+    register(&s.chain, "b", "svc").await;
     assert_eq!(names(&s.chain, by_service("svc")).await, ["a", "b"]);
     s.chain.run_unregister(&mut ctx(), nse("a")).await.unwrap();
     assert_eq!(names(&s.chain, by_service("svc")).await, ["b"]);
     // An item re-registered under another service leaves the old service's answer.
-    s.chain
-        .run_register(&mut ctx(), of_service("b", "elsewhere"))
-        .await
-        .unwrap();
+    register(&s.chain, "b", "elsewhere").await;
     assert!(names(&s.chain, by_service("svc")).await.is_empty());
 }
 
@@ -197,10 +184,7 @@ async fn watching_finds_pass_through() {
 #[tokio::test(start_paused = true)]
 async fn an_unused_entry_expires_and_closes_its_watch() {
     let s = setup(QueryCacheClient::new().with_expiry(Duration::from_secs(10)));
-    s.direct
-        .run_register(&mut ctx(), of_service("a", "svc"))
-        .await
-        .unwrap();
+    register(&s.direct, "a", "svc").await;
     names(&s.chain, by_service("svc")).await;
     tokio::time::advance(Duration::from_secs(8)).await;
     names(&s.chain, by_service("svc")).await;
@@ -260,17 +244,11 @@ async fn a_failed_watch_drops_the_entry() {
         vec![cache.clone() as RegistryElement<Nse>, memory.clone()],
     );
     let direct = RegistryChain::new("d", vec![memory.clone() as RegistryElement<Nse>]);
-    direct
-        .run_register(&mut ctx(), of_service("a", "svc"))
-        .await
-        .unwrap();
+    register(&direct, "a", "svc").await;
     names(&chain, by_service("svc")).await;
     assert_eq!(cache.len(), 1);
     for i in 0..5 {
-        direct
-            .run_register(&mut ctx(), of_service(&format!("x{i}"), "svc"))
-            .await
-            .unwrap();
+        register(&direct, &format!("x{i}"), "svc").await;
     }
     until(|| cache.is_empty()).await;
 }
@@ -279,10 +257,7 @@ async fn a_failed_watch_drops_the_entry() {
 async fn the_least_recently_used_entry_makes_room() {
     let s = setup(QueryCacheClient::new().with_max_entries(2));
     for svc in ["s1", "s2", "s3"] {
-        s.direct
-            .run_register(&mut ctx(), of_service(svc, svc))
-            .await
-            .unwrap();
+        register(&s.direct, svc, svc).await;
     }
     names(&s.chain, by_service("s1")).await;
     names(&s.chain, by_service("s2")).await;
@@ -294,10 +269,7 @@ async fn the_least_recently_used_entry_makes_room() {
 #[tokio::test]
 async fn dropping_the_element_closes_every_watch() {
     let s = setup(QueryCacheClient::new());
-    s.direct
-        .run_register(&mut ctx(), of_service("a", "svc"))
-        .await
-        .unwrap();
+    register(&s.direct, "a", "svc").await;
     names(&s.chain, by_service("svc")).await;
     names(&s.chain, nse("a")).await;
     assert_eq!(s.memory.watchers(), 2);

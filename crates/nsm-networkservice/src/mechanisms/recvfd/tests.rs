@@ -192,33 +192,66 @@ async fn a_missing_fd_fails_at_the_deadline_naming_recvfd_and_the_url() {
     assert!(s.metadata.is_empty());
 }
 
-#[tokio::test]
-async fn nothing_is_left_when_the_request_fails_downstream() {
+/// Two files passed, offered as two KERNEL preferences: the files and the request.
+struct TwoPreferences {
+    _dir: TempDir,
+    files: (PathBuf, PathBuf),
+    first_url: String,
+    request: NetworkServiceRequest,
+}
+
+async fn two_preferences(s: &mut Setup) -> TwoPreferences {
     let dir = TempDir::new();
     let (f1, f2) = (temp_file(&dir, "one"), temp_file(&dir, "two"));
-    let mut s = setup();
     let (u1, u2) = (s.fds.pass(&f1).await, s.fds.pass(&f2).await);
+    let mut request = req_with("c1", &u1);
+    request.mechanism_preferences.push(kernel_with(&u2));
+    TwoPreferences {
+        _dir: dir,
+        files: (f1, f2),
+        first_url: u1,
+        request,
+    }
+}
+
+impl TwoPreferences {
+    /// Fds open per file.
+    fn open_fds(&self) -> (usize, usize) {
+        (open_fds_of(&self.files.0), open_fds_of(&self.files.1))
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_left_when_the_request_fails_downstream() {
+    let mut s = setup();
+    let two = two_preferences(&mut s).await;
     *s.probe.fail.lock() = Some(NsmError::unavailable("probe", "down"));
-    let mut r = req_with("c1", &u1);
-    r.mechanism_preferences.push(kernel_with(&u2));
     let mut ctx = s.fds.ctx(Duration::from_secs(2));
-    assert!(s.chain.run_request(&mut ctx, r).await.is_err());
-    assert_eq!((open_fds_of(&f1), open_fds_of(&f2)), (0, 0));
+    assert!(
+        s.chain
+            .run_request(&mut ctx, two.request.clone())
+            .await
+            .is_err()
+    );
+    assert_eq!(two.open_fds(), (0, 0));
     assert!(s.metadata.is_empty());
 }
 
 #[tokio::test]
 async fn unselected_preferences_files_are_closed() {
-    let dir = TempDir::new();
-    let (f1, f2) = (temp_file(&dir, "one"), temp_file(&dir, "two"));
     let mut s = setup();
-    let (u1, u2) = (s.fds.pass(&f1).await, s.fds.pass(&f2).await);
-    let mut r = req_with("c1", &u1);
-    r.mechanism_preferences.push(kernel_with(&u2));
+    let two = two_preferences(&mut s).await;
     let mut ctx = s.fds.ctx(Duration::from_secs(2));
-    let conn = s.chain.run_request(&mut ctx, r).await.unwrap();
-    assert_eq!(conn.mechanism.unwrap().inode_url(), Some(u1.as_str()));
-    assert_eq!((open_fds_of(&f1), open_fds_of(&f2)), (1, 0));
+    let conn = s
+        .chain
+        .run_request(&mut ctx, two.request.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.mechanism.unwrap().inode_url(),
+        Some(two.first_url.as_str())
+    );
+    assert_eq!(two.open_fds(), (1, 0));
 }
 
 #[tokio::test]
