@@ -171,9 +171,16 @@ mod run_to_completion_tests {
             Ok(())
         });
         // The caller gives up long before the work is done.
-        assert!(tokio::time::timeout(Duration::from_millis(1), call).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), call)
+                .await
+                .is_err()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(finished.load(Ordering::SeqCst), "the rest of the work ran on a task");
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the rest of the work ran on a task"
+        );
     }
 
     #[tokio::test]
@@ -181,6 +188,10 @@ mod run_to_completion_tests {
         let r = NetworkServiceGrpc::detached::<()>(async { panic!("boom") }).await;
         let status = r.expect_err("a panic is an error");
         assert_eq!(status.code(), tonic::Code::Internal);
-        assert!(status.message().contains("panicked"), "{}", status.message());
+        assert!(
+            status.message().contains("panicked"),
+            "{}",
+            status.message()
+        );
     }
 }
