@@ -15,12 +15,15 @@
 //! - [`JwtTokenGenerator`]: the ES256 path tokens Go's `spiffejwt` issues.
 //! - [`TransportSecurity`] and [`transport_from_env`]: TLS or (only when asked for with
 //!   `NSM_INSECURE=true`) plaintext.
+//! - `testing` (feature `testing`): a fake SPIFFE Workload API agent for tests.
 
 mod env;
 mod error;
 mod material;
 mod pem;
 mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tls;
 mod token;
 

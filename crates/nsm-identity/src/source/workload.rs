@@ -1,6 +1,17 @@
 //! The SPIFFE Workload API (SPIRE agent) as a source; rotations are followed live.
+//!
+//! The `spiffe` crate's `X509Source` holds the `FetchX509SVID` stream. When the agent goes away (stream
+//! cut, socket gone) it keeps its last SVID and redials on its own, with exponential backoff between a
+//! minimum and a maximum delay (its timers, not ours); the first response after the agent returns is
+//! applied like any rotation. This source mirrors every update into a [`MemorySource`], so TLS configs
+//! and token generators built on it keep presenting the last SVID meanwhile: established connections
+//! keep working, and new ones too until that SVID expires. An update that cannot be used (the agent
+//! withdrew the identity, or the SVID is unparsable) is logged and the previous SVID kept.
+//!
+//! State: the `spiffe` source, the mirror and the task copying updates (stopped on drop).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
@@ -43,10 +54,26 @@ fn convert(source: &spiffe::X509Source) -> Result<X509Material, IdentityError> {
 }
 
 impl WorkloadApiSource {
+    /// The first delay before redialing an agent that went away.
+    pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
+    /// The longest delay between redials.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
     /// Connects to `endpoint` (`unix:///path` or `tcp://host:port`; `None`: `SPIFFE_ENDPOINT_SOCKET`)
-    /// and waits for the first SVID.
+    /// and waits for the first SVID. Redials a lost agent after [`Self::MIN_BACKOFF`], doubling up to
+    /// [`Self::MAX_BACKOFF`].
     pub async fn connect(endpoint: Option<&str>) -> Result<Arc<Self>, IdentityError> {
-        let mut builder = spiffe::X509Source::builder();
+        Self::connect_with_backoff(endpoint, Self::MIN_BACKOFF, Self::MAX_BACKOFF).await
+    }
+
+    /// [`Self::connect`] with the redial delays given: the first `min_backoff`, doubling (with a little
+    /// jitter) up to `max_backoff`. A returning agent is noticed at most about `max_backoff` later.
+    pub async fn connect_with_backoff(
+        endpoint: Option<&str>,
+        min_backoff: Duration,
+        max_backoff: Duration,
+    ) -> Result<Arc<Self>, IdentityError> {
+        let mut builder = spiffe::X509Source::builder().reconnect_backoff(min_backoff, max_backoff);
         if let Some(e) = endpoint {
             builder = builder.endpoint(e);
         }
