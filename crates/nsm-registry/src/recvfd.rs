@@ -12,8 +12,11 @@
 //! - Unregister: the held name is put back in place of the `inode://` URL, the rest of the chain
 //!   runs, then the fd is closed (on success; a failed Unregister leaves the registration, and so
 //!   the fd, alive). `expire` unregisters through this element too, so expiry closes it as well.
-//! - Find: results naming a held file show the `inode://` URL it came under (what the endpoint
-//!   registered), not this process's `/proc` path, which means nothing to anyone else.
+//! - Find: for a caller on a unix socket, results naming a held file show the `inode://` URL it
+//!   came under (what the endpoint registered; `sendfd` passes the file along). A caller without an
+//!   fd side channel (TCP, e.g. `nsm ctl` on the node) gets this process's
+//!   `unix:///proc/<pid>/fd/<n>` name, as in Go: dialable by a process of the node allowed to open
+//!   our fds, where an `inode://` URL is dialable by nobody.
 //! - State: one fd per registered endpoint name, closed on Unregister, replaced when a registration
 //!   passes another socket, closed when the element is dropped.
 //!
@@ -130,8 +133,11 @@ impl RegistryServer<Nse> for RecvFdServer {
         query: Query<Nse>,
         next: RegistryNext<Nse>,
     ) -> Result<FindStream<Nse>> {
-        let held = self.held.clone();
         let found = next.find(ctx, query).await?;
+        if incoming(ctx).is_none() {
+            return Ok(found);
+        }
+        let held = self.held.clone();
         Ok(found
             .map(move |r| {
                 r.map(|mut f| {

@@ -112,6 +112,21 @@ fn mask(text: &str, tmp: &str) -> String {
     while i < text.len() {
         let rest = &text[i..];
         let boundary = prev.is_none_or(|c| !is_word(c));
+        // An endpoint's socket as its NSMgr holds it (passed by fd): /proc/<pid>/fd/<n>.
+        if let Some(p) = rest.strip_prefix("/proc/") {
+            let pid = p.bytes().take_while(u8::is_ascii_digit).count();
+            if pid > 0
+                && let Some(fd) = p[pid..].strip_prefix("/fd/")
+            {
+                let n = fd.bytes().take_while(u8::is_ascii_digit).count();
+                if n > 0 {
+                    out.push_str("/proc/<PID>/fd/<N>");
+                    i += "/proc/".len() + pid + "/fd/".len() + n;
+                    prev = Some('>');
+                    continue;
+                }
+            }
+        }
         if let Some(p) = rest.strip_prefix("127.0.0.1:") {
             let digits = p.bytes().take_while(u8::is_ascii_digit).count();
             if digits > 0 {

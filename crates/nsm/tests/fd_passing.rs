@@ -127,7 +127,7 @@ fn endpoint_socket_outside_the_nsmgr_view(nodes: usize) {
     let node = tb.nodes[nodes - 1].clone();
     let nsmgr = tb.pid(&node.nsmgr).unwrap();
     assert_eq!(
-        fds_naming(nsmgr, &sock),
+        settled_fds_naming(nsmgr, &sock, 1),
         1,
         "the NSMgr holds the endpoint's socket"
     );
@@ -141,7 +141,7 @@ fn endpoint_socket_outside_the_nsmgr_view(nodes: usize) {
     let forwarder = tb.pid(&node.forwarder).unwrap();
     // One for its Find client, one for its registration client (heal's watch gets the results too).
     assert_eq!(
-        fds_naming(forwarder, &sock),
+        settled_fds_naming(forwarder, &sock, 2),
         2,
         "the forwarder holds it too"
     );
@@ -153,6 +153,20 @@ fn endpoint_socket_outside_the_nsmgr_view(nodes: usize) {
 
 /// How many of process `pid`'s fds name `path` (the kernel still names a passed `O_PATH` fd by the
 /// path it was opened at in the sender's mount namespace).
+/// [`fds_naming`] once it equals `want` or, after 5 s, whatever it is then: a copy opened to pass the
+/// socket along (the NSMgr's registry `sendfd` answering a forwarder's Find) lives until it is sent.
+fn settled_fds_naming(pid: u32, path: &std::path::Path, want: usize) -> usize {
+    let mut n = fds_naming(pid, path);
+    for _ in 0..250 {
+        if n == want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        n = fds_naming(pid, path);
+    }
+    n
+}
+
 fn fds_naming(pid: u32, path: &std::path::Path) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
