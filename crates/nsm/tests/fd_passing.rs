@@ -8,6 +8,10 @@
 //! The endpoint's own socket travels the same way (registry `sendfd`/`recvfd`): an endpoint whose
 //! socket lives on a tmpfs mounted in its own mount namespace registers it as an fd, and the NSMgr
 //! and the forwarder reach it through `/proc/<pid>/fd/<n>` without ever seeing its path.
+//!
+//! An endpoint in the forwarder's own network namespace passes the forwarder a copy of the namespace
+//! the forwarder passed it: Request+Close cycles must leave the forwarder's namespace fds where they
+//! were (those copies used to pile up unclaimed until they expired, 30 s later).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -189,4 +193,57 @@ fn endpoint_socket_passed_as_fd_across_two_nodes() {
         return;
     }
     endpoint_socket_outside_the_nsmgr_view(2);
+}
+
+/// How many of process `pid`'s fds are network namespaces.
+fn netns_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("net:["))
+        .count()
+}
+
+/// [`netns_fds`] once it is at most `want` or, after 5 s, whatever it is then (a connection's
+/// namespace fds are released as its Close completes).
+fn settled_netns_fds(pid: u32, want: usize) -> usize {
+    let mut n = netns_fds(pid);
+    for _ in 0..250 {
+        if n <= want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        n = netns_fds(pid);
+    }
+    n
+}
+
+#[test]
+fn endpoint_in_the_forwarders_namespace_leaves_no_netns_fd_behind() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let mut tb = Testbed::mesh(opts(), 1, &[]).unwrap();
+    let node = tb.nodes[0].clone();
+    let c = tb.add_pod("c1").unwrap();
+    tb.start_nse("icmp-server", &node.ns, 1, &[("NSM_CIDR_PREFIX", CIDR)])
+        .unwrap();
+    let forwarder = tb.pid(&node.forwarder).unwrap();
+    let baseline = netns_fds(forwarder);
+    for i in 0..3 {
+        let name = format!("nsc-{i}");
+        tb.spawn_nsc(&name, &c, 1, SVC, &[], true).unwrap();
+        if let Err(err) = tb.wait_connected(&name, CONNECT) {
+            panic!("{err}\n{}", tb.dump_logs(40));
+        }
+        let status = tb.wait_exit(&name, Duration::from_secs(20)).unwrap();
+        assert!(status.success(), "{name}: {status:?}\n{}", tb.log(&name));
+    }
+    assert_eq!(
+        settled_netns_fds(forwarder, baseline),
+        baseline,
+        "the forwarder's namespace fds after 3 Request+Close cycles"
+    );
+    assert_clean(&tb, &[&c]);
 }

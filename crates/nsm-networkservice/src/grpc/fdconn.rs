@@ -227,6 +227,11 @@ impl FdTransceiver {
         }
     }
 
+    /// Claims the next fd received for `key` if one is there, without waiting.
+    pub fn try_recv(&self, key: InodeKey) -> Option<OwnedFd> {
+        self.0.state.lock().claim(&key)
+    }
+
     /// Claims and closes one fd received for `key` if there is one (a call whose file the claimer
     /// already holds still carries it again).
     pub fn discard(&self, key: InodeKey) {

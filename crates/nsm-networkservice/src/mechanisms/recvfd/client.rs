@@ -5,7 +5,7 @@ use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, Result};
 
-use super::{ELEMENT, ReceivedFiles};
+use super::{AnswerNamedSentFile, ELEMENT, ReceivedFiles};
 use crate::mechanisms::sendfd::next_hop_fds;
 
 /// Receives the file the answer's mechanism names.
@@ -29,12 +29,13 @@ impl NetworkServiceServer for RecvFdClient {
     ) -> Result<Connection> {
         let files = ReceivedFiles::of(ctx, Side::Client)?;
         let mut conn = next.clone().request(ctx, request).await?;
+        let sent = ctx.remove::<AnswerNamedSentFile>();
         let fds = next_hop_fds(ctx);
         let Some(m) = conn.mechanism.as_mut() else {
             return Ok(conn);
         };
-        if let Some(fds) = &fds {
-            files.discard_resent(fds, m);
+        if let (Some(fds), Some(AnswerNamedSentFile(inode))) = (&fds, &sent) {
+            files.adopt_copy(fds, inode, m);
         }
         if let Err(e) = files.resolve(ctx, fds.as_ref(), m).await {
             // Established downstream, unusable here: release it before failing.

@@ -14,8 +14,10 @@
 //!   **Close**: resolves (from the kept files), closes downstream, then closes the files.
 //! - [`RecvFdClient`] — **Request**: resolves the mechanism of the answer from the next hop (an
 //!   endpoint passing its own network namespace); if its fd does not come, the downstream connection
-//!   is closed again before the error is returned. On a refresh, `sendfd` (after us) has already put
-//!   our name back on the answer; the copy of the file that came with it is claimed and closed.
+//!   is closed again before the error is returned. Where `sendfd` (after us) has already put its
+//!   own name back on the answer (the answer named a file we sent: on a refresh the one we received
+//!   before, or an endpoint in our own network namespace naming its own), the copy of the file that
+//!   came with it is claimed: closed if we hold the file already, else kept and named as above.
 //!   **Close**: closes downstream, then the files.
 //!
 //! **State**: the received files of each connection, in its metadata (server and client side
@@ -92,13 +94,28 @@ impl ReceivedFiles {
         Ok(())
     }
 
-    /// Where `m` already names one of our files (our `sendfd` put our name back on an answer that
-    /// carried the file again), claims and closes the copy that came with it.
-    fn discard_resent(&self, fds: &FdTransceiver, m: &Mechanism) {
-        let Some(value) = m.inode_url() else { return };
-        if let Some(key) = self.0.inode_of(value).as_deref().and_then(inode_key) {
+    /// The answer named `inode_url`, the inode URL of a file our `sendfd` sent, and `sendfd` put its
+    /// own name back on `m`. The peer may have passed its own copy of the file with the answer (it
+    /// came no later than the answer): if we hold the file already (a refresh), the copy is closed
+    /// and `m` keeps naming ours; otherwise the copy is kept and named like any received file (our
+    /// own name may not be one the rest of this process can open, e.g. `/proc/thread-self/…`). No
+    /// copy (the peer named our file without passing it back): `m` keeps `sendfd`'s name.
+    fn adopt_copy(&self, fds: &FdTransceiver, inode_url: &str, m: &mut Mechanism) {
+        let Some(key) = inode_key(inode_url) else {
+            return;
+        };
+        let inode_url = inode_url.to_string();
+        if let Some(file_url) = self.0.local_url(&inode_url) {
             fds.discard(key);
+            m.set_param(common::INODE_URL, file_url);
+            return;
         }
+        let Some(fd) = fds.try_recv(key) else {
+            return;
+        };
+        let received = HeldFd::new(fd, inode_url.clone(), "file");
+        m.set_param(common::INODE_URL, received.local_url());
+        self.0.insert(inode_url, received);
     }
 
     /// Puts the inode URL back where `m` names one of our files; returns that inode URL (also when
@@ -124,6 +141,11 @@ impl ReceivedFiles {
         self.0.clear();
     }
 }
+
+/// Left in the call's context by `sendfd`'s client half when it put its own name back on an answer
+/// that named a file it sent: that file's inode URL (see [`ReceivedFiles::adopt_copy`]).
+#[derive(Debug, Clone)]
+pub(crate) struct AnswerNamedSentFile(pub(crate) String);
 
 /// The inode URL `file_url` arrived under, if it names a file `recvfd` received on `side` for the
 /// call's connection: `sendfd` names it so again without sending it back to the hop it came from

@@ -8,6 +8,7 @@ use nsm_core::{Ctx, NetworkServiceServer, Next, Result};
 use super::{ELEMENT, Sent};
 use crate::dial::ClientConn;
 use crate::grpc::fdconn::FdTransceiver;
+use crate::mechanisms::recvfd::AnswerNamedSentFile;
 
 /// Sends the request's files over the connection `dial` stored for this connection.
 #[derive(Debug, Default)]
@@ -49,7 +50,11 @@ impl NetworkServiceServer for SendFdClient {
         }
         match next.request(ctx, request).await {
             Ok(mut conn) => {
-                sent.restore(conn.mechanism.as_mut());
+                // The peer may have passed its own copy of that file with the answer: `recvfd`
+                // (before us) claims it, which it cannot tell from our name alone.
+                if let Some(inode) = sent.restore(conn.mechanism.as_mut()) {
+                    ctx.insert(AnswerNamedSentFile(inode.to_string()));
+                }
                 Ok(conn)
             }
             Err(e) => {

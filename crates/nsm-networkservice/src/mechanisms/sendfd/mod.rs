@@ -6,8 +6,11 @@
 //! with `inode://<st_dev>/<st_ino>`; the peer's `recvfd` claims the fd by that URL.
 //!
 //! - [`SendFdClient`] — **Request**: for each mechanism preference and the connection's mechanism,
-//!   sends and swaps; the returned connection gets the original `file://` values back. On error the
-//!   fds that have not left yet are withdrawn. **Close**: sends the connection mechanism's file the
+//!   sends and swaps; the returned connection gets the original `file://` values back. Where it
+//!   swaps the answer's value back, it tells `recvfd` (before it in the chain) which inode URL the
+//!   answer named, for the copy of that file the peer may have passed with it (a Go peer sends back
+//!   whatever its answer names; an endpoint in our network namespace passes its own copy of it).
+//!   On error the fds that have not left yet are withdrawn. **Close**: sends the connection mechanism's file the
 //!   same way (the peer may need it to undo its work).
 //! - [`SendFdServer`] — **Request**: after the rest of the chain, sends the file the *returned*
 //!   connection's mechanism names back to the caller (an endpoint's own network namespace) and
@@ -89,13 +92,14 @@ impl Sent {
         Ok(())
     }
 
-    /// Puts the original `file://` value back where the answer carries one of our inode URLs.
-    fn restore(&self, m: Option<&mut Mechanism>) {
-        let Some(m) = m else { return };
-        let Some(value) = m.inode_url() else { return };
-        if let Some((_, original)) = self.swaps.iter().find(|(inode, _)| inode == value) {
-            m.set_param(common::INODE_URL, original.clone());
-        }
+    /// Puts the original `file://` value back where the answer carries one of our inode URLs;
+    /// returns that inode URL.
+    fn restore(&self, m: Option<&mut Mechanism>) -> Option<&str> {
+        let m = m?;
+        let value = m.inode_url()?;
+        let (inode, original) = self.swaps.iter().find(|(inode, _)| inode == value)?;
+        m.set_param(common::INODE_URL, original.clone());
+        Some(inode)
     }
 
     /// Drops the fds that have not left yet.

@@ -201,3 +201,54 @@ async fn a_missing_file_fails_the_request_naming_sendfd() {
     );
     assert!(m.wire.0.lock().is_empty());
 }
+
+/// An endpoint answering with its own copy of a file the client sent too (one network namespace for
+/// the forwarder and the endpoint): `sendfd` swaps its own name back, `recvfd` claims the copy that
+/// came with the answer and names it (the client's own `file://` value may be one only it can
+/// open, such as `/proc/thread-self/ns/net`); a refresh keeps that name and no second copy; Close
+/// closes it. Request+Close cycles leave nothing behind (the copies used to stay unclaimed on the
+/// client's connection until `UNCLAIMED_TTL`).
+#[tokio::test]
+async fn an_answer_naming_the_clients_own_file_leaves_no_copy_behind() {
+    let dir = TempDir::new();
+    let file = temp_file(&dir, "shared-netns");
+    let m = mesh(
+        &dir.socket("nse.sock"),
+        TransportSecurity::Insecure,
+        TransportSecurity::Insecure,
+    )
+    .await;
+    let original = format!("file://{}", file.display());
+    *m.probe.answer_url.lock() = Some(original.clone());
+    let proc_fd = format!("file:///proc/{}/fd/", std::process::id());
+    let st = rustix::fs::stat(&file).unwrap();
+    for i in 0..5 {
+        let mut r = request(&format!("c{i}"));
+        r.mechanism_preferences = vec![kernel_with(&original)];
+        let conn = m.client.run_request(&mut ctx(), r.clone()).await.unwrap();
+        let url = conn
+            .mechanism
+            .as_ref()
+            .unwrap()
+            .inode_url()
+            .unwrap()
+            .to_string();
+        assert!(url.starts_with(&proc_fd), "the copy, named: {url}");
+        let got = rustix::fs::stat(url.trim_start_matches("file://")).unwrap();
+        assert_eq!((got.st_dev, got.st_ino), (st.st_dev, st.st_ino));
+        // recvfd behind the server holds the client's file for the connection too.
+        assert_eq!(open_fds_of(&file), 2, "the client holds the copy");
+
+        r.connection = Some(conn);
+        let conn = m.client.run_request(&mut ctx(), r).await.unwrap();
+        assert_eq!(
+            conn.mechanism.as_ref().unwrap().inode_url(),
+            Some(url.as_str()),
+            "a refresh keeps the name"
+        );
+        assert_eq!(open_fds_of(&file), 2, "and no second copy");
+
+        m.client.run_close(&mut ctx(), conn).await.unwrap();
+        assert_eq!(open_fds_of(&file), 0, "nothing left after Close");
+    }
+}
