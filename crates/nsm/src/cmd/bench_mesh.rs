@@ -34,6 +34,7 @@ use nsm_core::{Chain, Clock, Ctx};
 use nsm_identity::{PemFileSource, TlsIdentity, TransportSecurity};
 use nsm_networkservice::authorize::SharedPolicy;
 use nsm_networkservice::mechanisms::kernel::KernelClient;
+use nsm_networkservice::mechanisms::sendfd::SendFdClient;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -508,6 +509,11 @@ struct ClientSetup {
     tokens: SharedTokenGenerator,
     policies: Option<Vec<SharedPolicy>>,
     netns_url: String,
+    /// Kernel mode: pass the clients' namespace to the NSMgr as an fd (`sendfd`, as `nsm nsc` does).
+    /// Without it the NSMgr's `sendfd` passes the file it was named back with the answer, as
+    /// `inode://`, and the Close that carries that value waits in its `recvfd` for an fd that never
+    /// comes (the call's whole deadline).
+    pass_netns: bool,
 }
 
 impl ClientSetup {
@@ -529,7 +535,8 @@ impl ClientSetup {
         let tokens = crate::cmd::common::tokens(&security, false, TOKEN_LIFETIME);
         let policies = crate::cmd::common::policies("nsm bench mesh", None, &security, true)
             .map_err(|_| "client policies".to_string())?;
-        let netns_url = match mesh.ns(NS_NSC) {
+        let nsc = mesh.ns(NS_NSC);
+        let netns_url = match &nsc {
             Some(ns) => format!("file:///var/run/netns/{ns}"),
             None => format!("file:///proc/{}/ns/net", std::process::id()),
         };
@@ -538,6 +545,7 @@ impl ClientSetup {
             tokens,
             policies,
             netns_url,
+            pass_netns: nsc.is_some(),
         })
     }
 }
@@ -546,11 +554,15 @@ impl ClientSetup {
 /// (`icmp-respo-<first 4 characters>`), so ids that differ in their first 4 characters never collide
 /// in the clients' namespace.
 fn client(sock: &Path, name: &str, setup: &ClientSetup) -> Chain {
+    let mut additional: Vec<nsm_core::chain::Element> = vec![Arc::new(
+        KernelClient::new(None).with_netns_url(setup.netns_url.clone()),
+    )];
+    if setup.pass_netns {
+        additional.push(Arc::new(SendFdClient::new()));
+    }
     new_client(ClientOptions {
         url: Some(NsmUrl::Unix(sock.to_path_buf())),
-        additional: vec![Arc::new(
-            KernelClient::new(None).with_netns_url(setup.netns_url.clone()),
-        )],
+        additional,
         dial_timeout: Duration::from_secs(5),
         security: setup.security.clone(),
         authorize: crate::cmd::common::client_authorize(setup.policies.clone()),
