@@ -209,6 +209,10 @@ fn err(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
 }
 
+/// The environment variables that give a component its identity (or none): a component with any of
+/// them set gets no development SVID.
+const IDENTITY_VARS: [&str; 3] = ["NSM_IDENTITY_DIR", "SPIFFE_ENDPOINT_SOCKET", "NSM_INSECURE"];
+
 impl Testbed {
     /// Creates the run directory and its state file (nothing in the kernel yet).
     pub fn new(opts: TestbedOptions) -> io::Result<Self> {
@@ -351,8 +355,6 @@ impl Testbed {
             self.ns_name("u"),
             "env".into(),
         ];
-        const IDENTITY_VARS: [&str; 3] =
-            ["NSM_IDENTITY_DIR", "SPIFFE_ENDPOINT_SOCKET", "NSM_INSECURE"];
         let given: Vec<String> = (self.opts.env.iter())
             .filter(|(k, _)| IDENTITY_VARS.contains(&k.as_str()))
             .map(|(k, v)| format!("{k}={v}"))
@@ -422,9 +424,11 @@ impl Testbed {
 
     fn base_env(&self) -> Vec<(String, String)> {
         let mut env = vec![("NSM_LOG_LEVEL".to_string(), self.opts.log_level.clone())];
-        let has_identity = self.opts.env.iter().any(|(k, _)| {
-            ["NSM_IDENTITY_DIR", "SPIFFE_ENDPOINT_SOCKET", "NSM_INSECURE"].contains(&k.as_str())
-        });
+        let has_identity = self
+            .opts
+            .env
+            .iter()
+            .any(|(k, _)| IDENTITY_VARS.contains(&k.as_str()));
         if self.opts.dev_identity.is_none() && !has_identity {
             env.push(("NSM_INSECURE".to_string(), "true".to_string()));
         }
@@ -472,9 +476,7 @@ impl Testbed {
         }
         let mut all = self.base_env();
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let has_identity = all.iter().any(|(k, _)| {
-            ["NSM_IDENTITY_DIR", "SPIFFE_ENDPOINT_SOCKET", "NSM_INSECURE"].contains(&k.as_str())
-        });
+        let has_identity = all.iter().any(|(k, _)| IDENTITY_VARS.contains(&k.as_str()));
         if let (Some(td), false) = (self.opts.dev_identity.clone(), has_identity) {
             let dir = self.issue_identity(name, &td)?;
             all.push(("NSM_IDENTITY_DIR".into(), dir.display().to_string()));
