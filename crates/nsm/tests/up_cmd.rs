@@ -54,13 +54,23 @@ fn up_once_verifies_connectivity_and_cleans_up() {
         "6 hops",
         "mtu 1450",
         "end-to-end connectivity verified",
-        // The `nsm ctl` hint works: --once runs it and prints the client's connection.
         "nsm ctl get connections:",
-        "nsc-1",
         "removed 5 namespace(s)",
     ] {
         assert!(stdout.contains(want), "missing {want:?}:\n{stdout}");
     }
+    // The `nsm ctl` hint works: --once runs it, and its table (not the progress lines above it,
+    // which name nsc-1 too) lists the client's connection as UP.
+    let ctl = stdout
+        .split("nsm ctl get connections:")
+        .nth(1)
+        .and_then(|s| s.split("tearing down").next())
+        .unwrap();
+    assert!(
+        ctl.lines()
+            .any(|l| l.starts_with("nsc-1-0 ") && l.contains(" UP ")),
+        "nsm ctl get connections:\n{ctl}"
+    );
     let pid = out_pid(&stdout);
     assert!(namespaces_with(&format!("nsmup{pid}-")).is_empty());
     assert_eq!(
