@@ -19,11 +19,13 @@
 
 #![forbid(unsafe_code)]
 
+mod devca;
 mod ip;
 mod mesh;
 mod proc;
 mod state;
 
+pub use devca::DevCa;
 pub use ip::{LinkInfo, addresses, ip, ip_ok, links, root_snapshot};
 pub use mesh::{Connected, Node, OWN_PID_NAMESPACE, Teardown, Testbed, TestbedOptions, Tier, ping};
 pub use state::{DownReport, down, state_base};

@@ -1,5 +1,6 @@
 //! [`Testbed`]: namespaces, processes and their teardown.
 
+use crate::devca::DevCa;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -198,6 +199,8 @@ pub struct Testbed {
     /// its process group.
     pub wrapper: Vec<String>,
     opts: TestbedOptions,
+    /// The development CA when [`TestbedOptions::dev_identity`] is set.
+    ca: Option<DevCa>,
     state: State,
     procs: Vec<Proc>,
     underlay: Option<String>,
@@ -232,20 +235,12 @@ impl Testbed {
             ..Default::default()
         };
         state.save(&dir)?;
-        if let Some(td) = &opts.dev_identity {
-            let ca = dir.join("identity");
-            let out = std::process::Command::new(&opts.nsm_bin)
-                .args(["identity", "init", "--trust-domain", td, "--dir"])
-                .arg(&ca)
-                .output()?;
-            if !out.status.success() {
-                return Err(err(format!(
-                    "nsm identity init: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-        }
+        let ca = match &opts.dev_identity {
+            Some(td) => Some(DevCa::init(&opts.nsm_bin, &dir.join("identity"), td)?),
+            None => None,
+        };
         Ok(Self {
+            ca,
             id: opts.id.clone(),
             dir,
             nodes: Vec::new(),
@@ -359,9 +354,9 @@ impl Testbed {
             .filter(|(k, _)| IDENTITY_VARS.contains(&k.as_str()))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        match &self.opts.dev_identity {
-            Some(td) if given.is_empty() => {
-                let dir = self.issue_identity("nsm-ctl", td)?;
+        match &self.ca {
+            Some(ca) if given.is_empty() => {
+                let dir = ca.issue("nsm-ctl")?;
                 cmd.push(format!("NSM_IDENTITY_DIR={}", dir.display()));
             }
             _ if given.is_empty() => cmd.push("NSM_INSECURE=true".into()),
@@ -436,28 +431,6 @@ impl Testbed {
         env
     }
 
-    /// Issues the development SVID of component `name` (see [`TestbedOptions::dev_identity`]) and
-    /// returns the directory for its `NSM_IDENTITY_DIR`.
-    fn issue_identity(&self, name: &str, td: &str) -> io::Result<PathBuf> {
-        let ca = self.dir.join("identity");
-        let out_dir = ca.join("svids").join(name);
-        let out = std::process::Command::new(&self.opts.nsm_bin)
-            .args(["identity", "issue", "--ttl", "24h", "--dir"])
-            .arg(&ca)
-            .arg("--spiffe-id")
-            .arg(format!("spiffe://{td}/{name}"))
-            .arg("--out")
-            .arg(&out_dir)
-            .output()?;
-        if !out.status.success() {
-            return Err(err(format!(
-                "nsm identity issue for {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(out_dir)
-    }
-
     /// Starts `nsm <args…>` in `ns` as `name`, recording it; `env` is added to the base environment.
     pub fn spawn(
         &mut self,
@@ -477,8 +450,8 @@ impl Testbed {
         let mut all = self.base_env();
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let has_identity = all.iter().any(|(k, _)| IDENTITY_VARS.contains(&k.as_str()));
-        if let (Some(td), false) = (self.opts.dev_identity.clone(), has_identity) {
-            let dir = self.issue_identity(name, &td)?;
+        if let (Some(ca), false) = (&self.ca, has_identity) {
+            let dir = ca.issue(name)?;
             all.push(("NSM_IDENTITY_DIR".into(), dir.display().to_string()));
         }
         let log = self.dir.join(format!("{name}.log"));

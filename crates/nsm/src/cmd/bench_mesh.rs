@@ -147,7 +147,7 @@ struct Mesh {
     dir: PathBuf,
     procs: Vec<Proc>,
     /// `Some` with the development CA directory when secured.
-    ca: Option<PathBuf>,
+    ca: Option<nsm_testbed::DevCa>,
     dataplane: Dataplane,
     /// Namespaces created for `--dataplane kernel` (node, endpoint, clients), deleted on drop.
     namespaces: Vec<String>,
@@ -207,14 +207,9 @@ impl Mesh {
             namespaces: Vec::new(),
         };
         if secure {
-            let ca = mesh.dir.join("identity");
-            identity(&[
-                "init",
-                "--trust-domain",
-                TRUST_DOMAIN,
-                "--dir",
-                &ca.display().to_string(),
-            ])?;
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let ca = nsm_testbed::DevCa::init(&exe, &mesh.dir.join("identity"), TRUST_DOMAIN)
+                .map_err(|e| e.to_string())?;
             mesh.ca = Some(ca);
         }
         if dataplane == Dataplane::Kernel {
@@ -238,7 +233,10 @@ impl Mesh {
     /// The identity environment of `name`: its own SVID from the development CA, or plaintext.
     fn identity_env(&self, name: &str) -> Result<(&'static str, String), String> {
         match &self.ca {
-            Some(ca) => Ok(("NSM_IDENTITY_DIR", issue(ca, name)?.display().to_string())),
+            Some(ca) => {
+                let dir = ca.issue(name).map_err(|e| e.to_string())?;
+                Ok(("NSM_IDENTITY_DIR", dir.display().to_string()))
+            }
             None => Ok(("NSM_INSECURE", "true".into())),
         }
     }
@@ -523,7 +521,7 @@ impl ClientSetup {
         let security = match &mesh.ca {
             Some(ca) => {
                 nsm_identity::install_crypto_provider();
-                let dir = issue(ca, "bench-client")?;
+                let dir = ca.issue("bench-client").map_err(|e| e.to_string())?;
                 let source = PemFileSource::from_dir(&dir, Duration::from_secs(2))
                     .map_err(|e| format!("bench client identity: {e}"))?;
                 TransportSecurity::Tls(
@@ -572,42 +570,6 @@ fn client(sock: &Path, name: &str, setup: &ClientSetup) -> Chain {
 
 /// The trust domain of the bench's development CA.
 const TRUST_DOMAIN: &str = "nsm.local";
-
-/// Runs `nsm identity <args>` (this executable).
-fn identity(args: &[&str]) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new(exe)
-        .arg("identity")
-        .args(args)
-        .output()
-        .map_err(|e| format!("nsm identity: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nsm identity {}: {}",
-            args.first().copied().unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Issues `spiffe://nsm.local/<name>` from the CA in `ca`; returns its `NSM_IDENTITY_DIR`.
-fn issue(ca: &Path, name: &str) -> Result<PathBuf, String> {
-    let out = ca.join("svids").join(name);
-    identity(&[
-        "issue",
-        "--ttl",
-        "24h",
-        "--dir",
-        &ca.display().to_string(),
-        "--spiffe-id",
-        &format!("spiffe://{TRUST_DOMAIN}/{name}"),
-        "--out",
-        &out.display().to_string(),
-    ])?;
-    Ok(out)
-}
 
 fn request(id: String) -> NetworkServiceRequest {
     NetworkServiceRequest {
