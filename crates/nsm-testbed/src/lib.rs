@@ -37,3 +37,24 @@ use std::time::Instant;
 pub fn now() -> Instant {
     Instant::now()
 }
+
+/// The environment variables the `nsm` components read for their own set-up: a harness that starts
+/// them clears these so nothing leaks in from the caller's shell, then sets what it needs.
+pub const COMPONENT_ENV: [&str; 16] = [
+    "NSM_NAME",
+    "NSM_LISTEN_ON",
+    "NSM_CONNECT_TO",
+    "NSM_REGISTRY_URL",
+    "NSM_CTL_NSMGRS",
+    "NSM_CTL_TIMEOUT",
+    "NSM_LABELS",
+    "NSM_NETWORK_SERVICES",
+    "NSM_IDENTITY_DIR",
+    "SPIFFE_ENDPOINT_SOCKET",
+    "REGISTRY_MEMORY_LISTEN_ON",
+    "NODE_NAME",
+    "NSM_SERVICE_NAMES",
+    "NSM_FORWARDER_NETWORK_SERVICE_NAME",
+    "NSM_CIDR_PREFIX",
+    "NSM_POLICY",
+];

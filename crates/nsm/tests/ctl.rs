@@ -228,27 +228,9 @@ impl Drop for Mesh {
     }
 }
 
-/// Environment variables of ours that must not leak in from the developer's shell.
-const CLEARED: [&str; 14] = [
-    "NSM_NAME",
-    "NSM_LISTEN_ON",
-    "NSM_CONNECT_TO",
-    "NSM_REGISTRY_URL",
-    "NSM_CTL_NSMGRS",
-    "NSM_CTL_TIMEOUT",
-    "NSM_LABELS",
-    "NSM_NETWORK_SERVICES",
-    "NSM_IDENTITY_DIR",
-    "SPIFFE_ENDPOINT_SOCKET",
-    "REGISTRY_MEMORY_LISTEN_ON",
-    "NODE_NAME",
-    "NSM_SERVICE_NAMES",
-    "NSM_FORWARDER_NETWORK_SERVICE_NAME",
-];
-
 fn nsm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nsm"));
-    for v in CLEARED {
+    for v in nsm_testbed::COMPONENT_ENV {
         c.env_remove(v);
     }
     c

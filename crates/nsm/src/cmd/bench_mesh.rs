@@ -88,25 +88,6 @@ const WAIT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Our connections are not refreshed: their tokens outlive any run.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
-/// Environment variables of ours that must not leak in from the caller's shell.
-const CLEARED: [&str; 16] = [
-    "NSM_NAME",
-    "NSM_LISTEN_ON",
-    "NSM_CONNECT_TO",
-    "NSM_REGISTRY_URL",
-    "NSM_CTL_NSMGRS",
-    "NSM_CTL_TIMEOUT",
-    "NSM_LABELS",
-    "NSM_NETWORK_SERVICES",
-    "NSM_IDENTITY_DIR",
-    "SPIFFE_ENDPOINT_SOCKET",
-    "REGISTRY_MEMORY_LISTEN_ON",
-    "NODE_NAME",
-    "NSM_SERVICE_NAMES",
-    "NSM_FORWARDER_NETWORK_SERVICE_NAME",
-    "NSM_CIDR_PREFIX",
-    "NSM_POLICY",
-];
 /// The components, in start order.
 const COMPONENTS: [&str; 4] = ["registry", "nsmgr", "forwarder", "nse"];
 
@@ -273,7 +254,7 @@ impl Mesh {
             }
             None => Command::new(exe),
         };
-        for v in CLEARED {
+        for v in nsm_testbed::COMPONENT_ENV {
             cmd.env_remove(v);
         }
         cmd.env_remove("NSM_INSECURE");
