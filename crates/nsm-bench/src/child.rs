@@ -4,33 +4,49 @@
 //! Protocol on stdio, one line each: the child prints `URL <url>` once serving; then for every `stats`
 //! line it reads it prints `STATS <rss bytes> <net heap bytes or -> <connections held>`; it exits at
 //! end of input or on `quit`.
+//!
+//! With `--ca-dir <dir>` (a development CA saved by the parent) the NSMgr is secured as in production:
+//! its own SVID from that CA, mTLS, ES256 tokens and the default server policies.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use nsm_api::url::NsmUrl;
 use nsm_chains::nsmgr::{Nsmgr, NsmgrOptions};
-use nsm_core::token::TestTokenGenerator;
+use nsm_core::Clock;
+use nsm_identity::DevCa;
 use nsm_networkservice::begin::BeginServer;
 use nsm_sandbox::Restartable;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::Result;
 use crate::alloc;
-use crate::setup::DIAL_TIMEOUT;
+use crate::setup::{DIAL_TIMEOUT, Security};
 use crate::stats::rss_bytes;
 
 /// The NSMgr's name in the isolated setup.
 pub const NSMGR_NAME: &str = "nsmgr-bench";
 
 /// Runs the child side: serves an NSMgr (no central registry: network services and this node's
-/// endpoints are kept in its memory) on 127.0.0.1 and answers `stats` on stdin.
-pub async fn nsmgr_child() -> Result<()> {
+/// endpoints are kept in its memory) on 127.0.0.1 and answers `stats` on stdin. `ca_dir`: secured
+/// with an SVID from the CA saved there.
+pub async fn nsmgr_child(ca_dir: Option<&Path>) -> Result<()> {
     let counting = alloc::enable();
+    let clock = Clock::system();
+    let security = match ca_dir {
+        Some(dir) => Security::secured(Arc::new(DevCa::load(dir)?), clock),
+        None => Security::plaintext(clock),
+    };
+    let transport = security.transport(NSMGR_NAME)?;
+    let tokens = security.tokens(&transport);
     let begin: Arc<Mutex<Option<Arc<BeginServer>>>> = Arc::default();
     let slot = begin.clone();
-    let server = Restartable::start(NSMGR_NAME, loopback(), move |url| {
-        let mut o = NsmgrOptions::new(NSMGR_NAME, url, Arc::new(TestTokenGenerator::default()));
+    let t = transport.clone();
+    let server = Restartable::start_with(NSMGR_NAME, loopback(), transport, move |url| {
+        let mut o = NsmgrOptions::new(NSMGR_NAME, url, tokens.clone());
+        o.security = t.clone();
+        o.authorize = security.server_authorize();
         o.dial_timeout = DIAL_TIMEOUT;
         let n = Nsmgr::new(o);
         if let Ok(mut s) = slot.lock() {

@@ -60,7 +60,15 @@ pub enum BenchCommand {
     Memory(MemoryArgs),
     /// Internal: serve an isolated NSMgr for `memory --scope nsmgr` (stdio protocol).
     #[command(hide = true)]
-    NsmgrChild,
+    NsmgrChild(NsmgrChildArgs),
+}
+
+/// `nsmgr-child` options.
+#[derive(Debug, Args)]
+pub struct NsmgrChildArgs {
+    /// Secure the NSMgr with an SVID from the development CA saved in this directory.
+    #[arg(long)]
+    pub ca_dir: Option<std::path::PathBuf>,
 }
 
 /// `control-plane` options.
@@ -107,6 +115,10 @@ pub struct MemoryArgs {
     /// Where to read memory (repeatable; default: the whole process, then the NSMgr alone).
     #[arg(long, value_enum)]
     pub scope: Vec<Scope>,
+    /// Secure every hop as a production mesh (SPIFFE mTLS with SVIDs from a development CA, ES256
+    /// tokens, the default policies) instead of plaintext with test tokens.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// Runs a benchmark and prints its report. `child_command` starts this program's `nsmgr-child`
@@ -142,6 +154,7 @@ pub async fn run(cmd: BenchCommand, child_command: Vec<OsString>) -> Result<()> 
                         connections: a.connections,
                         concurrency: a.concurrency,
                         heal,
+                        secure: a.secure,
                         warmup: a.warmup,
                         phase_limit: std::time::Duration::from_secs(a.phase_limit_secs),
                         child_command: child_command.clone(),
@@ -151,7 +164,7 @@ pub async fn run(cmd: BenchCommand, child_command: Vec<OsString>) -> Result<()> 
                 }
             }
         }
-        BenchCommand::NsmgrChild => crate::child::nsmgr_child().await?,
+        BenchCommand::NsmgrChild(a) => crate::child::nsmgr_child(a.ca_dir.as_deref()).await?,
     }
     Ok(())
 }

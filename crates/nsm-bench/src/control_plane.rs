@@ -158,9 +158,13 @@ async fn run_cycles(
 
 /// Builds a fresh domain and runs the benchmark in it.
 pub async fn run(opts: ControlPlaneOpts) -> Result<ControlPlaneReport> {
-    let sb = domain(opts.mode).await?;
+    let sb = domain(opts.mode, false).await?;
     let clock = sb.clock();
-    let client = nsc(sb.nodes[0].nsmgr.url(), opts.heal);
+    let client = nsc(
+        sb.nodes[0].nsmgr.url(),
+        opts.heal,
+        &crate::setup::Security::plaintext(clock),
+    )?;
     let pinned = match opts.warm_channels {
         true => Some(
             client

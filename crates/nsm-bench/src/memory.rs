@@ -9,9 +9,14 @@
 //! Each run warms up with Request+Close cycles, reads memory, establishes N connections (fresh ids,
 //! bounded concurrency), reads memory, closes them all, lets background work settle and reads memory
 //! again — the leak check.
+//!
+//! `secure` runs every hop as a production mesh does (see [`Security`]): SPIFFE mTLS with SVIDs from
+//! one development CA, ES256 tokens and the default policies. In scope `nsmgr` the parent creates the
+//! CA and hands its directory to the child, which issues the NSMgr's own SVID from it.
 
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,16 +27,18 @@ use nsm_api::registry::{NetworkServiceEndpoint, NetworkServiceLabels};
 use nsm_api::url::NsmUrl;
 use nsm_chains::endpoint::{Endpoint, EndpointOptions};
 use nsm_chains::forwarder::{Forwarder, ForwarderOptions, NoopDataplane, registration};
-use nsm_chains::registry_client::{ns_registry_client, nse_registry_client};
-use nsm_core::token::{SharedTokenGenerator, TestTokenGenerator};
+use nsm_chains::registry_client::{ns_registry_client_with, nse_registry_client_with};
 use nsm_core::{Chain, Clock, Ctx};
+use nsm_identity::DevCa;
 use nsm_sandbox::Restartable;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio_util::sync::CancellationToken;
 
 use crate::child::loopback;
-use crate::setup::{CALL_TIMEOUT, DIAL_TIMEOUT, ENDPOINT, SERVICE, domain, nsc, request, service};
+use crate::setup::{
+    CALL_TIMEOUT, DIAL_TIMEOUT, ENDPOINT, SERVICE, Security, domain, nsc, request, service,
+};
 use crate::stats::{kib, rss_bytes};
 use crate::{BenchError, Result, alloc};
 
@@ -62,6 +69,8 @@ pub struct MemoryOpts {
     pub concurrency: usize,
     /// Whether the NSC heals (one MonitorConnections stream per connection through the NSMgr).
     pub heal: bool,
+    /// Full security on every hop (mTLS, ES256 tokens, default policies) instead of plaintext.
+    pub secure: bool,
     /// Unmeasured Request+Close cycles before the baseline.
     pub warmup: usize,
     /// Give up establishing (or closing) after this long.
@@ -90,6 +99,8 @@ pub struct MemoryReport {
     pub connections: usize,
     /// Whether the NSC healed.
     pub heal: bool,
+    /// Whether every hop was secured.
+    pub secure: bool,
     /// After warm-up.
     pub before: Reading,
     /// With every connection established.
@@ -139,8 +150,15 @@ impl fmt::Display for MemoryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "memory: {} connections, heal={}, scope: {}",
-            self.connections, self.heal, self.scope
+            "memory: {} connections, heal={}, {}, scope: {}",
+            self.connections,
+            self.heal,
+            if self.secure {
+                "secured (mTLS, ES256 tokens, default policies)"
+            } else {
+                "plaintext"
+            },
+            self.scope
         )?;
         writeln!(
             f,
@@ -222,8 +240,12 @@ pub async fn run(scope: Scope, opts: &MemoryOpts) -> Result<MemoryReport> {
     let counting = alloc::enable();
     match scope {
         Scope::Process => {
-            let sb = domain(crate::setup::Mode::Local).await?;
-            let client = nsc(sb.nodes[0].nsmgr.url(), opts.heal);
+            let sb = domain(crate::setup::Mode::Local, opts.secure).await?;
+            let security = match sb.identities() {
+                Some(ids) => Security::secured(ids.ca().clone(), sb.clock()),
+                None => Security::plaintext(sb.clock()),
+            };
+            let client = nsc(sb.nodes[0].nsmgr.url(), opts.heal, &security)?;
             let (report, _) = measure(
                 scope,
                 opts,
@@ -236,7 +258,7 @@ pub async fn run(scope: Scope, opts: &MemoryOpts) -> Result<MemoryReport> {
         }
         Scope::Nsmgr => {
             let mut iso = Isolated::start(opts).await?;
-            let client = nsc(&iso.nsmgr_url, opts.heal);
+            let client = nsc(&iso.nsmgr_url, opts.heal, &iso.security)?;
             let (mut report, parent_growth) =
                 measure(scope, opts, &client, Clock::system(), &mut iso.stats).await?;
             if counting {
@@ -302,6 +324,7 @@ async fn measure(
             scope,
             connections: opts.connections,
             heal: opts.heal,
+            secure: opts.secure,
             before,
             established,
             closed,
@@ -378,19 +401,50 @@ struct Isolated {
     child: Child,
     stats: ChildStats,
     nsmgr_url: NsmUrl,
+    security: Security,
+    /// Secured: the directory the child loads the CA from.
+    _ca_dir: Option<RemovedOnDrop>,
     stop: CancellationToken,
     _forwarder: Restartable,
     _endpoint: Restartable,
 }
 
+/// A directory removed (with its contents) when dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The trust domain of the isolated run's development CA.
+const TRUST_DOMAIN: &str = "bench.nsm";
+
 impl Isolated {
     async fn start(opts: &MemoryOpts) -> Result<Self> {
+        let clock = Clock::system();
         let (program, args) = opts
             .child_command
             .split_first()
             .ok_or_else(|| BenchError::boxed("no child command"))?;
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
+        let mut command = tokio::process::Command::new(program);
+        command.args(args);
+        let (security, ca_dir) = if opts.secure {
+            let ca = Arc::new(DevCa::new(TRUST_DOMAIN)?);
+            let dir = std::env::temp_dir().join(format!(
+                "nsm-bench-ca-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            let dir = RemovedOnDrop(dir);
+            ca.save(&dir.0)?;
+            command.arg("--ca-dir").arg(&dir.0);
+            (Security::secured(ca, clock), Some(dir))
+        } else {
+            (Security::plaintext(clock), None)
+        };
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -411,21 +465,49 @@ impl Isolated {
                 )));
             }
         };
-        let clock = Clock::system();
-        let token: SharedTokenGenerator = Arc::new(TestTokenGenerator::default());
         let stop = CancellationToken::new();
         let ctx = || Ctx::new(clock).with_timeout(CALL_TIMEOUT);
-        ns_registry_client(nsmgr_url.clone(), DIAL_TIMEOUT, &stop)
+        let admin = security.transport("bench-admin")?;
+        ns_registry_client_with(nsmgr_url.clone(), DIAL_TIMEOUT, &stop, &admin)
             .run_register(&mut ctx(), service())
             .await?;
-        let nse_registry = nse_registry_client(nsmgr_url.clone(), DIAL_TIMEOUT, &stop);
 
-        let (connect_to, tg) = (nsmgr_url.clone(), token.clone());
-        let forwarder = Restartable::start("forwarder-0", loopback(), move |_url| {
+        let forwarder = Self::forwarder(&security, &nsmgr_url, &stop).await?;
+        let endpoint = Self::endpoint(&security, &nsmgr_url, &stop).await?;
+        Ok(Self {
+            child,
+            stats,
+            nsmgr_url,
+            security,
+            _ca_dir: ca_dir,
+            stop,
+            _forwarder: forwarder,
+            _endpoint: endpoint,
+        })
+    }
+
+    /// Serves the forwarder here and registers it with the NSMgr.
+    async fn forwarder(
+        security: &Security,
+        nsmgr_url: &NsmUrl,
+        stop: &CancellationToken,
+    ) -> Result<Restartable> {
+        const NAME: &str = "forwarder-0";
+        let clock = Clock::system();
+        let transport = security.transport(NAME)?;
+        let (connect_to, tokens, sec, t) = (
+            nsmgr_url.clone(),
+            security.tokens(&transport),
+            security.clone(),
+            transport.clone(),
+        );
+        let forwarder = Restartable::start_with(NAME, loopback(), transport.clone(), move |_url| {
             let f = Forwarder::new(
                 ForwarderOptions {
                     dial_timeout: DIAL_TIMEOUT,
-                    ..ForwarderOptions::new("forwarder-0", connect_to.clone(), tg.clone(), clock)
+                    security: t.clone(),
+                    authorize: sec.server_authorize(),
+                    ..ForwarderOptions::new(NAME, connect_to.clone(), tokens.clone(), clock)
                 },
                 &NoopDataplane,
             );
@@ -433,22 +515,39 @@ impl Isolated {
         })
         .await?;
         let p2p = [("p2p".to_string(), "true".to_string())].into();
-        nse_registry
+        nse_registry_client_with(nsmgr_url.clone(), DIAL_TIMEOUT, stop, &transport)
             .run_register(
-                &mut ctx(),
-                registration("forwarder-0", "forwarder", p2p, forwarder.url()),
+                &mut Ctx::new(clock).with_timeout(CALL_TIMEOUT),
+                registration(NAME, "forwarder", p2p, forwarder.url()),
             )
             .await?;
+        Ok(forwarder)
+    }
 
-        let tg = token.clone();
-        let endpoint = Restartable::start(ENDPOINT, loopback(), move |_url| {
-            let e = Endpoint::new(EndpointOptions::new(ENDPOINT, tg.clone(), clock));
+    /// Serves the endpoint here and registers it with the NSMgr.
+    async fn endpoint(
+        security: &Security,
+        nsmgr_url: &NsmUrl,
+        stop: &CancellationToken,
+    ) -> Result<Restartable> {
+        let clock = Clock::system();
+        let transport = security.transport(ENDPOINT)?;
+        let (tokens, sec, t) = (
+            security.tokens(&transport),
+            security.clone(),
+            transport.clone(),
+        );
+        let endpoint = Restartable::start_with(ENDPOINT, loopback(), transport.clone(), move |_url| {
+            let mut o = EndpointOptions::new(ENDPOINT, tokens.clone(), clock);
+            o.security = t.clone();
+            o.authorize = sec.server_authorize();
+            let e = Endpoint::new(o);
             (e.routes(), Box::new(e))
         })
         .await?;
-        nse_registry
+        nse_registry_client_with(nsmgr_url.clone(), DIAL_TIMEOUT, stop, &transport)
             .run_register(
-                &mut ctx(),
+                &mut Ctx::new(clock).with_timeout(CALL_TIMEOUT),
                 NetworkServiceEndpoint {
                     name: ENDPOINT.into(),
                     network_service_names: vec![SERVICE.into()],
@@ -459,14 +558,7 @@ impl Isolated {
                 },
             )
             .await?;
-        Ok(Self {
-            child,
-            stats,
-            nsmgr_url,
-            stop,
-            _forwarder: forwarder,
-            _endpoint: endpoint,
-        })
+        Ok(endpoint)
     }
 
     async fn finish(mut self) {

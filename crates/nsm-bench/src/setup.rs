@@ -8,8 +8,12 @@ use nsm_api::registry::NetworkService;
 use nsm_api::url::NsmUrl;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_chains::client::{ClientOptions, new_client};
-use nsm_core::Chain;
-use nsm_core::token::TestTokenGenerator;
+use nsm_core::chain::Element;
+use nsm_core::token::{SharedTokenGenerator, TestTokenGenerator};
+use nsm_core::{Chain, Clock};
+use nsm_identity::{DevCa, JwtTokenGenerator, TlsIdentity, TransportSecurity};
+use nsm_networkservice::authorize::{AuthorizeClient, AuthorizeServer};
+use nsm_policy::{PolicyRuntime, default_client_policies_with, default_server_policies_with};
 use nsm_sandbox::{EndpointSpec, Sandbox};
 
 use crate::Result;
@@ -55,16 +59,93 @@ pub fn request() -> NetworkServiceRequest {
     }
 }
 
+/// How long the tokens of a secured benchmark live: longer than any run, so no connection expires
+/// (and none is refreshed) while it is measured.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// How the benchmark's components and clients are secured: plaintext with test tokens and no policies,
+/// or as a production mesh — every component and client its own X.509-SVID from one development CA,
+/// SPIFFE mTLS on every hop, ES256 tokens ([`TOKEN_LIFETIME`]) and the default policies (as
+/// `Sandbox::builder().secure()` and `nsm bench mesh` run).
+#[derive(Clone)]
+pub struct Security {
+    ca: Option<Arc<DevCa>>,
+    clock: Clock,
+}
+
+impl Security {
+    /// Plaintext gRPC, test tokens, allow-all.
+    pub fn plaintext(clock: Clock) -> Self {
+        Self { ca: None, clock }
+    }
+
+    /// Everything secured with SVIDs issued by `ca`.
+    pub fn secured(ca: Arc<DevCa>, clock: Clock) -> Self {
+        nsm_identity::install_crypto_provider();
+        Self {
+            ca: Some(ca),
+            clock,
+        }
+    }
+
+    /// The CA, when secured.
+    pub fn ca(&self) -> Option<&Arc<DevCa>> {
+        self.ca.as_ref()
+    }
+
+    /// How component `name` serves and dials: mTLS with an SVID of its own (issued now), or plaintext.
+    pub fn transport(&self, name: &str) -> Result<TransportSecurity> {
+        Ok(match &self.ca {
+            Some(ca) => {
+                TransportSecurity::Tls(TlsIdentity::new(ca.source(name, 2 * TOKEN_LIFETIME)?)?)
+            }
+            None => TransportSecurity::Insecure,
+        })
+    }
+
+    /// The token generator of a component served with `transport`: ES256 tokens signed with its SVID
+    /// under TLS, test tokens in plaintext.
+    pub fn tokens(&self, transport: &TransportSecurity) -> SharedTokenGenerator {
+        match transport.tls() {
+            Some(tls) => Arc::new(JwtTokenGenerator::new(tls.source(), TOKEN_LIFETIME)),
+            None => Arc::new(TestTokenGenerator::default()),
+        }
+    }
+
+    /// The server authorize element: the default policies when secured, else allow-all.
+    pub fn server_authorize(&self) -> Element {
+        match self.ca {
+            Some(_) => Arc::new(AuthorizeServer::new(default_server_policies_with(
+                &PolicyRuntime::new(self.clock),
+            ))),
+            None => Arc::new(AuthorizeServer::any()),
+        }
+    }
+
+    /// The client authorize element: the default policies when secured, else allow-all.
+    pub fn client_authorize(&self) -> Element {
+        match self.ca {
+            Some(_) => Arc::new(AuthorizeClient::new(default_client_policies_with(
+                &PolicyRuntime::new(self.clock),
+            ))),
+            None => Arc::new(AuthorizeClient::any()),
+        }
+    }
+}
+
 /// The NSC chain: `nsm_chains::client::new_client` without the sandbox's retry wrapper, without
-/// refresh, with or without heal.
-pub fn nsc(nsmgr: &NsmUrl, heal: bool) -> Arc<Chain> {
-    Arc::new(new_client(ClientOptions {
+/// refresh, with or without heal, secured as `security` says.
+pub fn nsc(nsmgr: &NsmUrl, heal: bool, security: &Security) -> Result<Arc<Chain>> {
+    let transport = security.transport("nsc")?;
+    Ok(Arc::new(new_client(ClientOptions {
         url: Some(nsmgr.clone()),
         refresh: false,
         heal,
         dial_timeout: DIAL_TIMEOUT,
-        ..ClientOptions::new("nsc", Arc::new(TestTokenGenerator::default()))
-    }))
+        authorize: security.client_authorize(),
+        security: transport.clone(),
+        ..ClientOptions::new("nsc", security.tokens(&transport))
+    })))
 }
 
 /// The network service registration.
@@ -77,13 +158,18 @@ pub fn service() -> NetworkService {
 }
 
 /// A sandbox domain: one node (local) or two (remote), the service registered and a plain endpoint
-/// on the last node.
-pub async fn domain(mode: Mode) -> Result<Sandbox> {
+/// on the last node; `secure`: as [`Sandbox::builder`]`().secure()` (tokens living
+/// [`TOKEN_LIFETIME`]).
+pub async fn domain(mode: Mode, secure: bool) -> Result<Sandbox> {
     let nodes = match mode {
         Mode::Local => 1,
         Mode::Remote => 2,
     };
-    let sb = Sandbox::builder().nodes(nodes).build().await?;
+    let mut builder = Sandbox::builder().nodes(nodes);
+    if secure {
+        builder = builder.secure().max_token_lifetime(TOKEN_LIFETIME);
+    }
+    let sb = builder.build().await?;
     sb.register_ns(service()).await?;
     sb.nodes[nodes - 1]
         .new_endpoint(EndpointSpec::new(ENDPOINT, SERVICE), vec![])
