@@ -1,6 +1,7 @@
 //! Typed values that elements pass to later elements through [`Ctx`](crate::Ctx) — the equivalents of
 //! Go's `clienturlctx`, `token.FromContext`, `peer.FromContext` and `discover.Candidates`.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use nsm_api::registry::{NetworkService, NetworkServiceEndpoint};
@@ -25,8 +26,10 @@ pub struct IncomingToken {
 pub struct PeerInfo {
     /// The peer's SPIFFE ID, when it authenticated with an X.509-SVID.
     pub spiffe_id: Option<String>,
-    /// The peer's leaf certificate (PEM), for policies that verify token signatures.
-    pub certificate_pem: Option<String>,
+    /// The peer's leaf certificate (PEM), for policies that verify token signatures. Shared: every
+    /// call over one TLS connection — and every connection's context that `begin` keeps for its
+    /// events — points at the same text instead of holding a copy of it.
+    pub certificate_pem: Option<Arc<str>>,
     /// The remote address, if known.
     pub remote_addr: Option<String>,
 }

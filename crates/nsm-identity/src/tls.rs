@@ -323,7 +323,7 @@ pub fn peer_info(peer_certificates: Option<&[CertificateDer<'_>]>) -> PeerInfo {
     };
     PeerInfo {
         spiffe_id: spiffe_id_of(leaf).ok().map(|(id, _)| id),
-        certificate_pem: Some(der_to_pem("CERTIFICATE", leaf)),
+        certificate_pem: Some(der_to_pem("CERTIFICATE", leaf).into()),
         remote_addr: None,
     }
 }

@@ -147,7 +147,7 @@ async fn dial(
 
 /// The server's leaf certificate (PEM) as the client saw it at its last handshake.
 fn presented(peer: &ServerPeer) -> String {
-    peer.get().unwrap().certificate_pem.unwrap()
+    peer.get().unwrap().certificate_pem.unwrap().to_string()
 }
 
 /// Two parties, each with its own `WorkloadApiSource` on one agent, talking gRPC over mTLS.

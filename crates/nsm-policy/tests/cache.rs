@@ -124,7 +124,7 @@ async fn the_default_policies_check_each_new_token_once_per_process() {
     );
     let nsmgr_peer = peer_info(Some(ca.material("nsmgr", HOUR).unwrap().svid.chain()));
     let nsc_cert = Some(nsm_core::values::PeerInfo {
-        certificate_pem: Some(nsc.pem.clone()),
+        certificate_pem: Some(nsc.pem.as_str().into()),
         ..Default::default()
     });
     let rt = PolicyRuntime::new(clock);
