@@ -7,10 +7,9 @@ use nsm_api::{Connection, Mechanism, NetworkServiceRequest};
 use nsm_core::values::FromEvent;
 use nsm_core::{Ctx, Next, NsmError, Result};
 use parking_lot::Mutex;
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::encoded::Encoded;
+use crate::encoded::{Encoded, RecordedConnection};
 
 pub(super) const ELEMENT: &str = "begin";
 
@@ -21,11 +20,49 @@ pub(super) enum Status {
     Closed,
 }
 
+/// The last successful request, its connection replaced by the one returned (encoded: see
+/// [`Encoded`]).
+pub(super) struct StoredRequest {
+    /// The connection returned — the same allocation as the `monitor` hub's record of it when that
+    /// encodes alike (see [`crate::encoded`]).
+    connection: Encoded<Connection>,
+    /// The request's mechanism preferences (a request without connection).
+    preferences: Encoded<NetworkServiceRequest>,
+}
+
+impl StoredRequest {
+    /// Keeps `conn` (sharing `recorded`'s bytes when they are `conn`'s) and `preferences`.
+    fn new(
+        conn: &Connection,
+        preferences: Vec<Mechanism>,
+        recorded: Option<RecordedConnection>,
+    ) -> Self {
+        Self {
+            connection: Encoded::new_or_shared(conn, recorded.map(|r| r.0)),
+            preferences: Encoded::new(&NetworkServiceRequest {
+                connection: None,
+                mechanism_preferences: preferences,
+            }),
+        }
+    }
+
+    /// The stored request, decoded.
+    pub(super) fn decode(&self) -> Result<NetworkServiceRequest> {
+        let mut request = self.preferences.decode(ELEMENT)?;
+        request.connection = Some(self.connection.decode(ELEMENT)?);
+        Ok(request)
+    }
+
+    /// The stored connection, decoded.
+    pub(super) fn connection(&self) -> Result<Connection> {
+        self.connection.decode(ELEMENT)
+    }
+}
+
 pub(super) struct SlotState {
     pub(super) status: Status,
-    /// Last successful request, its connection replaced by the one returned (encoded: see
-    /// [`Encoded`]).
-    pub(super) request: Option<Encoded<NetworkServiceRequest>>,
+    /// Last successful request.
+    pub(super) request: Option<StoredRequest>,
     /// The connection last returned to the caller, when an event has changed the stored one since
     /// (`None`: it is `request.connection`): what a re-request's changes are judged against. Kept
     /// apart only then, so an established connection is stored once.
@@ -167,8 +204,8 @@ impl EventFactory {
             else {
                 return Ok(None);
             };
-            let mut request = stored.decode(ELEMENT)?;
-            let before = request.connection.clone();
+            let mut request = stored.decode()?;
+            let before = stored.connection.clone();
             if opts.reselect {
                 let mut ctx = this.event_ctx(&stored_ctx);
                 let old = request.connection.clone().unwrap_or_default();
@@ -182,11 +219,13 @@ impl EventFactory {
             }
             let mut ctx = this.event_ctx(&stored_ctx);
             let preferences = request.mechanism_preferences.clone();
-            let conn = next.request(&mut ctx, request).await?;
-            st.request = Some(stored_request(&conn, preferences));
+            let result = next.request(&mut ctx, request).await;
+            let recorded = ctx.remove::<RecordedConnection>();
+            let conn = result?;
+            st.request = Some(StoredRequest::new(&conn, preferences, recorded));
             // The caller still holds what it was returned last: keep that apart from now on.
             if st.returned.is_none() {
-                st.returned = before.as_ref().map(Encoded::new);
+                st.returned = Some(before);
             }
             Ok(Some(conn))
         };
@@ -203,7 +242,7 @@ impl EventFactory {
             else {
                 return Ok(());
             };
-            let request = stored.decode(ELEMENT)?;
+            let connection = stored.connection()?;
             // After a Close that failed, the connection may still exist downstream: let the event retry
             // it (Go's timeout relies on this), unless the id now belongs to a new connection.
             let retry_failed_close =
@@ -212,9 +251,7 @@ impl EventFactory {
                 return Ok(());
             }
             let mut ctx = this.event_ctx(&stored_ctx);
-            let r = next
-                .close(&mut ctx, request.connection.unwrap_or_default())
-                .await;
+            let r = next.close(&mut ctx, connection).await;
             st.status = Status::Closed;
             st.close_failed = r.is_err();
             this.slot.forget();
@@ -222,21 +259,6 @@ impl EventFactory {
         };
         run_detached(work).await
     }
-}
-
-/// The request to keep: `preferences` with `conn` as its connection, encoded without copying `conn`.
-fn stored_request(
-    conn: &Connection,
-    preferences: Vec<Mechanism>,
-) -> Encoded<NetworkServiceRequest> {
-    let mut bytes = NetworkServiceRequest {
-        connection: None,
-        mechanism_preferences: preferences,
-    }
-    .encode_to_vec();
-    // Field 1 of NetworkServiceRequest is `connection`; fields may come in any order on the wire.
-    prost::encoding::message::encode(1, conn, &mut bytes);
-    Encoded::from_encoding(bytes)
 }
 
 async fn run_detached<T: Send + 'static>(
@@ -294,15 +316,15 @@ impl Begin {
                 && let Some(stored) = st.request.as_ref()
                 && let Some(requested) = request.connection.take()
             {
-                let stored = stored.decode(ELEMENT)?.connection;
+                let stored = stored.connection()?;
                 let returned = st
                     .returned
                     .as_ref()
                     .map(|r| r.decode(ELEMENT))
                     .transpose()?;
                 request.connection = Some(super::merge::merge_connection(
-                    returned.as_ref().or(stored.as_ref()),
-                    stored.as_ref(),
+                    Some(returned.as_ref().unwrap_or(&stored)),
+                    Some(&stored),
                     requested,
                 ));
             }
@@ -313,6 +335,7 @@ impl Begin {
             let preferences = request.mechanism_preferences.clone();
             let result = next.clone().request(ctx, request).await;
             ctx.remove::<EventFactory>();
+            let recorded = ctx.remove::<RecordedConnection>();
             if let Ok(conn) = &result
                 && st.status != Status::Established
                 && ctx.expired()
@@ -334,7 +357,7 @@ impl Begin {
             }
             match &result {
                 Ok(conn) => {
-                    st.request = Some(stored_request(conn, preferences));
+                    st.request = Some(StoredRequest::new(conn, preferences, recorded));
                     st.returned = None;
                     st.next = Some(next);
                     st.ctx = Some(stored_ctx);
@@ -348,6 +371,14 @@ impl Begin {
             }
             return result;
         }
+    }
+
+    /// The stored connection of `id`, if established and not busy (tests of sharing).
+    #[cfg(test)]
+    pub(super) fn stored_connection(&self, id: &str) -> Option<Encoded<Connection>> {
+        let slot = self.slots.load(id)?;
+        let st = slot.state.try_lock().ok()?;
+        st.request.as_ref().map(|r| r.connection.clone())
     }
 
     pub(super) async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
@@ -364,8 +395,7 @@ impl Begin {
         let stored = st
             .request
             .as_ref()
-            .and_then(|r| r.decode(ELEMENT).ok())
-            .and_then(|r| r.connection)
+            .and_then(|r| r.connection().ok())
             .unwrap_or(conn);
         ctx.insert(EventFactory { slot: slot.clone() });
         let result = next.close(ctx, stored).await;

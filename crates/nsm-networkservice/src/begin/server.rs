@@ -24,6 +24,15 @@ impl BeginServer {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The stored connection of `id` (tests of sharing).
+    #[cfg(test)]
+    pub(crate) fn stored_connection(
+        &self,
+        id: &str,
+    ) -> Option<crate::encoded::Encoded<Connection>> {
+        self.0.stored_connection(id)
+    }
 }
 
 impl Default for BeginServer {

@@ -8,7 +8,8 @@
 //!
 //! The recorded connections are kept encoded ([`Encoded`]): one allocation of about half the decoded
 //! size per live connection, decoded only for a passthrough update of that connection or a new
-//! subscriber's initial state.
+//! subscriber's initial state. The record of an UPDATE is shared with the `begin` of the same chain,
+//! which keeps the same connection (see [`crate::encoded`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,18 +143,20 @@ impl HubState {
         }
     }
 
-    /// Records and fans out an UPDATE or DELETE of one connection, cloning it only for the
-    /// subscribers that match it (none, often: an NSMgr whose clients do not heal).
-    fn publish_one(&mut self, kind: ConnectionEventType, conn: &Connection) {
-        match kind {
-            ConnectionEventType::Update => {
-                self.connections.insert(conn.id.clone(), Encoded::new(conn));
+    /// Records (`Some`: an UPDATE to `recorded`, `None`: a DELETE) and fans out an event of one
+    /// connection, cloning it only for the subscribers that match it (none, often: an NSMgr whose
+    /// clients do not heal).
+    fn publish_one(&mut self, conn: &Connection, recorded: Option<Encoded<Connection>>) {
+        let kind = match recorded {
+            Some(encoded) => {
+                self.connections.insert(conn.id.clone(), encoded);
+                ConnectionEventType::Update
             }
-            ConnectionEventType::Delete => {
+            None => {
                 self.connections.remove(&conn.id);
+                ConnectionEventType::Delete
             }
-            ConnectionEventType::InitialStateTransfer => return,
-        }
+        };
         let mut gone = Vec::new();
         for id in self.candidates(std::iter::once(conn)) {
             let Some(sub) = self.subscribers.get(&id) else {
@@ -295,9 +298,23 @@ impl Hub {
         self.state.lock().publish(event);
     }
 
-    /// Records and fans out an UPDATE or DELETE of `conn` (cloned only for matching subscribers).
-    pub(super) fn publish_one(&self, kind: ConnectionEventType, conn: &Connection) {
-        self.state.lock().publish_one(kind, conn);
+    /// Records and fans out an UPDATE of `conn` (cloned only for matching subscribers); returns the
+    /// record, to share with the `begin` that keeps the same connection.
+    pub(super) fn publish_update(&self, conn: &Connection) -> Encoded<Connection> {
+        let recorded = Encoded::new(conn);
+        self.state.lock().publish_one(conn, Some(recorded.clone()));
+        recorded
+    }
+
+    /// The record of connection `id` (tests of sharing).
+    #[cfg(test)]
+    pub(super) fn recorded(&self, id: &str) -> Option<Encoded<Connection>> {
+        self.state.lock().connections.get(id).cloned()
+    }
+
+    /// Forgets `conn` and fans out its DELETE.
+    pub(super) fn publish_delete(&self, conn: &Connection) {
+        self.state.lock().publish_one(conn, None);
     }
 
     /// A new subscriber's stream: the initial state transfer, then its events. Dropping the stream

@@ -1,7 +1,8 @@
 //! `monitor`: this hop's `connection.MonitorConnection` service and the element that feeds it.
 //!
 //! **Request**: stops the connection's passthrough (if any), runs the rest of the chain and, on
-//! success, publishes the returned connection as UPDATE. If a [`ClientConn`](crate::dial::ClientConn) to
+//! success, publishes the returned connection as UPDATE (and leaves its encoded record in the
+//! context, which the `begin` before it keeps instead of a copy of its own). If a [`ClientConn`](crate::dial::ClientConn) to
 //! the next hop is then in client metadata (this hop is a passthrough: nsmgr, forwarder), it watches the
 //! connection at the next hop's MonitorConnections — on ONE stream per next-hop URL shared by every
 //! connection through us (selector = our segment's name, no id; see `upstream.rs`), opened on first

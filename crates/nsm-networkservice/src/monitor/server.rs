@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use nsm_api::{Connection, ConnectionEventType, NetworkServiceRequest, State};
+use nsm_api::{Connection, NetworkServiceRequest, State};
 use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use super::grpc::MonitorConnectionGrpc;
 use super::hub::{DEFAULT_SUBSCRIBER_BUFFER, Hub};
 use super::upstream::{Upstreams, WatchGuard, Watcher};
 use crate::dial::ClientConn;
+use crate::encoded::RecordedConnection;
 
 const ELEMENT: &str = "monitor";
 
@@ -133,6 +134,12 @@ impl MonitorServer {
         self
     }
 
+    /// The record of connection `id` (tests of sharing).
+    #[cfg(test)]
+    pub(crate) fn recorded(&self, id: &str) -> Option<crate::encoded::Encoded<Connection>> {
+        self.hub.recorded(id)
+    }
+
     /// Publishes an event as if the chain had produced it (tests of subscribers).
     #[cfg(test)]
     pub(crate) fn publish(&self, ev: nsm_api::ConnectionEvent) {
@@ -186,7 +193,9 @@ impl NetworkServiceServer for MonitorServer {
         Self::stop_loop(ctx);
         let entry = ctx.clone();
         let conn = next.clone().request(ctx, request).await?;
-        self.hub.publish_one(ConnectionEventType::Update, &conn);
+        let recorded = self.hub.publish_update(&conn);
+        // For the `begin` before us, which keeps the same connection: one copy, not two.
+        ctx.insert(RecordedConnection(recorded));
         let Some(cc) = ctx
             .metadata()
             .and_then(|m| m.get::<ClientConn>(Side::Client))
@@ -200,7 +209,7 @@ impl NetworkServiceServer for MonitorServer {
                 if let Err(e) = next.close(&mut close_ctx, conn.clone()).await {
                     tracing::debug!(error = %e, "monitor: closing after a failed subscription failed");
                 }
-                self.hub.publish_one(ConnectionEventType::Delete, &conn);
+                self.hub.publish_delete(&conn);
                 let status = Status::new(
                     status.code(),
                     format!("unable to monitor: {}", status.message()),
@@ -213,7 +222,7 @@ impl NetworkServiceServer for MonitorServer {
     async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
         Self::stop_loop(ctx);
         let result = next.close(ctx, conn.clone()).await;
-        self.hub.publish_one(ConnectionEventType::Delete, &conn);
+        self.hub.publish_delete(&conn);
         result
     }
 
