@@ -10,41 +10,48 @@
 //! because it ran out of time or was cancelled: the connection may then still exist downstream, and the
 //! timer stays armed to close it later (sdk #1030).
 //!
-//! **State**: the armed timer task, in the connection's metadata (server side). Needs `begin` and
-//! `metadata` before it; without them Request fails with `Internal` before anything downstream runs.
+//! **State**: the connection's armed deadline, in its metadata (server side), and the element's queue
+//! of deadlines ([`queue`]: one task serves all the connections, running only while one is armed).
+//! Needs `begin` and `metadata` before it; without them Request fails with `Internal` before anything
+//! downstream runs.
+
+mod queue;
 
 use async_trait::async_trait;
 use nsm_api::{Connection, NetworkServiceRequest};
 use nsm_core::clock::from_timestamp;
 use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
-use tokio::task::AbortHandle;
 use tonic::Code;
 
 use crate::begin::EventFactory;
+use queue::{Armed, Queue};
 
 const ELEMENT: &str = "timeout";
 
-/// The armed timer of one connection.
-#[derive(Debug, Clone)]
-struct Armed(AbortHandle);
-
-impl Armed {
-    fn disarm(self) {
-        // The event handle runs the Close on its own task, so aborting a timer that is already
-        // waiting for its Close does not cut that Close short.
-        self.0.abort();
-    }
+/// `timeout` for server chains.
+#[derive(Clone, Default)]
+pub struct TimeoutServer {
+    queue: Queue,
 }
 
-/// `timeout` for server chains.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TimeoutServer;
+impl std::fmt::Debug for TimeoutServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutServer")
+            .field("armed", &self.queue.len())
+            .finish()
+    }
+}
 
 impl TimeoutServer {
     /// A new element.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// Number of connections whose deadline is armed.
+    pub fn armed(&self) -> usize {
+        self.queue.len()
     }
 }
 
@@ -84,18 +91,8 @@ impl NetworkServiceServer for TimeoutServer {
             ));
         };
         let at = ctx.clock().instant_of(expires);
-        let clock = *ctx.clock();
-        let id = conn.id.clone();
-        let task = tokio::spawn(async move {
-            clock.sleep_until(at).await;
-            tracing::debug!(element = ELEMENT, id = %id, "connection expired; closing");
-            // Boxed: the close future is large and would otherwise sit inline in every waiting task
-            // (one per connection) for the connection's whole life.
-            if let Err(e) = Box::pin(events.close()).await {
-                tracing::warn!(element = ELEMENT, id = %id, error = %e, "closing the expired connection failed");
-            }
-        });
-        if let Some(old) = md.insert(Side::Server, Armed(task.abort_handle())) {
+        let armed = self.queue.arm(*ctx.clock(), at, events);
+        if let Some(old) = md.insert(Side::Server, armed) {
             old.disarm();
         }
         Ok(conn)
@@ -332,6 +329,85 @@ mod tests {
         assert_eq!(s.conns.counts(), (0, 1));
         assert!(s.server_begin.is_empty() && s.server_metadata.is_empty());
         assert!(s.conns.bad_closes.lock().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_task_serves_every_armed_connection_and_ends_with_the_last() {
+        let s = setup(vec![], vec![]);
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+        for _ in 0..50 {
+            s.client
+                .run_request(&mut ctx(), NetworkServiceRequest::default())
+                .await
+                .unwrap();
+        }
+        settle().await;
+        assert_eq!(s.conns.counts(), (50, 0));
+        assert_eq!(
+            tasks(),
+            before + 1,
+            "one timer task, not one per connection"
+        );
+        tokio::time::advance(TOKEN_TIMEOUT).await;
+        settle().await;
+        assert_eq!(s.conns.counts(), (0, 50), "every connection expired");
+        assert!(s.server_begin.is_empty() && s.server_metadata.is_empty());
+        assert_eq!(tasks(), before, "nothing armed: the timer task is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_armed_later_fires_first() {
+        let s = setup(vec![], vec![]);
+        let endpoint = Chain::new(
+            "server",
+            vec![
+                Arc::new(UpdatePathServer::new("server")),
+                s.server_begin.clone(),
+                Arc::new(UpdateTokenServer::new(Arc::new(
+                    TestTokenGenerator::default(),
+                ))),
+                s.server_metadata.clone(),
+                Arc::new(TimeoutServer::new()),
+                s.conns.clone(),
+            ],
+        );
+        let call = |id: &'static str, lifetime: Duration| {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut ctx = ctx();
+                ctx.insert(IncomingToken {
+                    token: "token".into(),
+                    expires: ctx.clock().now() + lifetime,
+                });
+                // A caller one hop before us, with its own segment (id = connection id).
+                let req = NetworkServiceRequest {
+                    connection: Some(Connection {
+                        id: id.into(),
+                        path: Some(Path {
+                            index: 0,
+                            path_segments: vec![PathSegment::new(format!("client-{id}"), id)],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                endpoint.run_request(&mut ctx, req).await.unwrap()
+            }
+        };
+        call("late", Duration::from_secs(600)).await;
+        call("early", Duration::from_secs(60)).await;
+        tokio::time::advance(Duration::from_secs(61)).await;
+        settle().await;
+        // The timer was waiting for the 600 s deadline when the 60 s one was armed.
+        assert_eq!(s.conns.counts(), (1, 1), "the early one expired on time");
+        tokio::time::advance(Duration::from_secs(540)).await;
+        settle().await;
+        assert_eq!(s.conns.counts(), (0, 2));
     }
 
     #[tokio::test(start_paused = true)]
