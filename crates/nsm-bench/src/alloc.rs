@@ -83,3 +83,31 @@ pub fn net_bytes() -> i64 {
 pub fn allocations() -> u64 {
     ALLOCATIONS.load(Ordering::SeqCst)
 }
+
+/// glibc malloc's own view of the heap: bytes in allocated chunks (headers and rounding included,
+/// mmapped chunks too) and bytes in free chunks it keeps. Compared with RSS and [`net_bytes`], this
+/// tells allocator overhead (in use minus requested) from fragmentation (free but held). `None` where
+/// the C library is not glibc.
+pub fn malloc_view() -> Option<(u64, u64)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value; glibc >= 2.33
+        // (Debian 12 has 2.36) provides it.
+        let m = unsafe { libc::mallinfo2() };
+        Some(((m.uordblks + m.hblkhd) as u64, m.fordblks as u64))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// Returns free heap pages to the system (`malloc_trim(0)`: also free pages inside the heap, not just
+/// its top). Used only to measure how much of a process's RSS is memory malloc keeps free.
+pub fn malloc_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases malloc's own free chunks; it takes a padding size.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -2,8 +2,9 @@
 //! client, forwarder and endpoint (which stay in the parent).
 //!
 //! Protocol on stdio, one line each: the child prints `URL <url>` once serving; then for every `stats`
-//! line it reads it prints `STATS <rss bytes> <net heap bytes or -> <connections held>`; it exits at
-//! end of input or on `quit`.
+//! line it reads it prints `STATS <rss bytes> <net heap bytes or -> <connections held>` followed, with
+//! glibc, by malloc's bytes in use and free-but-kept bytes; `trim` makes it return malloc's free
+//! pages to the system first (answer `TRIMMED`); it exits at end of input or on `quit`.
 //!
 //! With `--ca-dir <dir>` (a development CA saved by the parent) the NSMgr is secured as in production:
 //! its own SVID from that CA, mTLS, ES256 tokens and the default server policies.
@@ -71,7 +72,14 @@ pub async fn nsmgr_child(ca_dir: Option<&Path>) -> Result<()> {
                     .ok()
                     .and_then(|b| b.as_ref().map(|b| b.len()))
                     .unwrap_or(0);
-                say(&format!("STATS {rss} {heap} {held}"))?;
+                let malloc = alloc::malloc_view()
+                    .map(|(in_use, free)| format!(" {in_use} {free}"))
+                    .unwrap_or_default();
+                say(&format!("STATS {rss} {heap} {held}{malloc}"))?;
+            }
+            "trim" => {
+                alloc::malloc_trim();
+                say("TRIMMED")?;
             }
             "quit" => break,
             _ => {}

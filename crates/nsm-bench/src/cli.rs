@@ -119,6 +119,10 @@ pub struct MemoryArgs {
     /// tokens, the default policies) instead of plaintext with test tokens.
     #[arg(long)]
     pub secure: bool,
+    /// Call `malloc_trim(0)` in the measured process before every reading: RSS then counts the
+    /// memory the connections hold, not the free memory malloc keeps.
+    #[arg(long)]
+    pub malloc_trim: bool,
 }
 
 /// Runs a benchmark and prints its report. `child_command` starts this program's `nsmgr-child`
@@ -155,6 +159,7 @@ pub async fn run(cmd: BenchCommand, child_command: Vec<OsString>) -> Result<()> 
                         concurrency: a.concurrency,
                         heal,
                         secure: a.secure,
+                        malloc_trim: a.malloc_trim,
                         warmup: a.warmup,
                         phase_limit: std::time::Duration::from_secs(a.phase_limit_secs),
                         child_command: child_command.clone(),

@@ -71,6 +71,9 @@ pub struct MemoryOpts {
     pub heal: bool,
     /// Full security on every hop (mTLS, ES256 tokens, default policies) instead of plaintext.
     pub secure: bool,
+    /// Return malloc's free pages to the system (`malloc_trim(0)`) before every reading, to tell the
+    /// memory held by connections from the free memory malloc keeps.
+    pub malloc_trim: bool,
     /// Unmeasured Request+Close cycles before the baseline.
     pub warmup: usize,
     /// Give up establishing (or closing) after this long.
@@ -88,6 +91,8 @@ pub struct Reading {
     pub heap: Option<i64>,
     /// Connections the NSMgr holds (begin's count), where known.
     pub held: Option<usize>,
+    /// glibc's bytes in use and bytes free but kept ([`alloc::malloc_view`]), where known.
+    pub malloc: Option<(u64, u64)>,
 }
 
 /// The figures of one run.
@@ -140,6 +145,13 @@ impl MemoryReport {
     pub fn rss_left_per_connection(&self) -> Option<f64> {
         delta_u(self.before.rss, self.closed.rss).map(|d| d / self.connections as f64)
     }
+    /// Growth per established connection of malloc's bytes in use (requested bytes plus chunk
+    /// headers and rounding) and of its free-but-kept bytes.
+    pub fn malloc_per_connection(&self) -> Option<(f64, f64)> {
+        let (b, e) = (self.before.malloc?, self.established.malloc?);
+        let n = self.connections as f64;
+        Some(((e.0 as f64 - b.0 as f64) / n, (e.1 as f64 - b.1 as f64) / n))
+    }
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -187,6 +199,14 @@ impl fmt::Display for MemoryReport {
             opt(self.rss_per_connection()),
             opt(self.heap_per_connection())
         )?;
+        if let Some((in_use, free)) = self.malloc_per_connection() {
+            writeln!(
+                f,
+                "  glibc malloc per connection: in use {} (requested + chunk overhead), free but kept {}",
+                kib(in_use),
+                kib(free)
+            )?;
+        }
         if self.scope == Scope::Process {
             writeln!(
                 f,
@@ -218,6 +238,8 @@ fn mib(b: Option<u64>) -> String {
 /// Reads memory somewhere.
 trait Probe {
     fn read(&mut self) -> impl Future<Output = Result<Reading>>;
+    /// `malloc_trim(0)` there.
+    fn trim(&mut self) -> impl Future<Output = Result<()>>;
 }
 
 /// This process.
@@ -226,11 +248,17 @@ struct SelfProbe {
 }
 
 impl Probe for SelfProbe {
+    async fn trim(&mut self) -> Result<()> {
+        alloc::malloc_trim();
+        Ok(())
+    }
+
     async fn read(&mut self) -> Result<Reading> {
         Ok(Reading {
             rss: rss_bytes(None),
             heap: self.counting.then(alloc::net_bytes),
             held: None,
+            malloc: alloc::malloc_view(),
         })
     }
 }
@@ -282,7 +310,7 @@ async fn measure(
         crate::control_plane::cycle(client, clock).await?;
     }
     settle().await;
-    let before = probe.read().await?;
+    let before = read(opts, probe).await?;
     let local_before = alloc::net_bytes();
 
     let t0 = clock.instant();
@@ -301,7 +329,7 @@ async fn measure(
     let establish_time = clock.instant() - t0;
     settle().await;
     let local_growth = alloc::net_bytes() - local_before;
-    let established = probe.read().await?;
+    let established = read(opts, probe).await?;
 
     let t1 = clock.instant();
     let closing = futures::stream::iter(conns)
@@ -318,7 +346,7 @@ async fn measure(
     within(opts, "closing", closing).await??;
     let close_time = clock.instant() - t1;
     settle().await;
-    let closed = probe.read().await?;
+    let closed = read(opts, probe).await?;
     Ok((
         MemoryReport {
             scope,
@@ -334,6 +362,14 @@ async fn measure(
         },
         local_growth,
     ))
+}
+
+/// A reading, after `malloc_trim(0)` if asked.
+async fn read(opts: &MemoryOpts, probe: &mut impl Probe) -> Result<Reading> {
+    if opts.malloc_trim {
+        probe.trim().await?;
+    }
+    probe.read().await
 }
 
 /// Bounds a phase by [`MemoryOpts::phase_limit`].
@@ -360,16 +396,29 @@ struct ChildStats {
 }
 
 impl Probe for ChildStats {
+    async fn trim(&mut self) -> Result<()> {
+        self.stdin.write_all(b"trim\n").await?;
+        self.stdin.flush().await?;
+        match self.line().await? {
+            l if l == "TRIMMED" => Ok(()),
+            l => Err(BenchError::boxed(format!("unexpected child answer {l:?}"))),
+        }
+    }
+
     async fn read(&mut self) -> Result<Reading> {
         self.stdin.write_all(b"stats\n").await?;
         self.stdin.flush().await?;
         let line = self.line().await?;
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
-            ["STATS", rss, heap, held] => Ok(Reading {
+            ["STATS", rss, heap, held, malloc @ ..] => Ok(Reading {
                 rss: rss.parse().ok(),
                 heap: heap.parse().ok(),
                 held: held.parse().ok(),
+                malloc: match malloc {
+                    [in_use, free] => in_use.parse().ok().zip(free.parse().ok()),
+                    _ => None,
+                },
             }),
             _ => Err(BenchError::boxed(format!(
                 "unexpected child answer {line:?}"
@@ -388,7 +437,7 @@ impl ChildStats {
                 .next_line()
                 .await?
                 .ok_or_else(|| BenchError::boxed("the NSMgr child exited"))?;
-            if line.starts_with("URL ") || line.starts_with("STATS ") {
+            if line.starts_with("URL ") || line.starts_with("STATS ") || line == "TRIMMED" {
                 return Ok(line);
             }
         }
@@ -537,14 +586,15 @@ impl Isolated {
             security.clone(),
             transport.clone(),
         );
-        let endpoint = Restartable::start_with(ENDPOINT, loopback(), transport.clone(), move |_url| {
-            let mut o = EndpointOptions::new(ENDPOINT, tokens.clone(), clock);
-            o.security = t.clone();
-            o.authorize = sec.server_authorize();
-            let e = Endpoint::new(o);
-            (e.routes(), Box::new(e))
-        })
-        .await?;
+        let endpoint =
+            Restartable::start_with(ENDPOINT, loopback(), transport.clone(), move |_url| {
+                let mut o = EndpointOptions::new(ENDPOINT, tokens.clone(), clock);
+                o.security = t.clone();
+                o.authorize = sec.server_authorize();
+                let e = Endpoint::new(o);
+                (e.routes(), Box::new(e))
+            })
+            .await?;
         nse_registry_client_with(nsmgr_url.clone(), DIAL_TIMEOUT, stop, &transport)
             .run_register(
                 &mut Ctx::new(clock).with_timeout(CALL_TIMEOUT),
