@@ -222,15 +222,55 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `main` on a multi-threaded runtime; `who` prefixes error messages.
+/// The environment variable that sets how many threads run a component's tasks (see [`run_async`]).
+pub const RUNTIME_THREADS_ENV: &str = "NSM_RUNTIME_THREADS";
+
+/// How many runtime threads `NSM_RUNTIME_THREADS` asks for: `None` for the default (one per CPU).
+fn runtime_threads() -> Result<Option<usize>, String> {
+    match std::env::var(RUNTIME_THREADS_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => Err(format!("{RUNTIME_THREADS_ENV}: {e}")),
+        Ok(v) => parse_runtime_threads(&v),
+    }
+}
+
+/// Parses an `NSM_RUNTIME_THREADS` value: empty for the default, else a thread count of 1 or more.
+fn parse_runtime_threads(v: &str) -> Result<Option<usize>, String> {
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    match v.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(format!(
+            "{RUNTIME_THREADS_ENV}={v:?}: expected a whole number of threads, 1 or more"
+        )),
+    }
+}
+
+/// Runs `main` on a tokio runtime; `who` prefixes error messages. `NSM_RUNTIME_THREADS=1` runs every
+/// task on the main thread (no cross-thread wake-ups: the lowest latency per call); `N` > 1 uses `N`
+/// worker threads; unset, one per CPU. Blocking work goes to tokio's blocking pool either way.
 pub fn run_async<F>(who: &str, main: F) -> ExitCode
 where
     F: std::future::Future<Output = ExitCode>,
 {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let built = match runtime_threads() {
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            return ExitCode::FAILURE;
+        }
+        Ok(Some(1)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Ok(Some(n)) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        Ok(None) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    match built {
         Ok(rt) => rt.block_on(main),
         Err(e) => {
             eprintln!("{who}: cannot start the runtime: {e}");
@@ -266,5 +306,24 @@ impl nsm_core::token::TokenGenerator for ExpiredTokenGenerator {
             token: "TestToken".into(),
             expires: clock.now() - self.by,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_runtime_threads;
+
+    #[test]
+    fn runtime_threads_take_a_count_or_nothing() {
+        assert_eq!(parse_runtime_threads(""), Ok(None));
+        assert_eq!(parse_runtime_threads(" 1 "), Ok(Some(1)));
+        assert_eq!(parse_runtime_threads("4"), Ok(Some(4)));
+        for bad in ["0", "-1", "two", "1.5"] {
+            let err = parse_runtime_threads(bad).unwrap_err();
+            assert!(
+                err.contains("NSM_RUNTIME_THREADS") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
     }
 }
