@@ -4,7 +4,8 @@
 //! Protocol on stdio, one line each: the child prints `URL <url>` once serving; then for every `stats`
 //! line it reads it prints `STATS <rss bytes> <net heap bytes or -> <connections held>` followed, with
 //! glibc, by malloc's bytes in use and free-but-kept bytes; `trim` makes it return malloc's free
-//! pages to the system first (answer `TRIMMED`); it exits at end of input or on `quit`.
+//! pages to the system first (answer `TRIMMED`); `abort` aborts it at once (heap profiling with the
+//! connections held); it exits at end of input or on `quit`.
 //!
 //! With `--ca-dir <dir>` (a development CA saved by the parent) the NSMgr is secured as in production:
 //! its own SVID from that CA, mTLS, ES256 tokens and the default server policies.
@@ -81,6 +82,8 @@ pub async fn nsmgr_child(ca_dir: Option<&Path>) -> Result<()> {
                 alloc::malloc_trim();
                 say("TRIMMED")?;
             }
+            // For heap profilers: end with every connection still held (see `--abort-held`).
+            "abort" => std::process::abort(),
             "quit" => break,
             _ => {}
         }

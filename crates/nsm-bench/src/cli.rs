@@ -123,6 +123,10 @@ pub struct MemoryArgs {
     /// memory the connections hold, not the free memory malloc keeps.
     #[arg(long)]
     pub malloc_trim: bool,
+    /// Profiling aid (scope nsmgr): abort the NSMgr child with the connections still held, right
+    /// after the established reading, so a heap profiler's "leaked" report is what they keep.
+    #[arg(long, hide = true)]
+    pub abort_held: bool,
 }
 
 /// Runs a benchmark and prints its report. `child_command` starts this program's `nsmgr-child`
@@ -160,6 +164,7 @@ pub async fn run(cmd: BenchCommand, child_command: Vec<OsString>) -> Result<()> 
                         heal,
                         secure: a.secure,
                         malloc_trim: a.malloc_trim,
+                        abort_held: a.abort_held,
                         warmup: a.warmup,
                         phase_limit: std::time::Duration::from_secs(a.phase_limit_secs),
                         child_command: child_command.clone(),

@@ -74,6 +74,10 @@ pub struct MemoryOpts {
     /// Return malloc's free pages to the system (`malloc_trim(0)`) before every reading, to tell the
     /// memory held by connections from the free memory malloc keeps.
     pub malloc_trim: bool,
+    /// Scope `nsmgr`, for heap profilers (`NSM_BENCH_CHILD_WRAPPER`): abort the NSMgr child right
+    /// after the established reading, so that what it has not freed is what the held connections
+    /// keep; nothing is closed and the close readings repeat the established one.
+    pub abort_held: bool,
     /// Unmeasured Request+Close cycles before the baseline.
     pub warmup: usize,
     /// Give up establishing (or closing) after this long.
@@ -240,6 +244,8 @@ trait Probe {
     fn read(&mut self) -> impl Future<Output = Result<Reading>>;
     /// `malloc_trim(0)` there.
     fn trim(&mut self) -> impl Future<Output = Result<()>>;
+    /// Ends the measured process at once (see [`MemoryOpts::abort_held`]).
+    fn abort(&mut self) -> impl Future<Output = Result<()>>;
 }
 
 /// This process.
@@ -251,6 +257,10 @@ impl Probe for SelfProbe {
     async fn trim(&mut self) -> Result<()> {
         alloc::malloc_trim();
         Ok(())
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        Err(BenchError::boxed("--abort-held needs --scope nsmgr"))
     }
 
     async fn read(&mut self) -> Result<Reading> {
@@ -330,6 +340,22 @@ async fn measure(
     settle().await;
     let local_growth = alloc::net_bytes() - local_before;
     let established = read(opts, probe).await?;
+    if opts.abort_held {
+        probe.abort().await?;
+        let report = MemoryReport {
+            scope,
+            connections: opts.connections,
+            heal: opts.heal,
+            secure: opts.secure,
+            before,
+            established,
+            closed: established,
+            parent_heap_growth: None,
+            establish_time,
+            close_time: Duration::ZERO,
+        };
+        return Ok((report, local_growth));
+    }
 
     let t1 = clock.instant();
     let closing = futures::stream::iter(conns)
@@ -396,6 +422,12 @@ struct ChildStats {
 }
 
 impl Probe for ChildStats {
+    async fn abort(&mut self) -> Result<()> {
+        self.stdin.write_all(b"abort\n").await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
     async fn trim(&mut self) -> Result<()> {
         self.stdin.write_all(b"trim\n").await?;
         self.stdin.flush().await?;
