@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use nsm_api::{Connection, NetworkServiceRequest, State};
 use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::client_filter::merge;
@@ -25,28 +25,34 @@ const ELEMENT: &str = "monitor";
 struct PassthroughLoop(#[allow(dead_code)] Arc<Passthrough>);
 
 struct Passthrough {
-    stop: CancellationToken,
+    republish: Arc<Republish>,
     _guard: WatchGuard,
 }
 
 impl Drop for Passthrough {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.republish.stopped.store(true, Ordering::Release);
     }
 }
 
 /// Re-publishes the next hop's view of one connection into our hub, merged into the version the hub
-/// holds (our view: our id and index).
+/// holds (our view: our id and index), until its passthrough stops.
 struct Republish {
     hub: Arc<Hub>,
     id: String,
-    stop: CancellationToken,
+    stopped: AtomicBool,
+}
+
+impl Republish {
+    fn running(&self) -> bool {
+        !self.stopped.load(Ordering::Acquire)
+    }
 }
 
 impl Watcher for Republish {
     fn changed(&self, incoming: &Connection, deleted: bool) {
         self.hub.update_if(
-            || !self.stop.is_cancelled(),
+            || self.running(),
             &self.id,
             |ours| merge(ours, incoming, deleted),
         );
@@ -54,7 +60,7 @@ impl Watcher for Republish {
 
     fn broken(&self) {
         self.hub.update_if(
-            || !self.stop.is_cancelled(),
+            || self.running(),
             &self.id,
             |ours| {
                 let mut down = ours.clone();
@@ -161,20 +167,19 @@ impl MonitorServer {
         let Some(md) = ctx.metadata() else {
             return Ok(());
         };
-        let stop = CancellationToken::new();
-        let watcher = Arc::new(Republish {
+        let republish = Arc::new(Republish {
             hub: self.hub.clone(),
             id: conn.id.clone(),
-            stop: stop.clone(),
+            stopped: AtomicBool::new(false),
         });
         let guard = self
             .upstreams
-            .watch(cc, conn, ctx.remaining(), *ctx.clock(), watcher)
+            .watch(cc, conn, ctx.remaining(), *ctx.clock(), republish.clone())
             .await?;
         md.insert(
             Side::Server,
             PassthroughLoop(Arc::new(Passthrough {
-                stop,
+                republish,
                 _guard: guard,
             })),
         );

@@ -82,8 +82,9 @@ struct Handler {
 }
 
 struct Handlers {
-    /// `None` once the stream is gone (broken or closed idle): no one may join it any more.
-    by_id: Option<HashMap<String, Handler>>,
+    /// `None` once the stream is gone (broken or closed idle): no one may join it any more. Keyed by
+    /// the connection id the [`WatchGuard`] holds too (one allocation for both).
+    by_id: Option<HashMap<Arc<str>, Handler>>,
     next_serial: u64,
     /// Since when there has been no watcher.
     idle_since: Option<Instant>,
@@ -127,7 +128,7 @@ impl std::fmt::Debug for Upstreams {
 /// Unregisters its connection when dropped.
 pub(crate) struct WatchGuard {
     upstream: Arc<Upstream>,
-    id: String,
+    id: Arc<str>,
     serial: u64,
     watching: Arc<AtomicUsize>,
 }
@@ -138,8 +139,11 @@ impl Drop for WatchGuard {
         let Some(by_id) = h.by_id.as_mut() else {
             return; // already reported broken and counted out
         };
-        if by_id.get(&self.id).is_some_and(|h| h.serial == self.serial) {
-            by_id.remove(&self.id);
+        if by_id
+            .get(&*self.id)
+            .is_some_and(|h| h.serial == self.serial)
+        {
+            by_id.remove(&*self.id);
             self.watching.fetch_sub(1, Ordering::AcqRel);
             if by_id.is_empty() {
                 h.idle_since = Some(self.upstream.clock.instant());
@@ -227,14 +231,15 @@ impl Upstreams {
                 index: conn.path_or_default().index,
                 watcher: watcher.clone(),
             };
-            if by_id.insert(conn.id.clone(), handler).is_none() {
+            let id: Arc<str> = conn.id.as_str().into();
+            if by_id.insert(id.clone(), handler).is_none() {
                 self.watching.fetch_add(1, Ordering::AcqRel);
             }
             h.idle_since = None;
             drop(h);
             return Ok(WatchGuard {
                 upstream,
-                id: conn.id.clone(),
+                id,
                 serial,
                 watching: self.watching.clone(),
             });
@@ -359,7 +364,7 @@ async fn run(
 
 /// Takes the stream out of the map (if it is still there) and closes it to newcomers; returns its
 /// handlers.
-fn retire(up: &Arc<Upstream>, map: &Map) -> HashMap<String, Handler> {
+fn retire(up: &Arc<Upstream>, map: &Map) -> HashMap<Arc<str>, Handler> {
     let mut map = map.lock();
     if map.get(&up.key).is_some_and(|u| Arc::ptr_eq(u, up)) {
         map.remove(&up.key);
@@ -397,7 +402,7 @@ fn dispatch(up: &Upstream, ev: &ConnectionEvent) {
         for incoming in ev.connections.values() {
             let path = incoming.path_or_default();
             for (i, seg) in path.path_segments.iter().enumerate() {
-                if let Some(handler) = by_id.get(&seg.id)
+                if let Some(handler) = by_id.get(seg.id.as_str())
                     && handler.index as usize == i
                     && (path.index == handler.index || path.index == handler.index + 1)
                 {
