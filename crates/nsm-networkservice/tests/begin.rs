@@ -415,3 +415,47 @@ async fn event_close_retries_a_close_that_failed_unless_the_id_was_reused() {
     assert_eq!(down.calls().len(), before);
     assert_eq!(begin.len(), 1);
 }
+
+#[tokio::test]
+async fn event_rerequest_keeps_the_callers_token_in_the_previous_segment() {
+    use nsm_core::token::TestTokenGenerator;
+    use nsm_core::values::IncomingToken;
+    use nsm_networkservice::updatepath::UpdatePathServer;
+    use nsm_networkservice::updatetoken::UpdateTokenServer;
+
+    let begin = Arc::new(BeginServer::new());
+    let down = Arc::new(Downstream::default());
+    let chain = Chain::new(
+        "server",
+        vec![
+            Arc::new(UpdatePathServer::new("nsmgr")),
+            begin.clone(),
+            Arc::new(UpdateTokenServer::new(Arc::new(
+                TestTokenGenerator::default(),
+            ))),
+            down.clone(),
+        ],
+    );
+    let mut call = ctx();
+    let expires = call.clock().now() + Duration::from_secs(3600);
+    call.insert(IncomingToken {
+        token: "the-callers-token".into(),
+        expires,
+    });
+    chain.run_request(&mut call, req(conn("a"))).await.unwrap();
+    down.events()
+        .request(RequestOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let calls = down.calls();
+    let [Call::Request(first, false), Call::Request(rerun, true)] = calls.as_slice() else {
+        panic!("a Request, then an event re-request: {calls:?}");
+    };
+    for seen in [first, rerun] {
+        let nsc = &seen.path.as_ref().unwrap().path_segments[0];
+        assert_eq!(nsc.token, "the-callers-token");
+        assert_eq!(nsc.expires, Some(nsm_core::clock::to_timestamp(expires)));
+    }
+    assert_eq!(begin.len(), 1);
+}
