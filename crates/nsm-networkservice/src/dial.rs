@@ -44,9 +44,21 @@ use crate::grpc::{ServerPeer, client_channel_as, client_channel_with};
 
 const ELEMENT: &str = "dial";
 
-/// The channel to the next hop of one connection, in client metadata.
+/// The channel to the next hop of one connection, in client metadata. Every connection over the same
+/// channel shares one [`Dialed`] (the cache's), so this is a pointer, not a copy per connection.
 #[derive(Debug, Clone)]
-pub struct ClientConn {
+pub struct ClientConn(Arc<Dialed>);
+
+impl std::ops::Deref for ClientConn {
+    type Target = Dialed;
+    fn deref(&self) -> &Dialed {
+        &self.0
+    }
+}
+
+/// A dialed channel and what it was dialed with.
+#[derive(Debug)]
+pub struct Dialed {
     /// The URL dialed.
     pub url: NsmUrl,
     /// The channel (shared with other connections to the same URL).
@@ -55,14 +67,6 @@ pub struct ClientConn {
     pub peer: ServerPeer,
     /// Our own SVID the channel presents (TLS only); `connect` signs the tokens it sends with it.
     pub(crate) svid: Option<Arc<Svid>>,
-}
-
-/// A dialed channel and what it was dialed with.
-#[derive(Debug, Clone)]
-struct Dialed {
-    channel: Channel,
-    peer: ServerPeer,
-    svid: Option<Arc<Svid>>,
 }
 
 fn same_svid(a: Option<&Arc<Svid>>, b: Option<&Arc<Svid>>) -> bool {
@@ -79,7 +83,7 @@ pub const IDLE_CHANNEL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Channels by URL with the number of connections using each.
 #[derive(Debug, Default)]
 struct ChannelCache {
-    entries: Mutex<HashMap<NsmUrl, (Dialed, usize)>>,
+    entries: Mutex<HashMap<NsmUrl, (ClientConn, usize)>>,
     /// Unused channels kept after a successful Close: since when, by URL (one timer per URL).
     idle: Mutex<HashMap<NsmUrl, Instant>>,
 }
@@ -91,7 +95,7 @@ impl ChannelCache {
         dial_timeout: Duration,
         security: &TransportSecurity,
         svid: Option<Arc<Svid>>,
-    ) -> Result<Dialed> {
+    ) -> Result<ClientConn> {
         {
             let mut entries = self.entries.lock();
             match entries.get_mut(url) {
@@ -111,11 +115,12 @@ impl ChannelCache {
             (Some(tls), Some(svid)) => client_channel_as(url, dial_timeout, tls, svid).await?,
             _ => client_channel_with(url, dial_timeout, security).await?,
         };
-        let dialed = Dialed {
+        let dialed = ClientConn(Arc::new(Dialed {
+            url: url.clone(),
             channel,
             peer,
             svid,
-        };
+        }));
         // Another connection may have dialed the same URL meanwhile: keep one channel per URL.
         let mut entries = self.entries.lock();
         let (dialed, users) = entries.entry(url.clone()).or_insert((dialed, 0));
@@ -253,15 +258,7 @@ impl DialClient {
             .cache
             .acquire(url, self.dial_timeout, &self.security, current)
             .await?;
-        md.insert(
-            Side::Client,
-            ClientConn {
-                url: url.clone(),
-                channel: dialed.channel,
-                peer: dialed.peer,
-                svid: dialed.svid,
-            },
-        );
+        md.insert(Side::Client, dialed);
         Ok(fresh)
     }
 }
