@@ -21,7 +21,8 @@
 //!   **Close**: closes downstream, then the files.
 //!
 //! **State**: the received files of each connection, in its metadata (server and client side
-//! separately); dropped — and so closed — with the metadata (Close, failed first Request).
+//! separately) from the first file received on; dropped — and so closed — with the metadata (Close,
+//! failed first Request).
 //! Unclaimed fds die with the gRPC connection. Without a unix-socket connection (TCP) values pass
 //! unchanged.
 
@@ -35,7 +36,9 @@ pub use crate::fdpass::DEFAULT_WAIT;
 
 use nsm_api::Mechanism;
 use nsm_api::mechanisms::common;
-use nsm_core::metadata::Side;
+use std::sync::Arc;
+
+use nsm_core::metadata::{ConnMetadata, Side};
 use nsm_core::{Ctx, NsmError, Result};
 
 use crate::fdpass::{HeldFd, HeldFds, claim, inode_key};
@@ -47,9 +50,16 @@ const ELEMENT: &str = "recvfd";
 const SENDER_HINT: &str = "the sender must pass it over the same unix-socket connection";
 
 /// The files received for one connection, by the inode URL they arrived under, each named
-/// `file:///proc/<our pid>/fd/<n>`.
+/// `file:///proc/<our pid>/fd/<n>`: kept in its metadata from the first file on (most connections
+/// never get one, e.g. every connection on TCP, and then keep nothing).
 #[derive(Debug, Clone, Default)]
-struct ReceivedFiles(HeldFds<String>);
+struct Received(HeldFds<String>);
+
+/// The received files of the call's connection on one side.
+struct ReceivedFiles {
+    md: Arc<ConnMetadata>,
+    side: Side,
+}
 
 impl ReceivedFiles {
     fn of(ctx: &Ctx, side: Side) -> Result<Self> {
@@ -59,7 +69,27 @@ impl ReceivedFiles {
                 "no connection metadata (the metadata element must run first)",
             )
         })?;
-        Ok(md.with(side, |f: &mut ReceivedFiles| f.clone()))
+        Ok(Self {
+            md: md.clone(),
+            side,
+        })
+    }
+
+    /// The files kept, if any was ever received.
+    fn held(&self) -> Option<HeldFds<String>> {
+        self.md.get::<Received>(self.side).map(|r| r.0)
+    }
+
+    /// Keeps `fd`, received under `inode_url`.
+    fn keep(&self, inode_url: String, fd: HeldFd) {
+        self.md
+            .with(self.side, |r: &mut Received| r.0.clone())
+            .insert(inode_url, fd);
+    }
+
+    /// The local name of the file received under `inode_url`, if kept.
+    fn local_url(&self, inode_url: &String) -> Option<String> {
+        self.held()?.local_url(inode_url)
     }
 
     /// Resolves `m`'s `inodeURL` if it is an `inode://` URL: from the kept files, or by claiming the
@@ -76,7 +106,7 @@ impl ReceivedFiles {
         let Some(key) = inode_key(&value) else {
             return Ok(());
         };
-        if let Some(file_url) = self.0.local_url(&value) {
+        if let Some(file_url) = self.local_url(&value) {
             // The sender passes the file with every call; we hold it already.
             if let Some(fds) = fds {
                 fds.discard(key);
@@ -90,7 +120,7 @@ impl ReceivedFiles {
         let fd = claim(ctx, fds, key, &value, SENDER_HINT).await?;
         let received = HeldFd::new(fd, value.clone(), "file");
         m.set_param(common::INODE_URL, received.local_url());
-        self.0.insert(value, received);
+        self.keep(value, received);
         Ok(())
     }
 
@@ -105,7 +135,7 @@ impl ReceivedFiles {
             return;
         };
         let inode_url = inode_url.to_string();
-        if let Some(file_url) = self.0.local_url(&inode_url) {
+        if let Some(file_url) = self.local_url(&inode_url) {
             fds.discard(key);
             m.set_param(common::INODE_URL, file_url);
             return;
@@ -115,7 +145,7 @@ impl ReceivedFiles {
         };
         let received = HeldFd::new(fd, inode_url.clone(), "file");
         m.set_param(common::INODE_URL, received.local_url());
-        self.0.insert(inode_url, received);
+        self.keep(inode_url, received);
     }
 
     /// Puts the inode URL back where `m` names one of our files; returns that inode URL (also when
@@ -123,22 +153,27 @@ impl ReceivedFiles {
     fn restore(&self, m: Option<&mut Mechanism>) -> Option<String> {
         let m = m?;
         let value = m.inode_url()?.to_string();
-        if self.0.local_url(&value).is_some() {
+        let held = self.held()?;
+        if held.local_url(&value).is_some() {
             return Some(value);
         }
-        let inode = self.0.inode_of(&value)?;
+        let inode = held.inode_of(&value)?;
         m.set_param(common::INODE_URL, inode.clone());
         Some(inode)
     }
 
     /// Closes every file but the one kept under `inode_url`.
     fn keep_only(&self, inode_url: &str) {
-        self.0.keep_only(&inode_url.to_string());
+        if let Some(held) = self.held() {
+            held.keep_only(&inode_url.to_string());
+        }
     }
 
     /// Closes every file.
     fn close_all(&self) {
-        self.0.clear();
+        if let Some(held) = self.held() {
+            held.clear();
+        }
     }
 }
 
@@ -151,7 +186,7 @@ pub(crate) struct AnswerNamedSentFile(pub(crate) String);
 /// call's connection: `sendfd` names it so again without sending it back to the hop it came from
 /// (Go sends it; nobody there claims it).
 pub(crate) fn received_as(ctx: &Ctx, side: Side, file_url: &str) -> Option<String> {
-    let files = ctx.metadata()?.get::<ReceivedFiles>(side)?;
+    let files = ctx.metadata()?.get::<Received>(side)?;
     files.0.inode_of(file_url)
 }
 
