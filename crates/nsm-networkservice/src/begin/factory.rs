@@ -76,7 +76,8 @@ pub(super) struct SlotState {
 }
 
 pub(super) struct Slot {
-    id: String,
+    /// The connection id (the same allocation as the slot map's key).
+    id: Arc<str>,
     pub(super) state: tokio::sync::Mutex<SlotState>,
     owner: Weak<SlotMap>,
 }
@@ -86,8 +87,8 @@ impl Slot {
     pub(super) fn forget(self: &Arc<Self>) {
         if let Some(map) = self.owner.upgrade() {
             let mut m = map.slots.lock();
-            if m.get(&self.id).is_some_and(|s| Arc::ptr_eq(s, self)) {
-                m.remove(&self.id);
+            if m.get(&*self.id).is_some_and(|s| Arc::ptr_eq(s, self)) {
+                m.remove(&*self.id);
             }
         }
     }
@@ -97,7 +98,7 @@ impl Slot {
         self.owner.upgrade().is_some_and(|map| {
             map.slots
                 .lock()
-                .get(&self.id)
+                .get(&*self.id)
                 .is_some_and(|s| !Arc::ptr_eq(s, self))
         })
     }
@@ -107,7 +108,7 @@ impl Slot {
         self.owner.upgrade().is_some_and(|map| {
             map.slots
                 .lock()
-                .get(&self.id)
+                .get(&*self.id)
                 .is_some_and(|s| Arc::ptr_eq(s, self))
         })
     }
@@ -116,17 +117,21 @@ impl Slot {
 /// All live connections of one begin element.
 #[derive(Default)]
 pub(super) struct SlotMap {
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
 }
 
 impl SlotMap {
     pub(super) fn load_or_create(self: &Arc<Self>, id: &str) -> Arc<Slot> {
-        self.slots
-            .lock()
-            .entry(id.to_string())
+        let mut slots = self.slots.lock();
+        if let Some(slot) = slots.get(id) {
+            return slot.clone();
+        }
+        let id: Arc<str> = id.into();
+        slots
+            .entry(id.clone())
             .or_insert_with(|| {
                 Arc::new(Slot {
-                    id: id.to_string(),
+                    id,
                     state: tokio::sync::Mutex::new(SlotState {
                         status: Status::New,
                         request: None,

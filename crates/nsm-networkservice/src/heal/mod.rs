@@ -74,7 +74,7 @@ struct Trouble {
 }
 
 impl Watcher for Trouble {
-    fn changed(&self, incoming: &Connection, deleted: bool) {
+    fn changed(&self, _id: &str, incoming: &Connection, deleted: bool) {
         if !deleted && incoming.state() != State::Down {
             return;
         }
@@ -87,7 +87,7 @@ impl Watcher for Trouble {
         self.found.cancel();
     }
 
-    fn broken(&self) {
+    fn broken(&self, _id: &str) {
         self.found.cancel();
     }
 }

@@ -35,11 +35,11 @@ impl Drop for Passthrough {
     }
 }
 
-/// Re-publishes the next hop's view of one connection into our hub, merged into the version the hub
-/// holds (our view: our id and index), until its passthrough stops.
+/// Re-publishes the next hop's view of one connection (the id the shared stream dispatches it by)
+/// into our hub, merged into the version the hub holds (our view: our id and index), until its
+/// passthrough stops.
 struct Republish {
     hub: Arc<Hub>,
-    id: String,
     stopped: AtomicBool,
 }
 
@@ -50,18 +50,15 @@ impl Republish {
 }
 
 impl Watcher for Republish {
-    fn changed(&self, incoming: &Connection, deleted: bool) {
-        self.hub.update_if(
-            || self.running(),
-            &self.id,
-            |ours| merge(ours, incoming, deleted),
-        );
+    fn changed(&self, id: &str, incoming: &Connection, deleted: bool) {
+        self.hub
+            .update_if(|| self.running(), id, |ours| merge(ours, incoming, deleted));
     }
 
-    fn broken(&self) {
+    fn broken(&self, id: &str) {
         self.hub.update_if(
             || self.running(),
-            &self.id,
+            id,
             |ours| {
                 let mut down = ours.clone();
                 down.state = State::Down as i32;
@@ -169,7 +166,6 @@ impl MonitorServer {
         };
         let republish = Arc::new(Republish {
             hub: self.hub.clone(),
-            id: conn.id.clone(),
             stopped: AtomicBool::new(false),
         });
         let guard = self

@@ -50,12 +50,12 @@ const JOIN_ATTEMPTS: usize = 3;
 ///
 /// [`merge`]: super::client_filter::merge
 pub(crate) trait Watcher: Send + Sync + 'static {
-    /// The next hop reported `incoming`, its view of our connection (our segment carries our id at our
-    /// index; `deleted`: in a DELETE event).
-    fn changed(&self, incoming: &Connection, deleted: bool);
-    /// The shared stream failed or ended: the connection is DOWN. Nothing more is reported to this
+    /// The next hop reported `incoming`, its view of our connection `id` (our segment carries `id` at
+    /// our index; `deleted`: in a DELETE event).
+    fn changed(&self, id: &str, incoming: &Connection, deleted: bool);
+    /// The shared stream failed or ended: connection `id` is DOWN. Nothing more is reported to this
     /// watcher.
-    fn broken(&self);
+    fn broken(&self, id: &str);
 }
 
 /// Which next hop, seen as which of our segments.
@@ -357,8 +357,8 @@ async fn run(
     // The stream failed: every connection on it is DOWN.
     let handlers = retire(&up, &map);
     watching.fetch_sub(handlers.len(), Ordering::AcqRel);
-    for h in handlers.into_values() {
-        h.watcher.broken();
+    for (id, h) in handlers {
+        h.watcher.broken(&id);
     }
 }
 
@@ -402,16 +402,16 @@ fn dispatch(up: &Upstream, ev: &ConnectionEvent) {
         for incoming in ev.connections.values() {
             let path = incoming.path_or_default();
             for (i, seg) in path.path_segments.iter().enumerate() {
-                if let Some(handler) = by_id.get(seg.id.as_str())
+                if let Some((id, handler)) = by_id.get_key_value(seg.id.as_str())
                     && handler.index as usize == i
                     && (path.index == handler.index || path.index == handler.index + 1)
                 {
-                    out.push((handler.watcher.clone(), incoming));
+                    out.push((id.clone(), handler.watcher.clone(), incoming));
                 }
             }
         }
     }
-    for (watcher, incoming) in out {
-        watcher.changed(incoming, deleted);
+    for (id, watcher, incoming) in out {
+        watcher.changed(&id, incoming, deleted);
     }
 }
