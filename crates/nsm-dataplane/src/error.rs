@@ -80,6 +80,15 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
+    /// No netlink socket could be opened in the node namespace.
+    #[error("cannot open netlink in node namespace {netns}: {source}")]
+    NodeNetlink {
+        /// The node namespace.
+        netns: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The pod already has an interface of the requested name.
     #[error("interface name {name:?} is already taken in network namespace {netns:?}")]
     NameTaken {

@@ -7,77 +7,55 @@
 //!   in reverse order before the error is returned, so a failed apply leaves nothing behind.
 //! - **Remove** deletes the recorded objects. Deleting a node-side veth end deletes its pod end (and the
 //!   addresses, routes, neighbours and tc filters on either end). The VXLAN device is shared per
-//!   (VNI, port): it is deleted when the last connection's receive filter is gone.
-//! - **Restarts**: [`Executor::adopt`] reads back what an earlier run of this owner left in the kernel
-//!   (links by their alias `nsm:<owner>:<connection id>:<role>`, the receive filters on shared VXLAN
-//!   devices by their redirect target) and keeps it as *unclaimed* per connection id, touching nothing.
-//!   The first [`Executor::apply`] for such a connection (the refresh or heal that reaches the restarted
-//!   forwarder) **takes it over** without touching the kernel if it is exactly what the plan asks for
-//!   (node and pod ends with the plan's names, aliases, MAC and addresses; the tunnel filter on the plan's
-//!   device), so live traffic is not interrupted; if the plan differs, the old objects are removed first
-//!   and the plan is built anew (never half-applied). A Close removes an unclaimed connection.
-//!   [`Executor::sweep_unclaimed`] — run by the forwarder after a grace period — removes whatever no
-//!   request claimed, and shared tunnel devices nobody uses any more.
-//! - [`Executor::adopt_or_cleanup`] is the blunt alternative: delete every link of this owner at once.
+//!   (VNI, port): it is deleted when the last connection's receive filter is gone. A deletion is done
+//!   when the kernel announces the link gone, not when it acknowledges (see [`node`]).
+//! - A pod interface is addressed once the kernel reports it operational (see [`pod`]), so the first
+//!   packets of a new connection are not lost.
+//! - **Restarts** ([`adopt`] module): [`Executor::adopt`] reads back what an earlier run of this owner
+//!   left and keeps it *unclaimed* per connection id; the first [`Executor::apply`] for such a
+//!   connection takes it over without touching the kernel if it is exactly what the plan asks for, else
+//!   replaces it; [`Executor::sweep_unclaimed`] removes what no request claimed.
 //!
-//! All calls are serialised by one lock: connections sharing a VXLAN device must not race.
+//! **Concurrency.** Operations on one connection id run one at a time (a lock per connection; the
+//! forwarder's `begin` already orders a connection's Request, refreshes and Close); operations on
+//! different connections run concurrently, each on netlink sockets of its own. What connections share — the VXLAN devices, their receive-filter priorities and FDB — is
+//! changed under one tunnel lock, which local (kernel ↔ kernel) connections never take.
 
+mod adopt;
+mod node;
 mod ops;
+mod pod;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ipnet::IpNet;
 use rtnetlink::Handle;
-use tokio::sync::Mutex;
 
 use crate::error::ApplyError;
-use crate::names::{LinkAlias, Role};
+use crate::names::LinkAlias;
 use crate::netns::Netns;
 use crate::plan::{Plan, PodInterface, TunnelPlan};
+use node::{NodeNetlink, ignore_missing};
+use pod::{Pod, PodResult};
 
 /// Applies and removes plans in one node namespace.
 pub struct Executor {
     owner: String,
     node: Netns,
-    handle: Handle,
-    state: Mutex<HashMap<String, Applied>>,
-    /// What an earlier run left, per connection id, not yet claimed by a request. Locked after `state`.
-    adopted: Mutex<HashMap<String, Unclaimed>>,
+    netlink: Arc<NodeNetlink>,
+    /// One slot per connection id with an operation running or a plan applied.
+    conns: Mutex<HashMap<String, Arc<Slot>>>,
+    /// What an earlier run left, per connection id, not yet claimed by a request.
+    adopted: Mutex<HashMap<String, adopt::Unclaimed>>,
+    /// Held while shared tunnel devices, their filters or FDB entries change.
+    tunnels: tokio::sync::Mutex<()>,
 }
 
-/// Kernel objects of one connection made by an earlier run.
-#[derive(Debug, Clone, Default)]
-struct Unclaimed {
-    /// Node-side veth ends: (index, name).
-    veths: Vec<(u32, String)>,
-    /// Receive filters on shared VXLAN devices redirecting to one of those veths: (device, priority).
-    filters: Vec<(u32, u16)>,
-}
-
-impl Unclaimed {
-    /// What undoing it removes (filters first, as `undo` walks the list backwards).
-    fn created(&self) -> Vec<Created> {
-        let mut out: Vec<Created> = self
-            .veths
-            .iter()
-            .map(|(index, name)| Created::Veth {
-                index: *index,
-                name: name.clone(),
-            })
-            .collect();
-        out.extend(
-            self.filters
-                .iter()
-                .map(|(device, prio)| Created::TunnelFilter {
-                    device: *device,
-                    prio: *prio,
-                }),
-        );
-        out
-    }
-}
+/// A connection's applied state; locked for the whole of an operation on it.
+type Slot = tokio::sync::Mutex<Option<Applied>>;
 
 /// What was applied for one connection.
 #[derive(Debug, Clone)]
@@ -103,19 +81,31 @@ enum Created {
     Vxlan,
 }
 
+impl Created {
+    fn is_tunnel(&self) -> bool {
+        !matches!(self, Created::Veth { .. })
+    }
+}
+
 /// Priority of the one redirect filter on a node-side veth.
 const VETH_FILTER_PRIO: u16 = 1;
+
+/// Locks a map that every holder leaves consistent (single inserts and removals).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl Executor {
     /// An executor for links in `node` owned by `owner` (the forwarder name; see [`LinkAlias`]).
     pub fn new(node: Netns, owner: impl Into<String>) -> io::Result<Self> {
-        let handle = node.netlink()?;
+        let netlink = NodeNetlink::new(node.try_clone()?)?;
         Ok(Self {
             owner: owner.into(),
             node,
-            handle,
-            state: Mutex::default(),
+            netlink,
+            conns: Mutex::default(),
             adopted: Mutex::default(),
+            tunnels: tokio::sync::Mutex::default(),
         })
     }
 
@@ -126,66 +116,78 @@ impl Executor {
 
     /// The plan applied for `connection_id`, if any.
     pub async fn applied(&self, connection_id: &str) -> Option<Plan> {
-        self.state
-            .lock()
-            .await
-            .get(connection_id)
-            .map(|a| a.plan.clone())
+        let slot = lock(&self.conns).get(connection_id).cloned()?;
+        let applied = slot.lock().await;
+        applied.as_ref().map(|a| a.plan.clone())
     }
 
     /// Applies `plan` (see the module doc).
     pub async fn apply(&self, plan: &Plan) -> Result<(), ApplyError> {
-        let mut state = self.state.lock().await;
-        if !state.contains_key(&plan.connection_id) {
-            let unclaimed = self.adopted.lock().await.remove(&plan.connection_id);
-            if let Some(u) = unclaimed {
-                if let Some(created) = self.take_over(plan, &u).await {
-                    tracing::info!(connection = %plan.connection_id, "executor: adopted the interfaces of an earlier run");
-                    state.insert(
-                        plan.connection_id.clone(),
-                        Applied {
-                            plan: plan.clone(),
-                            created,
-                        },
-                    );
-                    return Ok(());
-                }
-                tracing::info!(connection = %plan.connection_id, "executor: an earlier run's interfaces differ from the request; replacing them");
-                self.undo_unclaimed(&u).await?;
-            }
-        }
-        for stale in self.same_interface_elsewhere(plan).await {
+        let node = self.node_handle().await?;
+        let pods: Vec<PodResult> = plan.pods.iter().map(Pod::open).collect();
+        for stale in self.same_interface_elsewhere(plan, &pods).await {
             // The pod's interface belongs to another connection of ours: the client came back (a
             // restarted NSC, a lost Close) and asks for the same interface again. It cannot hold two
             // interfaces with one name, so the old connection gives way, completely.
             tracing::info!(connection = %plan.connection_id, old = %stale, "executor: replacing an older connection's interface in the same pod");
-            if let Some(old) = state.remove(&stale) {
-                self.undo(&old.created, old.plan.tunnel.as_ref()).await?;
-            } else if let Some(u) = self.adopted.lock().await.remove(&stale) {
-                self.undo_unclaimed(&u).await?;
-            }
+            self.remove_with(&node, &stale).await?;
         }
-        if let Some(old) = state.get(&plan.connection_id) {
-            if old.plan == *plan && self.still_there(old).await {
-                return Ok(());
-            }
-            if let Some(old) = state.remove(&plan.connection_id) {
-                self.undo(&old.created, old.plan.tunnel.as_ref()).await?;
-            }
-        }
-        let mut created = Vec::new();
-        match self.build(plan, &mut created).await {
-            Ok(()) => {
-                state.insert(
-                    plan.connection_id.clone(),
-                    Applied {
+        let slot = self.slot(&plan.connection_id);
+        let mut applied = slot.lock().await;
+        let result = self.apply_locked(&node, plan, pods, &mut applied).await;
+        drop(applied);
+        self.release(&plan.connection_id, &slot);
+        result
+    }
+
+    async fn apply_locked(
+        &self,
+        node: &Handle,
+        plan: &Plan,
+        pods: Vec<PodResult>,
+        applied: &mut Option<Applied>,
+    ) -> Result<(), ApplyError> {
+        if applied.is_none() {
+            let unclaimed = lock(&self.adopted).remove(&plan.connection_id);
+            if let Some(u) = unclaimed {
+                if let Some(created) = self.take_over(node, plan, &pods, &u).await {
+                    tracing::info!(connection = %plan.connection_id, "executor: adopted the interfaces of an earlier run");
+                    *applied = Some(Applied {
                         plan: plan.clone(),
                         created,
-                    },
-                );
+                    });
+                    return Ok(());
+                }
+                tracing::info!(connection = %plan.connection_id, "executor: an earlier run's interfaces differ from the request; replacing them");
+                self.undo_unclaimed(node, &u).await?;
+            }
+        }
+        if let Some(old) = applied.as_ref() {
+            if old.plan == *plan && self.still_there(node, old).await {
+                return Ok(());
+            }
+            if let Some(old) = applied.take() {
+                self.undo(node, &old.created, old.plan.tunnel.as_ref())
+                    .await?;
+            }
+        }
+        let mut pods = pods.into_iter().collect::<Result<Vec<_>, _>>().map_err(
+            |(path, interface, source)| ApplyError::Netns {
+                path,
+                interface,
+                source,
+            },
+        )?;
+        let mut created = Vec::new();
+        match self.build(node, plan, &mut pods, &mut created).await {
+            Ok(()) => {
+                *applied = Some(Applied {
+                    plan: plan.clone(),
+                    created,
+                });
                 Ok(())
             }
-            Err(cause) => match self.undo(&created, plan.tunnel.as_ref()).await {
+            Err(cause) => match self.undo(node, &created, plan.tunnel.as_ref()).await {
                 Ok(()) => Err(cause),
                 Err(rollback) => Err(ApplyError::RollbackFailed {
                     cause: Box::new(cause),
@@ -197,151 +199,83 @@ impl Executor {
 
     /// Removes what was applied for `connection_id`; `Ok(false)` if nothing was.
     pub async fn remove(&self, connection_id: &str) -> Result<bool, ApplyError> {
-        let mut state = self.state.lock().await;
-        let Some(old) = state.remove(connection_id) else {
-            let unclaimed = self.adopted.lock().await.remove(connection_id);
-            return match unclaimed {
-                Some(u) => self.undo_unclaimed(&u).await.map(|()| true),
-                None => Ok(false),
-            };
+        let node = self.node_handle().await?;
+        self.remove_with(&node, connection_id).await
+    }
+
+    async fn remove_with(&self, node: &Handle, connection_id: &str) -> Result<bool, ApplyError> {
+        let slot = self.slot(connection_id);
+        let mut applied = slot.lock().await;
+        let result = match applied.take() {
+            Some(old) => self
+                .undo(node, &old.created, old.plan.tunnel.as_ref())
+                .await
+                .map(|()| true),
+            None => {
+                let unclaimed = lock(&self.adopted).remove(connection_id);
+                match unclaimed {
+                    Some(u) => self.undo_unclaimed(node, &u).await.map(|()| true),
+                    None => Ok(false),
+                }
+            }
         };
-        drop(state);
-        self.undo(&old.created, old.plan.tunnel.as_ref()).await?;
-        Ok(true)
+        drop(applied);
+        self.release(connection_id, &slot);
+        result
     }
 
     /// Forgets every applied connection without touching the kernel (what a crash does; for tests).
     pub async fn forget_all(&self) {
-        self.state.lock().await.clear();
+        lock(&self.conns).clear();
     }
 
-    /// Reads back what an earlier run of this owner left (see the module doc) and keeps it unclaimed;
-    /// changes nothing in the kernel. Returns the connection ids found.
-    pub async fn adopt(&self) -> Result<Vec<String>, ApplyError> {
-        let state = self.state.lock().await;
-        let links = ops::links(&self.handle)
-            .await
-            .map_err(|e| self.nl("dump links", "*", e))?;
-        let mut redirects = Vec::new();
-        let mut ours = Vec::new();
-        for m in &links {
-            let Some(alias) = ops::alias(m).and_then(LinkAlias::parse) else {
-                continue;
-            };
-            if alias.owner != self.owner {
-                continue;
-            }
-            if alias.role == Role::Tunnel {
-                let name = ops::name(m);
-                for (prio, target) in ops::ingress_redirects(&self.handle, m.header.index)
-                    .await
-                    .map_err(|e| self.nl("dump filters", name, e))?
-                {
-                    redirects.push((m.header.index, prio, target));
-                }
-            } else {
-                ours.push((alias.id, m.header.index, ops::name(m).to_string()));
-            }
-        }
-        let mut adopted = self.adopted.lock().await;
-        for (id, index, name) in ours {
-            if state.contains_key(&id) {
-                continue;
-            }
-            let u = adopted.entry(id).or_default();
-            if !u.veths.iter().any(|(i, _)| *i == index) {
-                u.veths.push((index, name));
-            }
-            for (device, prio, _) in redirects.iter().filter(|r| r.2 == index) {
-                if !u.filters.contains(&(*device, *prio)) {
-                    u.filters.push((*device, *prio));
-                }
-            }
-        }
-        let mut ids: Vec<String> = adopted.keys().cloned().collect();
-        ids.sort();
-        Ok(ids)
+    /// The slot of `connection_id`, made if there is none.
+    fn slot(&self, connection_id: &str) -> Arc<Slot> {
+        lock(&self.conns)
+            .entry(connection_id.to_string())
+            .or_default()
+            .clone()
     }
 
-    /// Connection ids adopted by [`Executor::adopt`] that no request has claimed yet.
-    pub async fn unclaimed(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.adopted.lock().await.keys().cloned().collect();
-        ids.sort();
-        ids
+    /// Drops the slot of `connection_id` if it is empty and nobody else holds it. Slots are only
+    /// handed out under the map's lock, so with the map locked a count of two (the map and `slot`)
+    /// cannot grow.
+    fn release(&self, connection_id: &str, slot: &Arc<Slot>) {
+        let mut conns = lock(&self.conns);
+        let unused = conns
+            .get(connection_id)
+            .is_some_and(|s| Arc::ptr_eq(s, slot))
+            && Arc::strong_count(slot) == 2
+            && slot.try_lock().is_ok_and(|a| a.is_none());
+        if unused {
+            conns.remove(connection_id);
+        }
     }
 
-    /// Removes every adopted connection no request claimed, then this owner's tunnel devices that no
-    /// connection uses. Returns the removed link names.
-    pub async fn sweep_unclaimed(&self) -> Result<Vec<String>, ApplyError> {
-        let _state = self.state.lock().await;
-        let unclaimed: Vec<Unclaimed> = self.adopted.lock().await.drain().map(|(_, u)| u).collect();
-        let mut removed = Vec::new();
-        let mut first_error = None;
-        for u in unclaimed {
-            match self.undo_unclaimed(&u).await {
-                Ok(()) => removed.extend(u.veths.iter().map(|(_, n)| n.clone())),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match self.delete_unused_tunnels().await {
-            Ok(names) => removed.extend(names),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(removed), Err)
-    }
-
-    /// Removes an unclaimed connection's objects, and the tunnel devices they leave unused.
-    async fn undo_unclaimed(&self, u: &Unclaimed) -> Result<(), ApplyError> {
-        self.undo(&u.created(), None).await?;
-        self.delete_unused_tunnels().await.map(drop)
-    }
-
-    /// Deletes this owner's VXLAN devices without receive filters; returns their names.
-    async fn delete_unused_tunnels(&self) -> Result<Vec<String>, ApplyError> {
-        let links = ops::links(&self.handle)
-            .await
-            .map_err(|e| self.nl("dump links", "*", e))?;
-        let mut removed = Vec::new();
-        for m in &links {
-            let ours = ops::alias(m)
-                .and_then(LinkAlias::parse)
-                .is_some_and(|a| a.owner == self.owner && a.role == Role::Tunnel);
-            if !ours {
-                continue;
-            }
-            let name = ops::name(m).to_string();
-            let users = ops::ingress_priorities(&self.handle, m.header.index)
-                .await
-                .map_err(|e| self.nl("dump filters", &name, e))?;
-            if users.is_empty() {
-                self.delete_link(m.header.index, &name).await?;
-                removed.push(name);
-            }
-        }
-        Ok(removed)
+    /// A node-namespace netlink handle for one operation.
+    async fn node_handle(&self) -> Result<node::Pooled, ApplyError> {
+        self.netlink
+            .handle()
+            .map_err(|source| ApplyError::NodeNetlink {
+                netns: self.node.to_string(),
+                source,
+            })
     }
 
     /// Ids of other connections of this owner whose interface sits in one of `plan`'s pods under the
     /// name the plan wants there.
-    async fn same_interface_elsewhere(&self, plan: &Plan) -> Vec<String> {
+    async fn same_interface_elsewhere(&self, plan: &Plan, pods: &[PodResult]) -> Vec<String> {
         let mut out = Vec::new();
-        for pod in &plan.pods {
-            let Ok(ns) = Netns::open(&pod.netns) else {
+        for (want, pod) in plan.pods.iter().zip(pods) {
+            let Ok(pod) = pod else {
                 continue;
             };
-            let Ok(h) = ns.netlink() else {
-                continue;
-            };
-            let Ok(Some(m)) = ops::link_by_name(&h, &pod.name).await else {
+            let Ok(Some(m)) = ops::link_by_name(&pod.handle, &want.name).await else {
                 continue;
             };
             if let Some(a) = ops::alias(&m).and_then(LinkAlias::parse)
                 && a.owner == self.owner
-                && a.role == pod.role
+                && a.role == want.role
                 && a.id != plan.connection_id
                 && !out.contains(&a.id)
             {
@@ -351,100 +285,9 @@ impl Executor {
         out
     }
 
-    /// The record of `plan` if what an earlier run left is exactly what it asks for; `None` otherwise.
-    async fn take_over(&self, plan: &Plan, u: &Unclaimed) -> Option<Vec<Created>> {
-        if u.veths.len() != plan.pods.len() {
-            return None;
-        }
-        let mut created = Vec::new();
-        for pod in &plan.pods {
-            let (index, name) = u.veths.iter().find(|(_, n)| *n == pod.node_name)?;
-            let node_end = ops::link_by_name(&self.handle, name).await.ok()??;
-            let alias = pod.alias.to_string();
-            if node_end.header.index != *index || ops::alias(&node_end) != Some(alias.as_str()) {
-                return None;
-            }
-            let ns = Netns::open(&pod.netns).ok()?;
-            let h = ns.netlink().ok()?;
-            let pod_end = ops::link_by_name(&h, &pod.name).await.ok()??;
-            if ops::alias(&pod_end) != Some(alias.as_str())
-                || ops::mac(&pod_end) != Some(pod.mac)
-                || ops::mtu(&pod_end) != Some(pod.mtu)
-            {
-                return None;
-            }
-            let mut have = ops::link_addresses(&h, pod_end.header.index).await.ok()?;
-            let mut want = pod.addresses.clone();
-            have.sort();
-            want.sort();
-            if have != want {
-                return None;
-            }
-            created.push(Created::Veth {
-                index: *index,
-                name: name.clone(),
-            });
-        }
-        match &plan.tunnel {
-            Some(t) => {
-                let device = ops::link_by_name(&self.handle, &t.device)
-                    .await
-                    .ok()??
-                    .header
-                    .index;
-                let [(d, prio)] = u.filters.as_slice() else {
-                    return None;
-                };
-                if *d != device {
-                    return None;
-                }
-                created.push(Created::TunnelFilter {
-                    device,
-                    prio: *prio,
-                });
-                created.push(Created::Fdb {
-                    device,
-                    mac: t.far_mac,
-                    remote: t.remote,
-                });
-            }
-            None if !u.filters.is_empty() => return None,
-            None => {}
-        }
-        Some(created)
-    }
-
-    /// Deletes every link in the node namespace whose alias names this owner (see the module doc).
-    /// Returns the deleted link names.
-    pub async fn adopt_or_cleanup(&self) -> Result<Vec<String>, ApplyError> {
-        let _state = self.state.lock().await;
-        let links = ops::links(&self.handle)
-            .await
-            .map_err(|e| self.nl("dump links", "*", e))?;
-        let mut ours: Vec<(Role, u32, String)> = links
-            .iter()
-            .filter_map(|m| {
-                let alias = LinkAlias::parse(ops::alias(m)?)?;
-                (alias.owner == self.owner)
-                    .then(|| (alias.role, m.header.index, ops::name(m).to_string()))
-            })
-            .collect();
-        // Veths first, shared tunnel devices last.
-        ours.sort_by_key(|(role, ..)| *role == Role::Tunnel);
-        let mut removed = Vec::new();
-        for (_, index, name) in ours {
-            self.delete_link(index, &name).await?;
-            removed.push(name);
-        }
-        Ok(removed)
-    }
-
-    async fn still_there(&self, applied: &Applied) -> bool {
+    async fn still_there(&self, node: &Handle, applied: &Applied) -> bool {
         for pod in &applied.plan.pods {
-            if !matches!(
-                ops::link_by_name(&self.handle, &pod.node_name).await,
-                Ok(Some(_))
-            ) {
+            if !matches!(ops::link_by_name(node, &pod.node_name).await, Ok(Some(_))) {
                 return false;
             }
         }
@@ -476,53 +319,57 @@ impl Executor {
         }
     }
 
-    async fn build(&self, plan: &Plan, created: &mut Vec<Created>) -> Result<(), ApplyError> {
-        let mut pods = Vec::new();
-        for pod in &plan.pods {
-            let ns = Netns::open(&pod.netns).map_err(|source| ApplyError::Netns {
-                path: pod.netns.clone(),
-                interface: pod.name.clone(),
-                source,
-            })?;
-            let h = ns.netlink().map_err(|source| ApplyError::Netns {
-                path: pod.netns.clone(),
-                interface: pod.name.clone(),
-                source,
-            })?;
+    async fn build(
+        &self,
+        node: &Handle,
+        plan: &Plan,
+        pods: &mut [Pod],
+        created: &mut Vec<Created>,
+    ) -> Result<(), ApplyError> {
+        for (want, pod) in plan.pods.iter().zip(pods.iter()) {
             // A node end under our derived name is a leftover of this very connection: replace it.
-            if let Ok(Some(stale)) = ops::link_by_name(&self.handle, &pod.node_name).await {
-                self.delete_link(stale.header.index, &pod.node_name).await?;
+            if let Ok(Some(stale)) = ops::link_by_name(node, &want.node_name).await {
+                self.delete_link(node, stale.header.index, &want.node_name)
+                    .await?;
             }
-            if let Ok(Some(_)) = ops::link_by_name(&h, &pod.name).await {
+            if let Ok(Some(_)) = ops::link_by_name(&pod.handle, &want.name).await {
                 return Err(ApplyError::NameTaken {
-                    name: pod.name.clone(),
-                    netns: pod.netns.clone(),
+                    name: want.name.clone(),
+                    netns: want.netns.clone(),
                 });
             }
-            pods.push((pod, ns, h));
         }
         if let Some(t) = &plan.tunnel {
-            self.check_underlay(t).await?;
+            self.check_underlay(node, t).await?;
         }
         let mut node_ends = Vec::new();
-        for (pod, ns, h) in &pods {
-            node_ends.push(self.build_veth(pod, ns, h, created).await?);
+        for (want, pod) in plan.pods.iter().zip(pods.iter_mut()) {
+            node_ends.push(self.build_veth(node, want, pod, created).await?);
         }
         match (&plan.tunnel, node_ends.as_slice()) {
-            (Some(t), [node_end]) => self.build_tunnel(t, *node_end, created).await,
+            (Some(t), [node_end]) => {
+                let _tunnels = self.tunnels.lock().await;
+                self.build_tunnel(node, t, *node_end, created).await
+            }
             (None, [a, b]) => {
-                self.redirect(*a, *b, &plan.pods[0].node_name).await?;
-                self.redirect(*b, *a, &plan.pods[1].node_name).await
+                self.redirect(node, *a, *b, &plan.pods[0].node_name).await?;
+                self.redirect(node, *b, *a, &plan.pods[1].node_name).await
             }
             _ => Ok(()),
         }
     }
 
-    async fn redirect(&self, from: u32, to: u32, name: &str) -> Result<(), ApplyError> {
-        ops::ensure_ingress(&self.handle, from)
+    async fn redirect(
+        &self,
+        node: &Handle,
+        from: u32,
+        to: u32,
+        name: &str,
+    ) -> Result<(), ApplyError> {
+        ops::ensure_ingress(node, from)
             .await
             .map_err(|e| self.nl("add ingress qdisc", name, e))?;
-        ops::add_redirect(&self.handle, from, VETH_FILTER_PRIO, to, None)
+        ops::add_redirect(node, from, VETH_FILTER_PRIO, to, None)
             .await
             .map_err(|e| self.nl("add redirect filter", name, e))
     }
@@ -530,63 +377,67 @@ impl Executor {
     /// Creates one veth and configures its pod end; returns the node end's index.
     async fn build_veth(
         &self,
-        pod: &PodInterface,
-        ns: &Netns,
-        h: &Handle,
+        node: &Handle,
+        want: &PodInterface,
+        pod: &mut Pod,
         created: &mut Vec<Created>,
     ) -> Result<u32, ApplyError> {
+        let pod_netns = pod.ns.to_string();
         let pod_err = |op, source| ApplyError::Netlink {
             op,
-            interface: pod.name.clone(),
-            netns: ns.to_string(),
+            interface: want.name.clone(),
+            netns: pod_netns.clone(),
             source,
         };
         ops::add_veth(
-            &self.handle,
-            &pod.node_name,
-            &pod.name,
-            ns.raw_fd(),
-            pod.mac,
-            pod.mtu,
+            node,
+            &want.node_name,
+            &want.name,
+            pod.ns.raw_fd(),
+            want.mac,
+            want.mtu,
         )
         .await
-        .map_err(|e| self.nl("create veth", &pod.node_name, e))?;
-        let node_index = self
-            .index_of(&self.handle, &self.node, &pod.node_name)
-            .await?;
+        .map_err(|e| self.nl("create veth", &want.node_name, e))?;
+        let node_index = self.index_of(node, &self.node, &want.node_name).await?;
         created.push(Created::Veth {
             index: node_index,
-            name: pod.node_name.clone(),
+            name: want.node_name.clone(),
         });
-        let alias = pod.alias.to_string();
-        ops::set_alias_up(&self.handle, node_index, &alias)
-            .await
-            .map_err(|e| self.nl("set alias/up", &pod.node_name, e))?;
-        let pod_index = self.index_of(h, ns, &pod.name).await?;
-        ops::set_alias_up(h, pod_index, &alias)
+        let alias = want.alias.to_string();
+        // Pod end up first: it gets its carrier when the node end comes up, while its queue is not
+        // active yet, which the kernel treats as urgent — so it turns operational at once, where the
+        // end brought up second may wait for the link watcher's next run, up to a second later.
+        let h = pod.handle.clone();
+        let pod_index = self.index_of(&h, &pod.ns, &want.name).await?;
+        ops::set_alias_up(&h, pod_index, &alias)
             .await
             .map_err(|e| pod_err("set alias/up", e))?;
-        for a in &pod.addresses {
-            ops::add_address(h, pod_index, *a)
+        ops::set_alias_up(node, node_index, &alias)
+            .await
+            .map_err(|e| self.nl("set alias/up", &want.node_name, e))?;
+        pod.operational(pod_index).await;
+        for a in &want.addresses {
+            ops::add_address(&h, pod_index, *a)
                 .await
                 .map_err(|e| pod_err("add address", e))?;
         }
-        for r in &pod.routes {
-            ops::add_route(h, pod_index, r.destination, r.via)
+        for r in &want.routes {
+            ops::add_route(&h, pod_index, r.destination, r.via)
                 .await
                 .map_err(|e| pod_err("add route", e))?;
         }
-        for n in &pod.neighbours {
-            ops::add_neighbour(h, pod_index, n.ip, n.mac)
+        for n in &want.neighbours {
+            ops::add_neighbour(&h, pod_index, n.ip, n.mac)
                 .await
                 .map_err(|e| pod_err("add neighbour", e))?;
         }
         Ok(node_index)
     }
 
-    async fn check_underlay(&self, t: &TunnelPlan) -> Result<(), ApplyError> {
+    async fn check_underlay(&self, node: &Handle, t: &TunnelPlan) -> Result<(), ApplyError> {
         let netns = self.node.to_string();
-        let addrs = ops::addresses(&self.handle)
+        let addrs = ops::addresses(node)
             .await
             .map_err(|e| self.nl("dump addresses", "*", e))?;
         if !addrs.contains(&t.local) {
@@ -595,7 +446,7 @@ impl Executor {
                 netns,
             });
         }
-        let routes = ops::unicast_routes(&self.handle, t.remote.is_ipv4())
+        let routes = ops::unicast_routes(node, t.remote.is_ipv4())
             .await
             .map_err(|e| self.nl("dump routes", "*", e))?;
         if !routes.iter().any(|r: &IpNet| r.contains(&t.remote)) {
@@ -607,41 +458,43 @@ impl Executor {
         Ok(())
     }
 
+    /// Connects `node_end` to the shared VXLAN device. The caller holds the tunnel lock.
     async fn build_tunnel(
         &self,
+        node: &Handle,
         t: &TunnelPlan,
         node_end: u32,
         created: &mut Vec<Created>,
     ) -> Result<(), ApplyError> {
         let dev = &t.device;
-        let device = match ops::link_by_name(&self.handle, dev).await {
+        let device = match ops::link_by_name(node, dev).await {
             Ok(Some(m)) => m.header.index,
             _ => {
-                ops::add_vxlan(&self.handle, dev, t.vni, t.port, t.local, t.mtu)
+                ops::add_vxlan(node, dev, t.vni, t.port, t.local, t.mtu)
                     .await
                     .map_err(|e| self.nl("create vxlan", dev, e))?;
-                let index = self.index_of(&self.handle, &self.node, dev).await?;
+                let index = self.index_of(node, &self.node, dev).await?;
                 created.push(Created::Vxlan);
-                ops::set_alias_up(&self.handle, index, &t.alias.to_string())
+                ops::set_alias_up(node, index, &t.alias.to_string())
                     .await
                     .map_err(|e| self.nl("set alias/up", dev, e))?;
                 index
             }
         };
-        ops::ensure_ingress(&self.handle, device)
+        ops::ensure_ingress(node, device)
             .await
             .map_err(|e| self.nl("add ingress qdisc", dev, e))?;
-        let used = ops::ingress_priorities(&self.handle, device)
+        let used = ops::ingress_priorities(node, device)
             .await
             .map_err(|e| self.nl("dump filters", dev, e))?;
         let prio = (1..=u16::MAX)
             .find(|p| !used.contains(p))
             .ok_or_else(|| self.nl("pick filter priority", dev, rtnetlink::Error::RequestFailed))?;
-        ops::add_redirect(&self.handle, device, prio, node_end, Some(t.near_mac))
+        ops::add_redirect(node, device, prio, node_end, Some(t.near_mac))
             .await
             .map_err(|e| self.nl("add receive filter", dev, e))?;
         created.push(Created::TunnelFilter { device, prio });
-        ops::add_fdb(&self.handle, device, t.far_mac, t.remote)
+        ops::add_fdb(node, device, t.far_mac, t.remote)
             .await
             .map_err(|e| self.nl("add fdb entry", dev, e))?;
         created.push(Created::Fdb {
@@ -649,30 +502,45 @@ impl Executor {
             mac: t.far_mac,
             remote: t.remote,
         });
-        self.redirect(node_end, device, &t.node_interface).await
+        self.redirect(node, node_end, device, &t.node_interface)
+            .await
     }
 
     /// Removes `created` in reverse order, then the shared tunnel device if nothing uses it any more.
     async fn undo(
         &self,
+        node: &Handle,
+        created: &[Created],
+        tunnel: Option<&TunnelPlan>,
+    ) -> Result<(), ApplyError> {
+        let shared = tunnel.is_some() || created.iter().any(Created::is_tunnel);
+        let _tunnels = match shared {
+            true => Some(self.tunnels.lock().await),
+            false => None,
+        };
+        self.undo_objects(node, created, tunnel).await
+    }
+
+    /// [`Executor::undo`] for a caller that already holds the tunnel lock if it needs it.
+    async fn undo_objects(
+        &self,
+        node: &Handle,
         created: &[Created],
         tunnel: Option<&TunnelPlan>,
     ) -> Result<(), ApplyError> {
         let mut first_error = None;
         for c in created.iter().rev() {
             let r = match c {
-                Created::Veth { index, name } => self.delete_link(*index, name).await,
-                Created::TunnelFilter { device, prio } => {
-                    ops::del_filter(&self.handle, *device, *prio)
-                        .await
-                        .or_else(ignore_missing)
-                        .map_err(|e| self.nl("delete receive filter", "vxlan", e))
-                }
+                Created::Veth { index, name } => self.delete_link(node, *index, name).await,
+                Created::TunnelFilter { device, prio } => ops::del_filter(node, *device, *prio)
+                    .await
+                    .or_else(ignore_missing)
+                    .map_err(|e| self.nl("delete receive filter", "vxlan", e)),
                 Created::Fdb {
                     device,
                     mac,
                     remote,
-                } => ops::del_fdb(&self.handle, *device, *mac, *remote)
+                } => ops::del_fdb(node, *device, *mac, *remote)
                     .await
                     .or_else(ignore_missing)
                     .map_err(|e| self.nl("delete fdb entry", "vxlan", e)),
@@ -683,52 +551,48 @@ impl Executor {
             }
         }
         if let Some(t) = tunnel
-            && let Err(e) = self.delete_tunnel_if_unused(t).await
+            && let Err(e) = self.delete_tunnel_if_unused(node, t).await
         {
             first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn delete_tunnel_if_unused(&self, t: &TunnelPlan) -> Result<(), ApplyError> {
-        let Ok(Some(m)) = ops::link_by_name(&self.handle, &t.device).await else {
+    /// Deletes the tunnel device of `t` if it is ours and no filter uses it. The caller holds the
+    /// tunnel lock.
+    async fn delete_tunnel_if_unused(
+        &self,
+        node: &Handle,
+        t: &TunnelPlan,
+    ) -> Result<(), ApplyError> {
+        let Ok(Some(m)) = ops::link_by_name(node, &t.device).await else {
             return Ok(());
         };
         if ops::alias(&m).and_then(LinkAlias::parse).map(|a| a.owner) != Some(self.owner.clone()) {
             return Ok(());
         }
-        let users = ops::ingress_priorities(&self.handle, m.header.index)
+        let users = ops::ingress_priorities(node, m.header.index)
             .await
             .map_err(|e| self.nl("dump filters", &t.device, e))?;
         if users.is_empty() {
-            self.delete_link(m.header.index, &t.device).await?;
+            self.delete_link(node, m.header.index, &t.device).await?;
         }
         Ok(())
     }
 
-    async fn delete_link(&self, index: u32, name: &str) -> Result<(), ApplyError> {
-        // Only delete the link if the index still carries the recorded name (indices are reused).
-        match ops::link_by_name(&self.handle, name).await {
-            Ok(Some(m)) if m.header.index == index => ops::del_link(&self.handle, index)
-                .await
-                .or_else(ignore_missing)
-                .map_err(|e| self.nl("delete link", name, e)),
+    /// Deletes link `index` if it still carries the recorded `name` (indexes are reused); looks it up
+    /// with `node`, deletes it on a socket of its own (see [`node`]).
+    async fn delete_link(&self, node: &Handle, index: u32, name: &str) -> Result<(), ApplyError> {
+        match ops::link_by_name(node, name).await {
+            Ok(Some(m)) if m.header.index == index => {
+                let own = self.node_handle().await?;
+                self.netlink
+                    .delete_link(own, index)
+                    .await
+                    .map_err(|e| self.nl("delete link", name, e))
+            }
             Ok(_) => Ok(()),
             Err(e) => Err(self.nl("look up", name, e)),
         }
-    }
-}
-
-/// Treats "it is already gone" as success: removal is idempotent.
-fn ignore_missing(e: rtnetlink::Error) -> Result<(), rtnetlink::Error> {
-    match &e {
-        rtnetlink::Error::NetlinkError(m)
-            if [nix::errno::Errno::ENODEV, nix::errno::Errno::ENOENT]
-                .iter()
-                .any(|c| m.raw_code() == -(*c as i32)) =>
-        {
-            Ok(())
-        }
-        _ => Err(e),
     }
 }

@@ -5,14 +5,23 @@
 //! socket is created on such a thread and then used from anywhere — a socket stays bound to the namespace
 //! it was created in (reference rust-deps §3: setns → new_connection → setns back). If switching back
 //! failed, the thread just ends, so no thread is ever left in a foreign namespace.
+//!
+//! A netlink request is executed by the kernel *inside* `sendmsg`, so the thread that sends it waits for
+//! the whole operation: deleting a link takes ~20–40 ms there (the kernel's `rcu_barrier` after it
+//! unregistered the device), creating one can wait for the RTNL lock. So every netlink connection of
+//! [`Netns::netlink`] is driven on its own thread (the one that entered the namespace to create the
+//! socket, with a single-threaded runtime), never on a tokio worker: a slow request blocks only its own
+//! socket, and requests on different handles run in the kernel in parallel.
 
 use std::fmt;
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
+use nix::sys::statfs::{NSFS_MAGIC, fstatfs};
 use rtnetlink::Handle;
 
 /// An open network namespace file (`/proc/<pid>/ns/net`, `/var/run/netns/<name>`, …).
@@ -23,16 +32,29 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Opens `path` and checks that it is a network namespace (by entering it on a scratch thread, the
-    /// only check the kernel really guarantees).
+    /// Opens `path` and checks that it is a namespace file (on the kernel's nsfs). Whether it is a
+    /// *network* namespace shows when it is entered ([`Netns::run`], [`Netns::netlink`]), which fails
+    /// otherwise — checking here by entering it would cost a thread per open.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
-        let ns = Self {
+        if fstatfs(&file)?.filesystem_type() != NSFS_MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a network namespace (not a namespace file)",
+            ));
+        }
+        Ok(Self {
             path: path.to_path_buf(),
             file,
-        };
-        ns.run(|| ())?;
-        Ok(ns)
+        })
+    }
+
+    /// Another handle on the same namespace (a duplicated fd).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            path: self.path.clone(),
+            file: self.file.try_clone()?,
+        })
     }
 
     /// The namespace of this process (the forwarder's node namespace).
@@ -67,16 +89,69 @@ impl Netns {
         })
     }
 
-    /// A netlink handle bound to this namespace. Must be called inside a tokio runtime: the connection
-    /// task is spawned on it and ends when the last clone of the handle is dropped.
+    /// A netlink handle bound to this namespace. Its connection runs on a thread of its own (see the
+    /// module doc), which ends when the last clone of the handle is dropped.
     pub fn netlink(&self) -> io::Result<Handle> {
-        let rt = tokio::runtime::Handle::current();
-        let (conn, handle, _) = self.run(move || {
-            let _enter = rt.enter();
-            rtnetlink::new_connection()
-        })??;
-        tokio::spawn(conn);
-        Ok(handle)
+        self.drive("nsm-netlink", || {
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            Ok((handle, conn))
+        })
+    }
+
+    /// Starts a thread that enters this namespace and calls `setup` there, inside a single-threaded
+    /// runtime of its own; returns what `setup` made for the caller, while the thread goes on to drive
+    /// the future `setup` returned with it until that future ends. Used for netlink connections: their
+    /// sockets are made in the namespace and their slow requests block only this thread.
+    pub fn drive<T, F>(
+        &self,
+        name: &str,
+        setup: impl FnOnce() -> io::Result<(T, F)> + Send + 'static,
+    ) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = ()> + 'static,
+    {
+        let file = self.file.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let entered = setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("not a network namespace ({e})"),
+                    )
+                });
+                drop(file);
+                let rt = entered.and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .build()
+                });
+                let rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let made = {
+                    let _enter = rt.enter();
+                    setup()
+                };
+                match made {
+                    Ok((value, future)) => {
+                        if tx.send(Ok(value)).is_ok() {
+                            rt.block_on(future);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })?;
+        rx.recv()
+            .map_err(|_| io::Error::other("netlink thread ended before it was set up"))?
     }
 }
 

@@ -452,3 +452,62 @@ async fn a_restarted_executor_adopts_live_connections_and_sweeps_the_rest() {
     left.sort();
     assert_eq!(left, ["u1a"], "tunnel device removed with its last user");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connections_are_built_and_removed_completely() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let (n1, n2, e) = (TestNs::new("n1"), TestNs::new("n2"), TestNs::new("e"));
+    underlay(&n1, "169.254.100.1/24", &n2, "169.254.100.2/24", "1");
+    let (f1, f2) = (
+        Executor::new(n1.netns(), "fwd1").unwrap(),
+        Executor::new(n2.netns(), "fwd2").unwrap(),
+    );
+    // Local connections on node 2 and remote ones from node 1, all over one VNI (one shared VXLAN
+    // device on each node), every client in a pod of its own, the endpoint pod shared.
+    let clients: Vec<TestNs> = (0..8).map(|i| TestNs::new(&format!("c{i}"))).collect();
+    let vx = vxlan_mech("169.254.100.1", "169.254.100.2", 77, None);
+    let mut plans: Vec<(&Executor, Plan)> = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let (id, ctx, nse_if) = (format!("conn-{i}"), p2p(20 + i as u8), format!("nsm-{i}"));
+        if i % 2 == 0 {
+            let local = kernel_mech(c, "nsm-1");
+            let p = mk_plan("fwd2", &id, &id, &local, &kernel_mech(&e, &nse_if), &ctx, 0);
+            plans.push((&f2, p));
+        } else {
+            let p1 = mk_plan("fwd1", &id, &id, &kernel_mech(c, "nsm-1"), &vx, &ctx, 0);
+            let p2 = mk_plan("fwd2", &id, &id, &vx, &kernel_mech(&e, &nse_if), &ctx, 0);
+            plans.push((&f1, p1));
+            plans.push((&f2, p2));
+        }
+    }
+    let applied = futures::future::join_all(plans.iter().map(|(f, p)| f.apply(p))).await;
+    for r in applied {
+        r.unwrap();
+    }
+    for (i, c) in clients.iter().enumerate() {
+        ping_both_ways(c, &e, 20 + i as u8).await;
+    }
+    assert_eq!(
+        n2.links().iter().filter(|l| l.starts_with("nsx")).count(),
+        1,
+        "one shared VXLAN device: {:?}",
+        n2.links()
+    );
+    // The same connection applied several times at once: one after the other, one interface.
+    let (f, p) = &plans[0];
+    let again = futures::future::join_all((0..4).map(|_| f.apply(p))).await;
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+    assert_eq!(clients[0].links(), ["nsm-1"]);
+    let removed =
+        futures::future::join_all(plans.iter().map(|(f, p)| f.remove(&p.connection_id))).await;
+    for r in removed {
+        assert!(r.unwrap());
+    }
+    assert_eq!(n1.links(), ["u1a"], "only the underlay is left");
+    assert_eq!(n2.links(), ["u1b"]);
+    assert!(e.links().is_empty(), "{:?}", e.links());
+    assert!(clients.iter().all(|c| c.links().is_empty()));
+}

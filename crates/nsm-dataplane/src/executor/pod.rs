@@ -1,0 +1,88 @@
+//! The pod side of one operation: the pod's namespace, a netlink handle inside it, and the pod's link
+//! announcements, to see a new interface become operational before it gets its addresses.
+//!
+//! Why wait: the kernel configures IPv6 on an interface only once its link watcher has seen it up
+//! (`operstate` UP), and at that moment it re-validates the addresses already there; packets to them
+//! arriving meanwhile are dropped (counted as `Ip6InAddrErrors`). Built quickly and pinged at once,
+//! a connection sometimes lost its first IPv6 echo that way. The pod end is therefore brought up
+//! before the node end (see `build_veth`): it then gets its carrier while its queue is not active
+//! yet, an event the link watcher handles at once (< 1 ms here), where an end brought up second can
+//! wait for the watcher's next run, up to a second later.
+
+use std::io;
+use std::time::Duration;
+
+use futures::StreamExt;
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::Handle;
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
+
+use super::node::RTMGRP_LINK;
+use super::ops;
+use crate::netns::Netns;
+use crate::plan::PodInterface;
+
+/// A pod namespace opened for one operation, with a netlink handle inside it that also hears the
+/// pod's link announcements (to see its new interface become operational).
+pub(super) struct Pod {
+    /// Dropped first: the connection's thread ends when it sees both this and the handle gone, and
+    /// only the handle's drop wakes it.
+    announced: LinkAnnouncements,
+    pub(super) handle: Handle,
+    pub(super) ns: Netns,
+}
+
+/// Unsolicited messages of a pod's netlink socket (it is bound to the link multicast group).
+type LinkAnnouncements = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+    SocketAddr,
+)>;
+
+/// A pod namespace that could not be opened: the `ApplyError::Netns` of a build.
+pub(super) type PodResult = Result<Pod, (std::path::PathBuf, String, io::Error)>;
+
+impl Pod {
+    pub(super) fn open(want: &PodInterface) -> PodResult {
+        let err = |e| (want.netns.clone(), want.name.clone(), e);
+        let ns = Netns::open(&want.netns).map_err(err)?;
+        let (handle, announced) = ns
+            .drive("nsm-netlink-pod", || {
+                let (mut conn, handle, announced) = rtnetlink::new_connection()?;
+                conn.socket_mut()
+                    .socket_mut()
+                    .bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+                Ok(((handle, announced), conn))
+            })
+            .map_err(err)?;
+        Ok(Self {
+            announced,
+            handle,
+            ns,
+        })
+    }
+
+    /// Waits until the kernel announces link `index` operationally up (see the module doc). Bounded by
+    /// [`LINKWATCH_BOUND`] in case an announcement is lost: then the build goes on as it would have
+    /// without waiting.
+    pub(super) async fn operational(&mut self, index: u32) {
+        let up = async {
+            while let Some((m, _)) = self.announced.next().await {
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload
+                    && l.header.index == index
+                    && ops::oper_up(&l)
+                {
+                    return;
+                }
+            }
+        };
+        // Kernel time, not connection time: the link watcher runs at most a second late.
+        if tokio::time::timeout(LINKWATCH_BOUND, up).await.is_err() {
+            tracing::debug!(index, netns = %self.ns, "executor: no announcement that the pod interface is up; going on");
+        }
+    }
+}
+
+/// How long the kernel's link watcher may take to report a new interface operational (it rate-limits
+/// non-urgent events to one run per second).
+const LINKWATCH_BOUND: Duration = Duration::from_millis(1500);
