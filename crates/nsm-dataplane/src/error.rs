@@ -80,8 +80,8 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
-    /// No netlink socket could be opened in the node namespace.
-    #[error("cannot open netlink in node namespace {netns}: {source}")]
+    /// No thread or netlink socket could be started in the node namespace.
+    #[error("cannot start netlink work in node namespace {netns}: {source}")]
     NodeNetlink {
         /// The node namespace.
         netns: String,

@@ -45,7 +45,7 @@ use pod::{Pod, PodResult};
 pub struct Executor {
     owner: String,
     node: Netns,
-    netlink: Arc<NodeNetlink>,
+    netlink: NodeNetlink,
     /// One slot per connection id with an operation running or a plan applied.
     conns: Mutex<HashMap<String, Arc<Slot>>>,
     /// What an earlier run left, per connection id, not yet claimed by a request.
@@ -123,7 +123,7 @@ impl Executor {
 
     /// Applies `plan` (see the module doc).
     pub async fn apply(&self, plan: &Plan) -> Result<(), ApplyError> {
-        let node = self.node_handle().await?;
+        let node = self.netlink.handle();
         let pods: Vec<PodResult> = plan.pods.iter().map(Pod::open).collect();
         for stale in self.same_interface_elsewhere(plan, &pods).await {
             // The pod's interface belongs to another connection of ours: the client came back (a
@@ -199,7 +199,7 @@ impl Executor {
 
     /// Removes what was applied for `connection_id`; `Ok(false)` if nothing was.
     pub async fn remove(&self, connection_id: &str) -> Result<bool, ApplyError> {
-        let node = self.node_handle().await?;
+        let node = self.netlink.handle();
         self.remove_with(&node, connection_id).await
     }
 
@@ -250,16 +250,6 @@ impl Executor {
         if unused {
             conns.remove(connection_id);
         }
-    }
-
-    /// A node-namespace netlink handle for one operation.
-    async fn node_handle(&self) -> Result<node::Pooled, ApplyError> {
-        self.netlink
-            .handle()
-            .map_err(|source| ApplyError::NodeNetlink {
-                netns: self.node.to_string(),
-                source,
-            })
     }
 
     /// Ids of other connections of this owner whose interface sits in one of `plan`'s pods under the
@@ -580,17 +570,18 @@ impl Executor {
         Ok(())
     }
 
-    /// Deletes link `index` if it still carries the recorded `name` (indexes are reused); looks it up
-    /// with `node`, deletes it on a socket of its own (see [`node`]).
+    /// Deletes link `index` if it still carries the recorded `name` (indexes are reused; see [`node`]).
     async fn delete_link(&self, node: &Handle, index: u32, name: &str) -> Result<(), ApplyError> {
         match ops::link_by_name(node, name).await {
-            Ok(Some(m)) if m.header.index == index => {
-                let own = self.node_handle().await?;
-                self.netlink
-                    .delete_link(own, index)
-                    .await
-                    .map_err(|e| self.nl("delete link", name, e))
-            }
+            Ok(Some(m)) if m.header.index == index => self
+                .netlink
+                .delete_link(index)
+                .await
+                .map_err(|source| ApplyError::NodeNetlink {
+                    netns: self.node.to_string(),
+                    source,
+                })?
+                .map_err(|e| self.nl("delete link", name, e)),
             Ok(_) => Ok(()),
             Err(e) => Err(self.nl("look up", name, e)),
         }

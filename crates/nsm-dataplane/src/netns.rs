@@ -89,6 +89,29 @@ impl Netns {
         })
     }
 
+    /// Runs `f` on a new, detached thread that has entered this namespace (`f` gets the error if it
+    /// could not); the thread ends with `f`. For blocking work whose result is awaited elsewhere.
+    pub fn spawn(
+        &self,
+        name: &str,
+        f: impl FnOnce(io::Result<()>) + Send + 'static,
+    ) -> io::Result<()> {
+        let file = self.file.try_clone()?;
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let entered = setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("not a network namespace ({e})"),
+                    )
+                });
+                drop(file);
+                f(entered);
+            })
+            .map(drop)
+    }
+
     /// A netlink handle bound to this namespace. Its connection runs on a thread of its own (see the
     /// module doc), which ends when the last clone of the handle is dropped.
     pub fn netlink(&self) -> io::Result<Handle> {

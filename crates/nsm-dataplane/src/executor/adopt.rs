@@ -53,7 +53,7 @@ impl Executor {
     /// Reads back what an earlier run of this owner left (see the module doc) and keeps it unclaimed;
     /// changes nothing in the kernel. Returns the connection ids found.
     pub async fn adopt(&self) -> Result<Vec<String>, ApplyError> {
-        let node = self.node_handle().await?;
+        let node = self.netlink.handle();
         let _tunnels = self.tunnels.lock().await;
         let links = ops::links(&node)
             .await
@@ -110,7 +110,7 @@ impl Executor {
     /// Removes every adopted connection no request claimed, then this owner's tunnel devices that no
     /// connection uses. Returns the removed link names.
     pub async fn sweep_unclaimed(&self) -> Result<Vec<String>, ApplyError> {
-        let node = self.node_handle().await?;
+        let node = self.netlink.handle();
         let unclaimed: Vec<Unclaimed> = lock(&self.adopted).drain().map(|(_, u)| u).collect();
         let _tunnels = self.tunnels.lock().await;
         let mut removed = Vec::new();
@@ -236,7 +236,7 @@ impl Executor {
     /// Deletes every link in the node namespace whose alias names this owner (see the module doc).
     /// Returns the deleted link names.
     pub async fn adopt_or_cleanup(&self) -> Result<Vec<String>, ApplyError> {
-        let node = self.node_handle().await?;
+        let node = self.netlink.handle();
         let _tunnels = self.tunnels.lock().await;
         let links = ops::links(&node)
             .await

@@ -1,34 +1,30 @@
-//! The node namespace's netlink sockets: a pool of handles, and link deletion that completes when the
-//! kernel announces the link gone.
+//! The node namespace's netlink: one shared handle, and link deletion that completes when the kernel
+//! announces the link gone.
 //!
-//! - **Pool.** Every executor operation (one connection's apply or remove) takes a handle of its own
-//!   ([`NodeNetlink::handle`]), so operations of different connections never queue behind each other on
-//!   one socket; each handle's connection runs on its own thread ([`Netns::netlink`]). Handles go back
-//!   to the pool when dropped; at most [`MAX_IDLE`] idle ones are kept.
+//! - **Requests** go through one handle whose connection runs on a thread of its own
+//!   ([`Netns::netlink`]). The kernel takes its RTNL lock for nearly every request anyway, so more
+//!   sockets would not run them in parallel; what must not happen is a slow request blocking a tokio
+//!   worker, or another connection's deletion (below) holding up this socket.
 //! - **Deletion** ([`NodeNetlink::delete_link`]). The kernel answers `RTM_DELLINK` only after an
-//!   `rcu_barrier` (~20–40 ms here), long after the link has left the namespace: it unlinks the device,
-//!   removes its addresses, routes, neighbours and qdiscs, announces `RTM_DELLINK` to the link
-//!   multicast group, and only then waits for RCU before it frees the device and acknowledges. So the
-//!   request is sent on a handle of its own and the deletion is complete for us at whichever comes
-//!   first: the announcement for that link index (usually < 1 ms), or the acknowledgement (the
-//!   backstop if an announcement was lost). The handle returns to the pool once the kernel has
-//!   acknowledged.
+//!   `rcu_barrier` (~20–40 ms here, outside the RTNL lock), long after the link has left the
+//!   namespace: it unlinks the device, removes its addresses, routes, neighbours and qdiscs, announces
+//!   `RTM_DELLINK` to the link multicast group, and only then waits for RCU before it frees the device
+//!   and acknowledges. So each deletion is sent from a short-lived thread of its own, which waits for
+//!   the acknowledgement there (deletions of different connections overlap in the kernel), and the
+//!   deletion is complete for us at whichever comes first: the announcement for that link index
+//!   (usually < 1 ms), or the acknowledgement (the backstop if an announcement was lost).
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::StreamExt;
 use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::LinkMessage;
 use rtnetlink::Handle;
-use rtnetlink::packet_core::NetlinkPayload;
-use rtnetlink::sys::{AsyncSocket, SocketAddr};
+use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use rtnetlink::sys::{AsyncSocket, Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::sync::{broadcast, oneshot};
 
-use super::ops;
 use crate::netns::Netns;
-
-/// Idle handles kept for later operations; more are closed when they come back.
-const MAX_IDLE: usize = 16;
 
 /// `RTMGRP_LINK`: the link notifications multicast group.
 pub(super) const RTMGRP_LINK: u32 = 1;
@@ -40,39 +36,17 @@ const EVENTS_BUFFER: usize = 1024;
 /// Netlink access to the node namespace (see the module doc).
 pub(super) struct NodeNetlink {
     ns: Netns,
-    idle: Mutex<Vec<Handle>>,
+    handle: Handle,
     /// Indexes of links the kernel announced deleted.
     deleted: broadcast::Sender<u32>,
     /// Ends the announcement listener's thread when the executor goes.
     _stop_events: oneshot::Sender<()>,
 }
 
-/// A handle taken from the pool; goes back on drop.
-pub(super) struct Pooled {
-    handle: Option<Handle>,
-    pool: Arc<NodeNetlink>,
-}
-
-impl std::ops::Deref for Pooled {
-    type Target = Handle;
-
-    fn deref(&self) -> &Handle {
-        // Only `Drop` takes the handle out.
-        self.handle.as_ref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            self.pool.put_back(h);
-        }
-    }
-}
-
 impl NodeNetlink {
-    /// Opens the pool for `ns` and starts listening to its link announcements.
-    pub(super) fn new(ns: Netns) -> io::Result<Arc<Self>> {
+    /// Opens the handle for `ns` and starts listening to its link announcements.
+    pub(super) fn new(ns: Netns) -> io::Result<Self> {
+        let handle = ns.netlink()?;
         let (deleted, _) = broadcast::channel(EVENTS_BUFFER);
         let (stop_events, stop) = oneshot::channel();
         let announce = deleted.clone();
@@ -91,81 +65,96 @@ impl NodeNetlink {
                     }
                 }
             };
-            Ok(((), async move {
+            let run = async move {
                 tokio::select! {
                     () = conn => {}
                     () = listen => {}
                     _ = stop => {}
                 }
-            }))
+            };
+            Ok(((), run))
         })?;
-        Ok(Arc::new(Self {
+        Ok(Self {
             ns,
-            idle: Mutex::default(),
+            handle,
             deleted,
             _stop_events: stop_events,
-        }))
-    }
-
-    /// A handle for one operation.
-    pub(super) fn handle(self: &Arc<Self>) -> io::Result<Pooled> {
-        let idle = self.lock_idle().pop();
-        let handle = match idle {
-            Some(h) => h,
-            None => self.ns.netlink()?,
-        };
-        Ok(Pooled {
-            handle: Some(handle),
-            pool: self.clone(),
         })
     }
 
-    fn put_back(&self, handle: Handle) {
-        let mut idle = self.lock_idle();
-        if idle.len() < MAX_IDLE {
-            idle.push(handle);
-        }
+    /// The handle for requests in the node namespace.
+    pub(super) fn handle(&self) -> Handle {
+        self.handle.clone()
     }
 
-    fn lock_idle(&self) -> MutexGuard<'_, Vec<Handle>> {
-        // The list stays consistent whatever a panicking holder did (push/pop only).
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Deletes link `index` with `handle`, which is used for nothing else (see the module doc); a
-    /// link already gone is success.
-    pub(super) async fn delete_link(
-        &self,
-        handle: Pooled,
-        index: u32,
-    ) -> Result<(), rtnetlink::Error> {
+    /// Deletes link `index` (see the module doc); a link already gone is success. `Err(io)` if no
+    /// thread could be started for it.
+    pub(super) async fn delete_link(&self, index: u32) -> io::Result<Result<(), rtnetlink::Error>> {
         let mut announced = self.deleted.subscribe();
-        let mut acked = Box::pin(async move {
-            let r = ops::del_link(&handle, index).await.or_else(ignore_missing);
-            drop(handle);
-            r
-        });
+        let (tx, mut acked) = oneshot::channel();
+        self.ns.spawn("nsm-netlink-del", move |entered| {
+            let r = entered.and_then(|()| del_link_blocking(index));
+            let r = r.unwrap_or_else(|e| Err(rtnetlink::Error::NamespaceError(e.to_string())));
+            let _ = tx.send(r.or_else(ignore_missing));
+        })?;
         loop {
             tokio::select! {
-                r = &mut acked => return r,
+                r = &mut acked => return Ok(answer(r)),
                 ev = announced.recv() => match ev {
                     Ok(i) if i == index => break,
                     Ok(_) => {}
                     // Announcements lost or the listener gone: the acknowledgement decides.
-                    Err(_) => return acked.await,
+                    Err(_) => return Ok(answer(acked.await)),
                 },
             }
         }
         // Gone from the namespace; the acknowledgement follows once the kernel has freed the device.
         tokio::spawn(async move {
-            if let Err(e) = acked.await {
+            if let Err(e) = answer(acked.await) {
                 tracing::warn!(
                     index,
                     "executor: link deletion acknowledged with an error after the kernel announced it: {e}"
                 );
             }
         });
-        Ok(())
+        Ok(Ok(()))
+    }
+}
+
+/// The deletion thread's answer; it always sends one unless it panicked.
+fn answer(
+    r: Result<Result<(), rtnetlink::Error>, oneshot::error::RecvError>,
+) -> Result<(), rtnetlink::Error> {
+    r.unwrap_or(Err(rtnetlink::Error::RequestFailed))
+}
+
+/// Sends `RTM_DELLINK` for link `index` on a new socket in this thread's namespace and waits for the
+/// kernel's answer (`Ok(Err)` for a netlink error).
+fn del_link_blocking(index: u32) -> io::Result<Result<(), rtnetlink::Error>> {
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelLink(link));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&buf, 0)?;
+    loop {
+        let mut reply = Vec::with_capacity(8192);
+        let n = socket.recv(&mut reply, 0)?;
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        if msg.header.sequence_number != 1 {
+            continue;
+        }
+        return Ok(match msg.payload {
+            NetlinkPayload::Error(e) if e.code.is_some() => Err(rtnetlink::Error::NetlinkError(e)),
+            _ => Ok(()),
+        });
     }
 }
 

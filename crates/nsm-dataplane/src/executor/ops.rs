@@ -146,11 +146,6 @@ pub async fn set_alias_up(h: &Handle, index: u32, alias: &str) -> Result<(), Err
     h.link().set(msg).execute().await
 }
 
-/// Deletes link `index`.
-pub async fn del_link(h: &Handle, index: u32) -> Result<(), Error> {
-    h.link().del(index).execute().await
-}
-
 /// Adds `net` to link `index` (IPv6 with NODAD, so it is usable at once).
 pub async fn add_address(h: &Handle, index: u32, net: IpNet) -> Result<(), Error> {
     let mut req = h.address().add(index, net.addr(), net.prefix_len());
