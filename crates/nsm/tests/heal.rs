@@ -249,7 +249,15 @@ fn settle_at(
                 .iter()
                 .all(|x| net.contains(&x.split('/').next().unwrap().parse::<IpAddr>().unwrap()))
                 && net.contains(&peer);
-            let src: IpAddr = a[0].split('/').next().unwrap().parse().unwrap();
+            // The interface exists a moment before its addresses (a rebuild in progress).
+            let Some(src) = a
+                .first()
+                .and_then(|x| x.split('/').next()?.parse::<IpAddr>().ok())
+            else {
+                last = format!("{}: no address yet on {:?}", c.name, names(&c.pod));
+                ok = false;
+                break;
+            };
             let fwd = tb
                 .ping(&c.pod, peer, 1, Duration::from_millis(300))
                 .is_ok_and(|r| r.len() == 1);
