@@ -18,15 +18,15 @@ struct Cli {
 enum Command {
     /// Print the NSM API version this build speaks and its gRPC methods.
     Api,
-    /// Run the registry (network services and endpoints) on the memory store or on etcd.
+    #[command(about = REGISTRY_ABOUT)]
     Registry(cmd::registry::RegistryArgs),
-    /// Run a node's Network Service Manager.
+    #[command(about = NSMGR_ABOUT)]
     Nsmgr(cmd::nsmgr::NsmgrArgs),
-    /// Run a forwarder that registers with its NSMgr.
+    #[command(about = FORWARDER_ABOUT)]
     Forwarder(cmd::forwarder::ForwarderArgs),
-    /// Run the icmp-responder endpoint.
+    #[command(about = NSE_ABOUT)]
     Nse(cmd::nse::NseArgs),
-    /// Run a client that requests network services and holds the connections.
+    #[command(about = NSC_ABOUT)]
     Nsc(cmd::nsc::NscArgs),
     /// Development identities without SPIRE: a CA (`init`) and SVIDs for NSM_IDENTITY_DIR (`issue`).
     #[command(subcommand)]
@@ -42,9 +42,86 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
 }
 
+const REGISTRY_ABOUT: &str =
+    "Run the registry (network services and endpoints) on the memory store or on etcd";
+const NSMGR_ABOUT: &str = "Run a node's Network Service Manager";
+const FORWARDER_ABOUT: &str = "Run a forwarder that registers with its NSMgr";
+const NSE_ABOUT: &str = "Run the icmp-responder endpoint";
+const NSC_ABOUT: &str = "Run a client that requests network services and holds the connections";
+
+/// The long-running components parse their command line with a parser that knows only their own
+/// subcommand. `Cli::parse()` builds every subcommand's arguments first, whichever one is run: about
+/// 250 KiB of code that each component would otherwise run once and keep mapped (BENCHMARKS.md,
+/// issue 8). Help, errors and values are the same as through `Cli`.
+mod component {
+    use clap::Parser;
+
+    use super::{FORWARDER_ABOUT, NSC_ABOUT, NSE_ABOUT, NSMGR_ABOUT, REGISTRY_ABOUT, cmd};
+
+    #[derive(Debug, Parser)]
+    #[command(name = "nsm", version)]
+    pub enum Registry {
+        #[command(about = REGISTRY_ABOUT)]
+        Registry(cmd::registry::RegistryArgs),
+    }
+
+    #[derive(Debug, Parser)]
+    #[command(name = "nsm", version)]
+    pub enum Nsmgr {
+        #[command(about = NSMGR_ABOUT)]
+        Nsmgr(cmd::nsmgr::NsmgrArgs),
+    }
+
+    #[derive(Debug, Parser)]
+    #[command(name = "nsm", version)]
+    pub enum Forwarder {
+        #[command(about = FORWARDER_ABOUT)]
+        Forwarder(cmd::forwarder::ForwarderArgs),
+    }
+
+    #[derive(Debug, Parser)]
+    #[command(name = "nsm", version)]
+    pub enum Nse {
+        #[command(about = NSE_ABOUT)]
+        Nse(cmd::nse::NseArgs),
+    }
+
+    #[derive(Debug, Parser)]
+    #[command(name = "nsm", version)]
+    pub enum Nsc {
+        #[command(about = NSC_ABOUT)]
+        Nsc(cmd::nsc::NscArgs),
+    }
+}
+
+/// The command: a component's through its own parser (see [`component`]), anything else through
+/// [`Cli`].
+fn parse() -> Option<Command> {
+    use clap::Parser;
+    use component::{Forwarder, Nsc, Nse, Nsmgr, Registry};
+    let first = std::env::args_os().nth(1);
+    Some(match first.as_ref().and_then(|a| a.to_str()) {
+        Some("registry") => match Registry::parse() {
+            Registry::Registry(a) => Command::Registry(a),
+        },
+        Some("nsmgr") => match Nsmgr::parse() {
+            Nsmgr::Nsmgr(a) => Command::Nsmgr(a),
+        },
+        Some("forwarder") => match Forwarder::parse() {
+            Forwarder::Forwarder(a) => Command::Forwarder(a),
+        },
+        Some("nse") => match Nse::parse() {
+            Nse::Nse(a) => Command::Nse(a),
+        },
+        Some("nsc") => match Nsc::parse() {
+            Nsc::Nsc(a) => Command::Nsc(a),
+        },
+        _ => return Cli::parse().command,
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    match parse() {
         Some(Command::Api) => {
             println!("NSM wire contract: v1.1.1");
             for (path, streaming) in nsm_api::services::METHODS {
