@@ -171,7 +171,7 @@ impl Executor {
                     .await?;
             }
         }
-        let mut pods = pods.into_iter().collect::<Result<Vec<_>, _>>().map_err(
+        let pods = pods.into_iter().collect::<Result<Vec<_>, _>>().map_err(
             |(path, interface, source)| ApplyError::Netns {
                 path,
                 interface,
@@ -179,7 +179,7 @@ impl Executor {
             },
         )?;
         let mut created = Vec::new();
-        match self.build(node, plan, &mut pods, &mut created).await {
+        match self.build(node, plan, &pods, &mut created).await {
             Ok(()) => {
                 *applied = Some(Applied {
                     plan: plan.clone(),
@@ -313,10 +313,10 @@ impl Executor {
         &self,
         node: &Handle,
         plan: &Plan,
-        pods: &mut [Pod],
+        pods: &[Pod],
         created: &mut Vec<Created>,
     ) -> Result<(), ApplyError> {
-        for (want, pod) in plan.pods.iter().zip(pods.iter()) {
+        for (want, pod) in plan.pods.iter().zip(pods) {
             // A node end under our derived name is a leftover of this very connection: replace it.
             if let Ok(Some(stale)) = ops::link_by_name(node, &want.node_name).await {
                 self.delete_link(node, stale.header.index, &want.node_name)
@@ -333,7 +333,7 @@ impl Executor {
             self.check_underlay(node, t).await?;
         }
         let mut node_ends = Vec::new();
-        for (want, pod) in plan.pods.iter().zip(pods.iter_mut()) {
+        for (want, pod) in plan.pods.iter().zip(pods) {
             node_ends.push(self.build_veth(node, want, pod, created).await?);
         }
         match (&plan.tunnel, node_ends.as_slice()) {
@@ -369,7 +369,7 @@ impl Executor {
         &self,
         node: &Handle,
         want: &PodInterface,
-        pod: &mut Pod,
+        pod: &Pod,
         created: &mut Vec<Created>,
     ) -> Result<u32, ApplyError> {
         let pod_netns = pod.ns.to_string();
@@ -398,9 +398,9 @@ impl Executor {
         // Pod end up first: it gets its carrier when the node end comes up, while its queue is not
         // active yet, which the kernel treats as urgent — so it turns operational at once, where the
         // end brought up second may wait for the link watcher's next run, up to a second later.
-        let h = pod.handle.clone();
-        let pod_index = self.index_of(&h, &pod.ns, &want.name).await?;
-        ops::set_alias_up(&h, pod_index, &alias)
+        let h = &pod.handle;
+        let pod_index = self.index_of(h, &pod.ns, &want.name).await?;
+        ops::set_alias_up(h, pod_index, &alias)
             .await
             .map_err(|e| pod_err("set alias/up", e))?;
         ops::set_alias_up(node, node_index, &alias)
@@ -408,17 +408,17 @@ impl Executor {
             .map_err(|e| self.nl("set alias/up", &want.node_name, e))?;
         pod.operational(pod_index).await;
         for a in &want.addresses {
-            ops::add_address(&h, pod_index, *a)
+            ops::add_address(h, pod_index, *a)
                 .await
                 .map_err(|e| pod_err("add address", e))?;
         }
         for r in &want.routes {
-            ops::add_route(&h, pod_index, r.destination, r.via)
+            ops::add_route(h, pod_index, r.destination, r.via)
                 .await
                 .map_err(|e| pod_err("add route", e))?;
         }
         for n in &want.neighbours {
-            ops::add_neighbour(&h, pod_index, n.ip, n.mac)
+            ops::add_neighbour(h, pod_index, n.ip, n.mac)
                 .await
                 .map_err(|e| pod_err("add neighbour", e))?;
         }

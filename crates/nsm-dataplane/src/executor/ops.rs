@@ -47,6 +47,15 @@ fn libc_enodev() -> i32 {
     nix::errno::Errno::ENODEV as i32
 }
 
+/// The link with index `index`, if any.
+pub async fn link_by_index(h: &Handle, index: u32) -> Result<Option<LinkMessage>, Error> {
+    match h.link().get().match_index(index).execute().try_next().await {
+        Ok(m) => Ok(m),
+        Err(Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Every link.
 pub async fn links(h: &Handle) -> Result<Vec<LinkMessage>, Error> {
     h.link().get().execute().try_collect().await

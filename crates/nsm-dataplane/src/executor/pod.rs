@@ -1,5 +1,5 @@
-//! The pod side of one operation: the pod's namespace, a netlink handle inside it, and the pod's link
-//! announcements, to see a new interface become operational before it gets its addresses.
+//! The pod side of one operation: the pod's namespace and a netlink handle inside it; and the wait
+//! for a new pod interface to become operational before it gets its addresses.
 //!
 //! Why wait: the kernel configures IPv6 on an interface only once its link watcher has seen it up
 //! (`operstate` UP), and at that moment it re-validates the addresses already there; packets to them
@@ -23,21 +23,11 @@ use super::ops;
 use crate::netns::Netns;
 use crate::plan::PodInterface;
 
-/// A pod namespace opened for one operation, with a netlink handle inside it that also hears the
-/// pod's link announcements (to see its new interface become operational).
+/// A pod namespace opened for one operation, with a netlink handle inside it.
 pub(super) struct Pod {
-    /// Dropped first: the connection's thread ends when it sees both this and the handle gone, and
-    /// only the handle's drop wakes it.
-    announced: LinkAnnouncements,
     pub(super) handle: Handle,
     pub(super) ns: Netns,
 }
-
-/// Unsolicited messages of a pod's netlink socket (it is bound to the link multicast group).
-type LinkAnnouncements = futures::channel::mpsc::UnboundedReceiver<(
-    rtnetlink::packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
-    SocketAddr,
-)>;
 
 /// A pod namespace that could not be opened: the `ApplyError::Netns` of a build.
 pub(super) type PodResult = Result<Pod, (std::path::PathBuf, String, io::Error)>;
@@ -46,40 +36,56 @@ impl Pod {
     pub(super) fn open(want: &PodInterface) -> PodResult {
         let err = |e| (want.netns.clone(), want.name.clone(), e);
         let ns = Netns::open(&want.netns).map_err(err)?;
-        let (handle, announced) = ns
-            .drive("nsm-netlink-pod", || {
-                let (mut conn, handle, announced) = rtnetlink::new_connection()?;
-                conn.socket_mut()
-                    .socket_mut()
-                    .bind(&SocketAddr::new(0, RTMGRP_LINK))?;
-                Ok(((handle, announced), conn))
-            })
-            .map_err(err)?;
-        Ok(Self {
-            announced,
-            handle,
-            ns,
-        })
+        let handle = ns.netlink().map_err(err)?;
+        Ok(Self { handle, ns })
     }
 
-    /// Waits until the kernel announces link `index` operationally up (see the module doc). Bounded by
-    /// [`LINKWATCH_BOUND`] in case an announcement is lost: then the build goes on as it would have
-    /// without waiting.
-    pub(super) async fn operational(&mut self, index: u32) {
-        let up = async {
-            while let Some((m, _)) = self.announced.next().await {
-                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload
-                    && l.header.index == index
-                    && ops::oper_up(&l)
-                {
-                    return;
-                }
+    /// Returns once link `index` is operationally up (see the module doc). Usually it already is
+    /// when asked; otherwise this listens to the pod's link announcements until the kernel reports
+    /// it, for at most [`LINKWATCH_BOUND`] in case an announcement is lost (then the build goes on as
+    /// it would have without waiting).
+    pub(super) async fn operational(&self, index: u32) {
+        if self.is_up(index).await {
+            return;
+        }
+        let subscribed = self.ns.drive("nsm-netlink-watch", || {
+            let (mut conn, handle, announced) = rtnetlink::new_connection()?;
+            conn.socket_mut()
+                .socket_mut()
+                .bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+            Ok(((handle, announced), conn))
+        });
+        let (watch, mut announced) = match subscribed {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(index, netns = %self.ns, "executor: cannot listen to link announcements ({e}); going on");
+                return;
             }
         };
-        // Kernel time, not connection time: the link watcher runs at most a second late.
-        if tokio::time::timeout(LINKWATCH_BOUND, up).await.is_err() {
-            tracing::debug!(index, netns = %self.ns, "executor: no announcement that the pod interface is up; going on");
+        // Asked again now that announcements are heard: it may have come up in between.
+        if !self.is_up(index).await {
+            let up = async {
+                while let Some((m, _)) = announced.next().await {
+                    if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload
+                        && l.header.index == index
+                        && ops::oper_up(&l)
+                    {
+                        return;
+                    }
+                }
+            };
+            // Kernel time, not connection time: the link watcher runs at most a second late.
+            if tokio::time::timeout(LINKWATCH_BOUND, up).await.is_err() {
+                tracing::debug!(index, netns = %self.ns, "executor: no announcement that the pod interface is up; going on");
+            }
         }
+        // The listener's thread ends when it finds both gone; only the handle's drop wakes it.
+        drop(announced);
+        drop(watch);
+    }
+
+    async fn is_up(&self, index: u32) -> bool {
+        matches!(ops::link_by_index(&self.handle, index).await, Ok(Some(m)) if ops::oper_up(&m))
     }
 }
 
