@@ -3,6 +3,11 @@
 //!
 //! Values set by an element are seen by the elements after it. An element that must not leak values to
 //! its siblings (e.g. `roundrobin` trying several candidates) clones the context first.
+//!
+//! Values that belong to the transport connection a call came on rather than to the call (the peer's
+//! identity, our own, the fd side channel) are [`SharedValues`]: built once per connection by the
+//! gRPC edge and pointed to by every call's context ([`Ctx::with_shared`]), so a context `begin` keeps
+//! for each held connection does not copy them. A call's own values shadow shared ones.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,10 +19,28 @@ use crate::clock::Clock;
 use crate::error::NsmError;
 use crate::metadata::ConnMetadata;
 
+/// Typed values shared by every call over one transport connection (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct SharedValues(http::Extensions);
+
+impl SharedValues {
+    /// No values.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a typed value.
+    pub fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        self.0.insert(value)
+    }
+}
+
 /// Per-call context. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     values: http::Extensions,
+    /// Looked up after `values`; never copied (see [`SharedValues`]).
+    shared: Option<Arc<SharedValues>>,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     clock: Clock,
@@ -29,6 +52,7 @@ impl Ctx {
     pub fn new(clock: Clock) -> Self {
         Self {
             values: http::Extensions::new(),
+            shared: None,
             deadline: None,
             timeout: None,
             clock,
@@ -101,9 +125,17 @@ impl Ctx {
         }
     }
 
-    /// A typed value set by an earlier element.
+    /// Points this context at the values of the transport connection its call came on.
+    pub fn with_shared(mut self, shared: Arc<SharedValues>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// A typed value set by an earlier element (or shared by the call's transport connection).
     pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<&T> {
-        self.values.get::<T>()
+        self.values
+            .get::<T>()
+            .or_else(|| self.shared.as_ref()?.0.get::<T>())
     }
 
     /// Sets a typed value for the elements after this one.
@@ -111,9 +143,21 @@ impl Ctx {
         self.values.insert(value)
     }
 
-    /// Removes a typed value.
+    /// Removes a typed value (a shared one only from this context's view of them).
     pub fn remove<T: Clone + Send + Sync + 'static>(&mut self) -> Option<T> {
-        self.values.remove::<T>()
+        let own = self.values.remove::<T>();
+        if self.values.is_empty() {
+            // Keep no empty map: a context kept per connection then holds no allocation of its own.
+            self.values = http::Extensions::new();
+        }
+        match &mut self.shared {
+            Some(shared) if shared.0.get::<T>().is_some() => {
+                // Rare (nothing removes transport values today): copy, then remove from the copy.
+                let shared = Arc::make_mut(shared).0.remove::<T>();
+                own.or(shared)
+            }
+            _ => own,
+        }
     }
 
     /// The connection's metadata (set by the `metadata` element).
@@ -151,6 +195,32 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn shared_values_are_seen_shadowed_and_removed_per_context() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Peer(&'static str);
+        let mut shared = SharedValues::new();
+        shared.insert(Peer("transport"));
+        let shared = Arc::new(shared);
+        let mut a = Ctx::new(Clock::system()).with_shared(shared.clone());
+        let b = a.clone();
+        assert_eq!(a.get::<Peer>(), Some(&Peer("transport")));
+        a.insert(Peer("call"));
+        assert_eq!(
+            a.get::<Peer>(),
+            Some(&Peer("call")),
+            "a call's value shadows"
+        );
+        assert_eq!(a.remove::<Peer>(), Some(Peer("call")));
+        assert_eq!(a.get::<Peer>(), None, "removed from this context's view");
+        assert_eq!(
+            b.get::<Peer>(),
+            Some(&Peer("transport")),
+            "other contexts keep it"
+        );
+        assert_eq!(shared.0.get::<Peer>(), Some(&Peer("transport")));
     }
 
     #[test]

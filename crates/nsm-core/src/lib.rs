@@ -26,5 +26,5 @@ pub mod values;
 
 pub use chain::{Chain, NetworkServiceServer, Next};
 pub use clock::Clock;
-pub use ctx::Ctx;
+pub use ctx::{Ctx, SharedValues};
 pub use error::{NsmError, Result};

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::fdconn::{IncomingFds, UnixConnInfo};
 use super::metadata::{grpc_timeout, incoming_token};
-use super::tls::{TlsConnInfo, TlsPeer};
+use super::tls::TlsConnInfo;
 
 const ELEMENT: &str = "grpc";
 
@@ -52,14 +52,9 @@ pub fn incoming_ctx<T>(clock: Clock, req: &Request<T>) -> Ctx {
         ctx.insert(token);
     }
     let ext = req.extensions();
-    if let Some(TlsConnInfo { peer, fds }) = ext.get::<TlsConnInfo>() {
-        let TlsPeer(peer, own) = peer;
-        ctx.insert(peer.clone());
-        ctx.insert(own.clone());
-        if let Some(fds) = fds {
-            ctx.insert(IncomingFds(fds.clone()));
-        }
-        return ctx;
+    if let Some(tls) = ext.get::<TlsConnInfo>() {
+        // Peer, own identity and fd channel: pointed to, not copied into every call's context.
+        return ctx.with_shared(tls.shared.clone());
     }
     let unix = ext.get::<UnixConnInfo>();
     if let Some(u) = unix {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use nsm_core::Clock;
 use nsm_core::token::LocalIdentity;
 use nsm_core::values::PeerInfo;
+use nsm_core::{Clock, SharedValues};
 use nsm_identity::{TlsIdentity, peer_info};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -19,7 +19,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use super::fdconn::FdTransceiver;
+use super::fdconn::{FdTransceiver, IncomingFds};
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +37,25 @@ pub struct TlsConnInfo {
     pub peer: TlsPeer,
     /// The fd side channel (unix sockets only).
     pub fds: Option<FdTransceiver>,
+    /// The same, as the values every call's context on this connection shares: [`PeerInfo`],
+    /// [`LocalIdentity`] and, on unix sockets, [`IncomingFds`].
+    pub(crate) shared: Arc<SharedValues>,
+}
+
+impl TlsConnInfo {
+    fn new(peer: TlsPeer, fds: Option<FdTransceiver>) -> Self {
+        let mut shared = SharedValues::new();
+        shared.insert(peer.0.clone());
+        shared.insert(peer.1.clone());
+        if let Some(fds) = &fds {
+            shared.insert(IncomingFds(fds.clone()));
+        }
+        Self {
+            peer,
+            fds,
+            shared: Arc::new(shared),
+        }
+    }
 }
 
 /// An accepted connection after the TLS handshake.
@@ -122,10 +141,7 @@ where
                         let _ = tx
                             .send(Ok(TlsConn {
                                 io,
-                                info: TlsConnInfo {
-                                    peer: TlsPeer(peer, LocalIdentity(svid)),
-                                    fds,
-                                },
+                                info: TlsConnInfo::new(TlsPeer(peer, LocalIdentity(svid)), fds),
                             }))
                             .await;
                     }
