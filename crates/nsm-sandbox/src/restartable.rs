@@ -63,6 +63,8 @@ type Factory = Arc<dyn Fn(NsmUrl) -> Built + Send + Sync>;
 
 struct Running {
     serving: Serving,
+    /// The second listener, on [`Restartable::public_url`], if any.
+    public: Option<Serving>,
     component: Box<dyn Component>,
 }
 
@@ -70,6 +72,9 @@ struct Running {
 pub struct Restartable {
     name: String,
     url: NsmUrl,
+    /// A second URL the component also serves on and publishes as its own (e.g. an NSMgr's TCP URL
+    /// for other nodes beside its unix socket for local clients).
+    public: Option<NsmUrl>,
     factory: Factory,
     security: TransportSecurity,
     running: Mutex<Option<Running>>,
@@ -103,6 +108,23 @@ impl Restartable {
         Ok(me)
     }
 
+    /// [`Restartable::start_with`] serving on two listeners: `bind` (what [`Self::url`] returns, for
+    /// local clients) and `public_bind` (port 0 allowed), whose final URL the factory receives as the
+    /// component's own — as a deployed NSMgr serves local clients on a unix socket and publishes a
+    /// TCP URL for other nodes.
+    pub async fn start_with_public(
+        name: impl Into<String>,
+        bind: NsmUrl,
+        public_bind: NsmUrl,
+        security: TransportSecurity,
+        factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
+    ) -> Result<Self, NsmError> {
+        let mut me = Self::reserve_with(name, bind, security, factory).await?;
+        me.public = Some(probe(&public_bind).await?);
+        me.restart().await?;
+        Ok(me)
+    }
+
     /// Picks the URL (binding `bind` once to learn the port) without serving yet: [`Self::restart`]
     /// starts it. Like a process that registered but whose server is not up.
     pub async fn reserve(
@@ -121,17 +143,11 @@ impl Restartable {
         factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
     ) -> Result<Self, NsmError> {
         let factory: Factory = Arc::new(factory);
-        // Bind first so the factory sees the real port (components register their own URL).
-        let probe = serve(
-            &bind,
-            tonic::transport::Server::builder().add_routes(Routes::default()),
-        )
-        .await?;
-        let url = probe.url().clone();
-        probe.stop().await?;
+        let url = probe(&bind).await?;
         Ok(Self {
             name: name.into(),
             url,
+            public: None,
             factory,
             security,
             running: Mutex::new(None),
@@ -152,6 +168,12 @@ impl Restartable {
         &self.url
     }
 
+    /// The URL the component publishes as its own: the second listener's if it has one, else
+    /// [`Self::url`].
+    pub fn public_url(&self) -> &NsmUrl {
+        self.public.as_ref().unwrap_or(&self.url)
+    }
+
     /// The name given at start.
     pub fn name(&self) -> &str {
         &self.name
@@ -162,6 +184,9 @@ impl Restartable {
     pub async fn stop(&self) {
         if let Some(r) = self.running.lock().await.take() {
             let _ = r.serving.stop().await;
+            if let Some(public) = r.public {
+                let _ = public.stop().await;
+            }
         }
     }
 
@@ -173,13 +198,38 @@ impl Restartable {
     /// Builds a fresh component and serves it on the same URL (stopping the old one first).
     pub async fn restart(&self) -> Result<(), NsmError> {
         self.stop().await;
-        let (routes, component) = (self.factory)(self.url.clone());
-        let health = nsm_api::health::health_service(&nsm_api::services::ALL).await;
-        let router = tonic::transport::Server::builder()
-            .add_routes(routes)
-            .add_service(health);
-        let serving = serve_with(&self.url, router, &self.security).await?;
-        *self.running.lock().await = Some(Running { serving, component });
+        let (routes, component) = (self.factory)(self.public_url().clone());
+        let serving = serve_with(&self.url, router(routes.clone()).await, &self.security).await?;
+        let public = match &self.public {
+            Some(url) => Some(serve_with(url, router(routes).await, &self.security).await?),
+            None => None,
+        };
+        *self.running.lock().await = Some(Running {
+            serving,
+            public,
+            component,
+        });
         Ok(())
     }
+}
+
+/// `routes` plus the health service.
+async fn router(routes: Routes) -> tonic::transport::server::Router {
+    let health = nsm_api::health::health_service(&nsm_api::services::ALL).await;
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .add_service(health)
+}
+
+/// Binds `bind` once to learn the final URL (the port, for port 0), so the factory sees the real
+/// URL (components register their own URL).
+async fn probe(bind: &NsmUrl) -> Result<NsmUrl, NsmError> {
+    let probe = serve(
+        bind,
+        tonic::transport::Server::builder().add_routes(Routes::default()),
+    )
+    .await?;
+    let url = probe.url().clone();
+    probe.stop().await?;
+    Ok(url)
 }

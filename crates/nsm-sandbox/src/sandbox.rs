@@ -50,6 +50,7 @@ pub struct SandboxBuilder {
     token_generator: SharedTokenGenerator,
     clock: Clock,
     unix_dir: Option<std::path::PathBuf>,
+    nsmgr_tcp: bool,
     default_forwarders: bool,
     secure: bool,
     policies: bool,
@@ -112,6 +113,14 @@ impl SandboxBuilder {
         self
     }
 
+    /// With [`Self::unix_sockets`]: every NSMgr also listens on TCP 127.0.0.1 and publishes that URL,
+    /// so NSMgr-to-NSMgr hops (a forwarder calling the remote NSMgr) go over TCP while the local hops
+    /// (client → NSMgr → forwarder → endpoint) stay on unix sockets, as deployed.
+    pub fn nsmgr_tcp(mut self, yes: bool) -> Self {
+        self.nsmgr_tcp = yes;
+        self
+    }
+
     /// Starts the registry and the nodes, each node with one forwarder labelled `p2p=true`.
     pub async fn build(self) -> Result<Sandbox, NsmError> {
         let stop = CancellationToken::new();
@@ -143,6 +152,7 @@ impl SandboxBuilder {
             nse_expiry: self.nse_expiry,
             stop,
             unix_dir: self.unix_dir,
+            nsmgr_tcp: self.nsmgr_tcp,
         };
         for i in 0..self.nodes {
             let node = sb.add_node(&format!("node-{i}")).await?;
@@ -177,6 +187,7 @@ pub struct Sandbox {
     nse_expiry: Duration,
     stop: CancellationToken,
     unix_dir: Option<std::path::PathBuf>,
+    nsmgr_tcp: bool,
 }
 
 impl Drop for Sandbox {
@@ -195,6 +206,7 @@ impl Sandbox {
             token_generator: Arc::new(TestTokenGenerator::default()),
             clock: Clock::system(),
             unix_dir: None,
+            nsmgr_tcp: false,
             default_forwarders: true,
             secure: false,
             policies: true,
@@ -227,9 +239,9 @@ impl Sandbox {
         let nsmgr_name = format!("nsmgr-{name}");
         let transport = self.sec.transport(&nsmgr_name)?;
         let token = self.sec.tokens(&transport, None);
-        let (sec, t) = (self.sec.clone(), transport.clone());
-        let nsmgr = Restartable::start_with(nsmgr_name.clone(), bind, transport, move |url| {
-            let mut o = NsmgrOptions::new(nsmgr_name.clone(), url, token.clone());
+        let (sec, t, n) = (self.sec.clone(), transport.clone(), nsmgr_name.clone());
+        let factory = move |url: NsmUrl| {
+            let mut o = NsmgrOptions::new(n.clone(), url, token.clone());
             o.security = t.clone();
             o.authorize = sec.server_authorize(clock);
             o.registry_url = Some(registry_url.clone());
@@ -242,8 +254,14 @@ impl Sandbox {
             o.clock = clock;
             let n = Nsmgr::new(o);
             (n.routes(), Box::new(n) as Box<dyn Component>)
-        })
-        .await?;
+        };
+        let nsmgr = match (&self.unix_dir, self.nsmgr_tcp) {
+            (Some(_), true) => {
+                Restartable::start_with_public(nsmgr_name, bind, loopback(), transport, factory)
+                    .await?
+            }
+            _ => Restartable::start_with(nsmgr_name, bind, transport, factory).await?,
+        };
         let node = Arc::new(Node {
             name: name.to_string(),
             nsmgr: Arc::new(nsmgr),

@@ -411,3 +411,50 @@ async fn local_usecase_over_unix_sockets() {
     drop(sb);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// As deployed: local hops on unix sockets, NSMgr to NSMgr over TCP (each NSMgr publishes its TCP URL
+/// in the registry; the forwarder on node 0 reaches NSMgr node-1 through it).
+#[tokio::test]
+async fn remote_usecase_over_unix_sockets_with_nsmgrs_on_tcp() {
+    let dir = std::env::temp_dir().join(format!("nsm-sandbox-unix-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sb = Sandbox::builder()
+        .nodes(2)
+        .unix_sockets(&dir)
+        .nsmgr_tcp(true)
+        .build()
+        .await
+        .unwrap();
+    let nsmgr1 = &sb.nodes[1].nsmgr;
+    assert!(nsmgr1.url().to_string().starts_with("unix://"));
+    assert!(nsmgr1.public_url().to_string().starts_with("tcp://"));
+    register_service(&sb, "my-service").await;
+    sb.nodes[1]
+        .new_endpoint(EndpointSpec::new("final-endpoint", "my-service"), vec![])
+        .await
+        .unwrap();
+    let found = sb
+        .nse_registry()
+        .find_all(
+            &mut sb.ctx(TIMEOUT),
+            nsm_api::registry::NetworkServiceEndpoint {
+                name: "final-endpoint".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let urls: Vec<_> = found.iter().map(|f| f.item.url.clone()).collect();
+    assert_eq!(urls, [nsmgr1.public_url().to_string()], "published URL");
+
+    let nsc = sb.nodes[0].new_client("nsc", vec![]);
+    let conn = nsc
+        .request(&mut sb.ctx(TIMEOUT), request("1", "my-service"))
+        .await
+        .unwrap();
+    assert_eq!(names(&conn).len(), 6);
+    nsc.close(&mut sb.ctx(TIMEOUT), conn).await.unwrap();
+    assert_clean(&sb).await;
+    drop(sb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
