@@ -1,4 +1,5 @@
-//! A counting global allocator: a thin wrapper around [`System`] that, while enabled, keeps the net
+//! A counting global allocator: a thin wrapper around the system allocator (or mimalloc, feature
+//! `mimalloc`) that, while enabled, keeps the net
 //! number of heap bytes allocated (allocations minus frees).
 //!
 //! The bench binary installs it with `#[global_allocator]`. Counting is off by default, so the
@@ -7,16 +8,23 @@
 //! the interval may have been allocated before counting began: net bytes over an interval are bytes
 //! allocated in it minus bytes freed in it, which is the change of live heap bytes.
 
-#![allow(unsafe_code)] // a GlobalAlloc implementation is unsafe by definition; it only forwards to System.
+#![allow(unsafe_code)] // a GlobalAlloc implementation is unsafe by definition; it only forwards to the inner allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+#[cfg(feature = "mimalloc")]
+use mimalloc::MiMalloc as Inner;
+/// The allocator underneath: the system's (glibc malloc), or mimalloc with the `mimalloc` feature.
+#[cfg(not(feature = "mimalloc"))]
+use std::alloc::System as Inner;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static NET_BYTES: AtomicI64 = AtomicI64::new(0);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
 
-/// [`System`] plus byte counting (see the module docs).
+/// The system allocator (or mimalloc, see `Inner`) plus byte counting (see the module docs).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CountingAlloc;
 
@@ -25,6 +33,7 @@ fn add(bytes: usize) {
     if ENABLED.load(Ordering::Relaxed) {
         NET_BYTES.fetch_add(bytes as i64, Ordering::Relaxed);
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -35,32 +44,32 @@ fn sub(bytes: usize) {
     }
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the counters are
+// SAFETY: every method forwards to `Inner` with the caller's arguments unchanged; the counters are
 // plain atomics and never allocate.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         add(layout.size());
         // SAFETY: forwarded contract.
-        unsafe { System.alloc(layout) }
+        unsafe { Inner.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         add(layout.size());
         // SAFETY: forwarded contract.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { Inner.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         sub(layout.size());
         // SAFETY: forwarded contract.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { Inner.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         sub(layout.size());
         add(new_size);
         // SAFETY: forwarded contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { Inner.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -72,6 +81,16 @@ pub fn enable() -> bool {
     let probe = std::hint::black_box(Box::new([0u8; 64]));
     drop(probe);
     ALLOCATIONS.load(Ordering::SeqCst) > before
+}
+
+/// Stops counting (the counters keep their values).
+pub fn disable() {
+    ENABLED.store(false, Ordering::SeqCst);
+}
+
+/// Bytes allocated (not net of frees) while counting was enabled.
+pub fn allocated_bytes() -> u64 {
+    ALLOCATED_BYTES.load(Ordering::SeqCst)
 }
 
 /// Net heap bytes allocated while counting was enabled (compare two readings).

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::Result;
 use crate::control_plane::{self, ControlPlaneOpts};
 use crate::memory::{self, MemoryOpts, Scope};
-use crate::setup::Mode;
+use crate::setup::{Mode, Transport};
 
 /// Which client configurations to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,6 +47,27 @@ impl Channels {
             Channels::Cold => &[false],
             Channels::Warm => &[true],
             Channels::Both => &[false, true],
+        }
+    }
+}
+
+/// Transports of the `control-plane` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transports {
+    /// Every hop on TCP 127.0.0.1 (Go's harness).
+    Tcp,
+    /// Local hops on unix sockets, NSMgr to NSMgr on TCP (as deployed).
+    Unix,
+    /// Both, TCP first.
+    Both,
+}
+
+impl Transports {
+    fn values(self) -> &'static [Transport] {
+        match self {
+            Transports::Tcp => &[Transport::Tcp],
+            Transports::Unix => &[Transport::Unix],
+            Transports::Both => &[Transport::Tcp, Transport::Unix],
         }
     }
 }
@@ -92,6 +113,9 @@ pub struct ControlPlaneArgs {
     /// Channel state (see [`Channels`]).
     #[arg(long, value_enum, default_value_t = Channels::Both)]
     pub channels: Channels,
+    /// How the hops are served (see [`Transports`]).
+    #[arg(long, value_enum, default_value_t = Transports::Tcp)]
+    pub transport: Transports,
 }
 
 /// `memory` options.
@@ -135,18 +159,21 @@ pub struct MemoryArgs {
 pub async fn run(cmd: BenchCommand, child_command: Vec<OsString>) -> Result<()> {
     match cmd {
         BenchCommand::ControlPlane(a) => {
-            for &warm_channels in a.channels.values() {
-                for &heal in a.heal.values() {
-                    let report = control_plane::run(ControlPlaneOpts {
-                        mode: a.mode,
-                        iterations: a.iterations,
-                        warmup: a.warmup,
-                        concurrency: a.concurrency,
-                        heal,
-                        warm_channels,
-                    })
-                    .await?;
-                    println!("{report}");
+            for &transport in a.transport.values() {
+                for &warm_channels in a.channels.values() {
+                    for &heal in a.heal.values() {
+                        let report = control_plane::run(ControlPlaneOpts {
+                            mode: a.mode,
+                            transport,
+                            iterations: a.iterations,
+                            warmup: a.warmup,
+                            concurrency: a.concurrency,
+                            heal,
+                            warm_channels,
+                        })
+                        .await?;
+                        println!("{report}");
+                    }
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! `control-plane`: sequential (or C-way concurrent) Request+Close cycles from an NSC through the
-//! NSMgr and forwarder to an NSE, every hop a real gRPC server on 127.0.0.1 in this process.
+//! NSMgr and forwarder to an NSE, every hop a real gRPC server in this process: on TCP 127.0.0.1, or
+//! (`--transport unix`) on unix sockets with the NSMgrs also on TCP for each other, as deployed.
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::Result;
-use crate::setup::{CALL_TIMEOUT, DIAL_TIMEOUT, Mode, domain, nsc, request};
+use crate::setup::{CALL_TIMEOUT, DIAL_TIMEOUT, Mode, Transport, domain_over, nsc, request};
 use crate::stats::Summary;
 
 /// What to run.
@@ -20,6 +21,8 @@ use crate::stats::Summary;
 pub struct ControlPlaneOpts {
     /// Local or remote path.
     pub mode: Mode,
+    /// TCP everywhere, or unix sockets for the local hops.
+    pub transport: Transport,
     /// Measured cycles.
     pub iterations: usize,
     /// Unmeasured cycles first (dials, lazy initialisation, allocator warm-up).
@@ -50,6 +53,13 @@ pub struct ControlPlaneReport {
     pub cycle: Summary,
     /// Wall time of the measured cycles.
     pub wall: Duration,
+    /// CPU time of the whole process (every thread) per measured cycle, if `/proc` could be read:
+    /// what a cycle costs, apart from waiting for a CPU on a loaded machine.
+    pub cpu_per_cycle: Option<Duration>,
+    /// Heap allocations and bytes allocated per cycle (whole process), counted over extra cycles
+    /// after the timed ones (counting costs a few atomic operations per allocation); `None` without
+    /// the counting allocator.
+    pub allocs_per_cycle: Option<(f64, f64)>,
     /// The floor: one unary gRPC call (grpc.health.v1 Check) to the NSMgr on an open channel.
     pub rpc_floor: Summary,
     /// One `tokio::fs::metadata` of a missing file (a blocking-pool round trip), as `excludedprefixes`
@@ -69,9 +79,10 @@ impl fmt::Display for ControlPlaneReport {
         let o = &self.opts;
         writeln!(
             f,
-            "control-plane {} ({} segments), heal={}, channels={}, concurrency={}, iterations={}, warmup={}",
+            "control-plane {} ({} segments), transport={}, heal={}, channels={}, concurrency={}, iterations={}, warmup={}",
             o.mode,
             self.segments,
+            o.transport,
             o.heal,
             if o.warm_channels { "warm" } else { "cold" },
             o.concurrency,
@@ -83,6 +94,20 @@ impl fmt::Display for ControlPlaneReport {
         writeln!(f, "  Close          {}", self.close)?;
         writeln!(f, "  1 gRPC call    {}", self.rpc_floor)?;
         writeln!(f, "  1 tokio stat   {}", self.stat)?;
+        if let Some(cpu) = self.cpu_per_cycle {
+            writeln!(
+                f,
+                "  CPU per cycle  {:.3} ms (all threads)",
+                cpu.as_secs_f64() * 1e3
+            )?;
+        }
+        if let Some((n, bytes)) = self.allocs_per_cycle {
+            writeln!(
+                f,
+                "  heap per cycle {n:.0} allocations, {:.1} KiB allocated",
+                bytes / 1024.0
+            )?;
+        }
         write!(
             f,
             "  throughput     {:.0} cycles/s ({:.3} s wall)",
@@ -158,7 +183,8 @@ async fn run_cycles(
 
 /// Builds a fresh domain and runs the benchmark in it.
 pub async fn run(opts: ControlPlaneOpts) -> Result<ControlPlaneReport> {
-    let sb = domain(opts.mode, false).await?;
+    let domain = domain_over(opts.mode, false, opts.transport).await?;
+    let sb = &domain.sandbox;
     let clock = sb.clock();
     let client = nsc(
         sb.nodes[0].nsmgr.url(),
@@ -174,8 +200,16 @@ pub async fn run(opts: ControlPlaneOpts) -> Result<ControlPlaneReport> {
         false => None,
     };
     run_cycles(&client, clock, opts.warmup, opts.concurrency).await?;
+    let cpu_before = cpu_time();
     let (samples, segments, wall) =
         run_cycles(&client, clock, opts.iterations, opts.concurrency).await?;
+    let cpu_per_cycle = match (cpu_before, cpu_time()) {
+        (Some(a), Some(b)) if !samples.is_empty() => {
+            Some(b.saturating_sub(a) / u32::try_from(samples.len()).unwrap_or(u32::MAX))
+        }
+        _ => None,
+    };
+    let allocs_per_cycle = count_allocations(&client, clock, opts).await?;
     if let Some(conn) = pinned {
         client
             .run_close(&mut Ctx::new(clock).with_timeout(CALL_TIMEOUT), conn)
@@ -190,9 +224,45 @@ pub async fn run(opts: ControlPlaneOpts) -> Result<ControlPlaneReport> {
         close: Summary::of(&pick(|s| s.close)),
         cycle: Summary::of(&pick(|s| s.request + s.close)),
         wall,
+        cpu_per_cycle,
+        allocs_per_cycle,
         rpc_floor,
         stat: stat_floor(clock, opts.iterations).await,
     })
+}
+
+/// Allocations and bytes allocated per cycle over `max(iterations / 10, 50)` more cycles, if the
+/// counting allocator is installed.
+async fn count_allocations(
+    client: &Arc<Chain>,
+    clock: Clock,
+    opts: ControlPlaneOpts,
+) -> Result<Option<(f64, f64)>> {
+    let n = (opts.iterations / 10).max(50);
+    if !crate::alloc::enable() {
+        return Ok(None);
+    }
+    let (a0, b0) = (crate::alloc::allocations(), crate::alloc::allocated_bytes());
+    let counted = run_cycles(client, clock, n, opts.concurrency).await;
+    let (a1, b1) = (crate::alloc::allocations(), crate::alloc::allocated_bytes());
+    crate::alloc::disable();
+    counted?;
+    Ok(Some((
+        (a1 - a0) as f64 / n as f64,
+        (b1 - b0) as f64 / n as f64,
+    )))
+}
+
+/// CPU time the process's threads have run so far: the sum of `/proc/self/task/*/schedstat`
+/// (nanoseconds on the CPU). Threads that exit in between take their share with them; during a run
+/// only the runtime's threads (which live as long as it) do measurable work.
+fn cpu_time() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
 }
 
 /// Times `n` `tokio::fs::metadata` calls on a missing file.

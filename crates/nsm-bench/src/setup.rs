@@ -161,6 +161,56 @@ pub fn service() -> NetworkService {
 /// on the last node; `secure`: as [`Sandbox::builder`]`().secure()` (tokens living
 /// [`TOKEN_LIFETIME`]).
 pub async fn domain(mode: Mode, secure: bool) -> Result<Sandbox> {
+    Ok(domain_over(mode, secure, Transport::Tcp).await?.sandbox)
+}
+
+/// How the hops of a benchmark domain are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// Every hop on TCP 127.0.0.1 (the shape the Go sdk's in-process harness measures).
+    Tcp,
+    /// As deployed: NSC → NSMgr → forwarder → NSE on unix sockets, NSMgr to NSMgr over TCP
+    /// 127.0.0.1 (each NSMgr also listens on TCP and publishes that URL).
+    Unix,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix",
+        })
+    }
+}
+
+/// A benchmark domain and the directory holding its unix sockets, removed once the sandbox (declared
+/// first, so dropped first) has stopped serving.
+pub struct Domain {
+    /// The domain.
+    pub sandbox: Sandbox,
+    socket_dir: Option<SocketDir>,
+}
+
+impl Domain {
+    /// Where the unix sockets live (`None` over TCP).
+    pub fn socket_dir(&self) -> Option<&std::path::Path> {
+        self.socket_dir.as_ref().map(|d| d.0.as_path())
+    }
+}
+
+/// A fresh directory, removed with what it holds on drop.
+struct SocketDir(std::path::PathBuf);
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// [`domain`] served over `transport`: with [`Transport::Unix`] the NSMgrs, forwarders and endpoint
+/// listen on unix sockets in a fresh directory (the NSMgrs also on TCP, for the other node), the
+/// registry on TCP.
+pub async fn domain_over(mode: Mode, secure: bool, transport: Transport) -> Result<Domain> {
     let nodes = match mode {
         Mode::Local => 1,
         Mode::Remote => 2,
@@ -169,10 +219,22 @@ pub async fn domain(mode: Mode, secure: bool) -> Result<Sandbox> {
     if secure {
         builder = builder.secure().max_token_lifetime(TOKEN_LIFETIME);
     }
-    let sb = builder.build().await?;
-    sb.register_ns(service()).await?;
-    sb.nodes[nodes - 1]
+    let socket_dir = match transport {
+        Transport::Tcp => None,
+        Transport::Unix => {
+            let dir = std::env::temp_dir().join(format!("nsm-bench-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir)?;
+            builder = builder.unix_sockets(&dir).nsmgr_tcp(true);
+            Some(SocketDir(dir))
+        }
+    };
+    let sandbox = builder.build().await?;
+    sandbox.register_ns(service()).await?;
+    sandbox.nodes[nodes - 1]
         .new_endpoint(EndpointSpec::new(ENDPOINT, SERVICE), vec![])
         .await?;
-    Ok(sb)
+    Ok(Domain {
+        sandbox,
+        socket_dir,
+    })
 }
