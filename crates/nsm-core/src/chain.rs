@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use nsm_api::{Connection, NetworkServiceRequest};
 
 use crate::ctx::Ctx;
@@ -76,8 +77,9 @@ impl Next {
         names
     }
 
-    fn step(&self) -> Option<(Element, Next)> {
-        let e = self.elements.get(self.pos)?.clone();
+    /// The element at the cursor and the cursor after it.
+    fn step(&self) -> Option<(&Element, Next)> {
+        let e = self.elements.get(self.pos)?;
         Some((
             e,
             Next {
@@ -89,27 +91,33 @@ impl Next {
     }
 
     /// Runs the rest of the chain for a Request.
-    pub async fn request(
-        self,
-        ctx: &mut Ctx,
+    ///
+    /// Returns the next element's own boxed future instead of wrapping it in another state machine:
+    /// every element awaits this, and a wrapper would be inlined into each element's future together
+    /// with a second copy of the request (doubling what every element call allocates and copies).
+    pub fn request<'a>(
+        &'a self,
+        ctx: &'a mut Ctx,
         request: NetworkServiceRequest,
-    ) -> Result<Connection> {
+    ) -> BoxFuture<'a, Result<Connection>> {
         match self.step() {
-            Some((e, rest)) => e.request(ctx, request, rest).await,
-            None => match self.parent {
-                Some(p) => Box::pin(Next::clone(&p).request(ctx, request)).await,
-                None => Ok(request.connection.unwrap_or_default()),
+            Some((e, rest)) => e.request(ctx, request, rest),
+            None => match &self.parent {
+                Some(p) => p.request(ctx, request),
+                None => Box::pin(std::future::ready(Ok(request
+                    .connection
+                    .unwrap_or_default()))),
             },
         }
     }
 
-    /// Runs the rest of the chain for a Close.
-    pub async fn close(self, ctx: &mut Ctx, conn: Connection) -> Result<()> {
+    /// Runs the rest of the chain for a Close (see [`Next::request`] for why it is not `async`).
+    pub fn close<'a>(&'a self, ctx: &'a mut Ctx, conn: Connection) -> BoxFuture<'a, Result<()>> {
         match self.step() {
-            Some((e, rest)) => e.close(ctx, conn, rest).await,
-            None => match self.parent {
-                Some(p) => Box::pin(Next::clone(&p).close(ctx, conn)).await,
-                None => Ok(()),
+            Some((e, rest)) => e.close(ctx, conn, rest),
+            None => match &self.parent {
+                Some(p) => p.close(ctx, conn),
+                None => Box::pin(std::future::ready(Ok(()))),
             },
         }
     }
@@ -173,11 +181,13 @@ impl NetworkServiceServer for Chain {
         request: NetworkServiceRequest,
         next: Next,
     ) -> Result<Connection> {
-        self.start(next).request(ctx, request).await
+        let start = self.start(next);
+        start.request(ctx, request).await
     }
 
     async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
-        self.start(next).close(ctx, conn).await
+        let start = self.start(next);
+        start.close(ctx, conn).await
     }
 
     fn name(&self) -> &'static str {
