@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .btree_map(".")
+        // Prost encoding with per-call buffers sized for NSM messages (src/codec.rs).
+        .codec_path("crate::codec::NsmCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

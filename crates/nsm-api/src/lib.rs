@@ -7,6 +7,7 @@
 //! - [`mechanisms`] and [`payload`]: mechanism classes, types and parameter keys, payload names;
 //! - [`path`]: helpers over `Path`/`PathSegment`/`Connection`;
 //! - [`url`]: every URL form NSM uses (socket URLs and client request URLs);
+//! - [`codec`]: the gRPC codec of the generated code (prost, with buffers sized for NSM messages);
 //! - [`health`]: the standard gRPC health service marking NSM services SERVING.
 
 #![forbid(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod registry {
     include!(concat!(env!("OUT_DIR"), "/registry.rs"));
 }
 
+pub mod codec;
 pub mod health;
 pub mod mechanisms;
 pub mod path;
