@@ -111,10 +111,15 @@ impl ChannelCache {
                 None => {}
             }
         }
-        let (channel, peer) = match (security.tls(), &svid) {
-            (Some(tls), Some(svid)) => client_channel_as(url, dial_timeout, tls, svid).await?,
-            _ => client_channel_with(url, dial_timeout, security).await?,
-        };
+        // Boxed: inline, the dial's state (kilobytes) would be part of every Request's and Close's
+        // future through this element, which almost always finds the channel cached above.
+        let (channel, peer) = Box::pin(async {
+            match (security.tls(), &svid) {
+                (Some(tls), Some(svid)) => client_channel_as(url, dial_timeout, tls, svid).await,
+                _ => client_channel_with(url, dial_timeout, security).await,
+            }
+        })
+        .await?;
         let dialed = ClientConn(Arc::new(Dialed {
             url: url.clone(),
             channel,
