@@ -31,6 +31,7 @@ use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use futures::future::BoxFuture;
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
@@ -341,10 +342,12 @@ impl Executor {
                 let _tunnels = self.tunnels.lock().await;
                 self.build_tunnel(node, t, *node_end, created).await
             }
-            (None, [a, b]) => {
-                self.redirect(node, *a, *b, &plan.pods[0].node_name).await?;
-                self.redirect(node, *b, *a, &plan.pods[1].node_name).await
-            }
+            (None, [a, b]) => futures::future::try_join(
+                self.redirect(node, *a, *b, &plan.pods[0].node_name),
+                self.redirect(node, *b, *a, &plan.pods[1].node_name),
+            )
+            .await
+            .map(drop),
             _ => Ok(()),
         }
     }
@@ -407,21 +410,28 @@ impl Executor {
             .await
             .map_err(|e| self.nl("set alias/up", &want.node_name, e))?;
         pod.operational(pod_index).await;
+        // Sent together: one socket, so the kernel still takes them in this order, without a round
+        // trip between them.
+        let mut config: Vec<BoxFuture<'_, Result<(), ApplyError>>> = Vec::new();
         for a in &want.addresses {
-            ops::add_address(h, pod_index, *a)
-                .await
-                .map_err(|e| pod_err("add address", e))?;
+            let f = ops::add_address(h, pod_index, *a);
+            config.push(Box::pin(async {
+                f.await.map_err(|e| pod_err("add address", e))
+            }));
         }
         for r in &want.routes {
-            ops::add_route(h, pod_index, r.destination, r.via)
-                .await
-                .map_err(|e| pod_err("add route", e))?;
+            let f = ops::add_route(h, pod_index, r.destination, r.via);
+            config.push(Box::pin(async {
+                f.await.map_err(|e| pod_err("add route", e))
+            }));
         }
         for n in &want.neighbours {
-            ops::add_neighbour(h, pod_index, n.ip, n.mac)
-                .await
-                .map_err(|e| pod_err("add neighbour", e))?;
+            let f = ops::add_neighbour(h, pod_index, n.ip, n.mac);
+            config.push(Box::pin(async {
+                f.await.map_err(|e| pod_err("add neighbour", e))
+            }));
         }
+        futures::future::try_join_all(config).await?;
         Ok(node_index)
     }
 
