@@ -315,14 +315,14 @@ mod tests {
                 }
                 conn.network_service_endpoint_name = "nse".into();
             }
-            conn.context = Some(ConnectionContext {
+            conn.context = Some(Box::new(ConnectionContext {
                 ip_context: Some(IpContext {
                     dst_ip_addrs: vec!["169.254.0.1/32".into()],
                     src_ip_addrs: vec!["169.254.0.2/32".into()],
                     ..Default::default()
                 }),
                 ..Default::default()
-            });
+            }));
             Ok(conn)
         }
         async fn close(&self, _: &mut Ctx, _: Connection, _: Next) -> Result<()> {

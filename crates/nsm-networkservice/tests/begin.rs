@@ -322,10 +322,10 @@ async fn client_first_request_goes_down_unchanged_and_rerequests_merge() {
     let (chain, _, down) = client();
     let mut first = conn("a");
     first.network_service_endpoint_name = "nse-1".into();
-    first.context = Some(ConnectionContext {
+    first.context = Some(Box::new(ConnectionContext {
         extra_context: BTreeMap::from([("k".to_string(), "v".to_string())]),
         ..Default::default()
-    });
+    }));
     chain
         .run_request(&mut ctx(), req(first.clone()))
         .await
@@ -342,10 +342,10 @@ async fn client_first_request_goes_down_unchanged_and_rerequests_merge() {
         network_service_endpoint_name: "nse-2".into(),
         ..Default::default()
     };
-    again.context = Some(ConnectionContext {
+    again.context = Some(Box::new(ConnectionContext {
         extra_context: BTreeMap::from([("k".to_string(), "w".to_string())]),
         ..Default::default()
-    });
+    }));
     chain.run_request(&mut ctx(), req(again)).await.unwrap();
     let Call::Request(merged, false) = &down.calls()[1] else {
         panic!("expected a second request");

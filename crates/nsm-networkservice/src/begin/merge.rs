@@ -57,13 +57,13 @@ mod tests {
     fn with_extra(pairs: &[(&str, &str)]) -> Connection {
         Connection {
             id: "c".into(),
-            context: Some(ConnectionContext {
+            context: Some(Box::new(ConnectionContext {
                 extra_context: pairs
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         }
     }

@@ -372,14 +372,14 @@ mod tests {
                 r#type: "KERNEL".into(),
                 parameters: [("name".to_string(), "nsm-1".to_string())].into(),
             }),
-            context: Some(ConnectionContext {
+            context: Some(Box::new(ConnectionContext {
                 ip_context: Some(IpContext {
                     src_ip_addrs: vec!["169.254.0.1/32".into()],
                     dst_ip_addrs: vec!["169.254.0.0/32".into()],
                     ..Default::default()
                 }),
                 ..Default::default()
-            }),
+            })),
             path: Some(Path {
                 index,
                 path_segments: vec![
