@@ -63,6 +63,10 @@ pub struct BenchMeshArgs {
     /// `noop` (control plane only) or `kernel` (veth pairs in namespaces the bench creates; root).
     #[arg(long, value_enum, default_value = "noop")]
     pub dataplane: Dataplane,
+    /// Run the NSMgr from this executable instead of this one (another build or code layout, or a
+    /// copy whose pages no other process shares; see crates/nsm/layout).
+    #[arg(long)]
+    pub nsmgr_exe: Option<PathBuf>,
 }
 
 /// The forwarder's data plane in `nsm bench mesh`.
@@ -318,8 +322,9 @@ impl Mesh {
             .map(|p| p.child.id())
     }
 
-    /// registry → NSMgr (tcp + unix) → forwarder and endpoint; returns the NSMgr's unix socket.
-    fn start(&mut self) -> Result<PathBuf, String> {
+    /// registry → NSMgr (tcp + unix) → forwarder and endpoint; returns the NSMgr's unix socket. The
+    /// NSMgr runs `nsmgr_exe` if given, everything else this executable.
+    fn start(&mut self, nsmgr_exe: Option<&Path>) -> Result<PathBuf, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let node = self.ns(NS_NODE).map(String::from);
         self.spawn(
@@ -344,7 +349,7 @@ impl Mesh {
         };
         let nsmgr_sock = self.sock("nsmgr");
         self.spawn(
-            &exe,
+            nsmgr_exe.unwrap_or(&exe),
             "nsmgr",
             node.clone(),
             &["nsmgr"],
@@ -780,7 +785,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
         Dataplane::Noop => None,
     };
     let mut mesh = Mesh::new(!args.insecure, args.dataplane)?;
-    let sock = mesh.start()?;
+    let sock = mesh.start(args.nsmgr_exe.as_deref())?;
     let with_logs = |mesh: &Mesh, e: String| {
         let logs: Vec<String> = COMPONENTS
             .iter()
