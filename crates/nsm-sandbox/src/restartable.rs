@@ -61,6 +61,17 @@ impl std::ops::Add for ConnState {
 
 type Factory = Arc<dyn Fn(NsmUrl) -> Built + Send + Sync>;
 
+/// How many ports a first start tries (see [`Restartable::first_start`]).
+const START_ATTEMPTS: usize = 5;
+
+/// What the listener's error says when the port was taken.
+const ADDR_IN_USE: &str = "Address already in use";
+
+/// True for a TCP URL asking for any free port.
+fn any_port(url: &NsmUrl) -> bool {
+    matches!(url, NsmUrl::Tcp { port: 0, .. })
+}
+
 struct Running {
     serving: Serving,
     /// The second listener, on [`Restartable::public_url`], if any.
@@ -103,9 +114,7 @@ impl Restartable {
         security: TransportSecurity,
         factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
     ) -> Result<Self, NsmError> {
-        let me = Self::reserve_with(name, bind, security, factory).await?;
-        me.restart().await?;
-        Ok(me)
+        Self::first_start(name.into(), bind, None, security, Arc::new(factory)).await
     }
 
     /// [`Restartable::start_with`] serving on two listeners: `bind` (what [`Self::url`] returns, for
@@ -119,10 +128,51 @@ impl Restartable {
         security: TransportSecurity,
         factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
     ) -> Result<Self, NsmError> {
-        let mut me = Self::reserve_with(name, bind, security, factory).await?;
-        me.public = Some(probe(&public_bind).await?);
-        me.restart().await?;
-        Ok(me)
+        Self::first_start(
+            name.into(),
+            bind,
+            Some(public_bind),
+            security,
+            Arc::new(factory),
+        )
+        .await
+    }
+
+    /// Picks the URLs and serves. A port-0 URL is learnt by binding once and serving later, so
+    /// another socket (a parallel test's outgoing connection) can take the port in between: then
+    /// fresh ports are picked, up to [`START_ATTEMPTS`] times.
+    async fn first_start(
+        name: String,
+        bind: NsmUrl,
+        public_bind: Option<NsmUrl>,
+        security: TransportSecurity,
+        factory: Factory,
+    ) -> Result<Self, NsmError> {
+        let mut attempt = 1;
+        loop {
+            let mut me = Self::reserve_factory(
+                name.clone(),
+                bind.clone(),
+                security.clone(),
+                factory.clone(),
+            )
+            .await?;
+            if let Some(public_bind) = &public_bind {
+                me.public = Some(probe(public_bind).await?);
+            }
+            match me.restart().await {
+                Ok(()) => return Ok(me),
+                Err(e)
+                    if attempt < START_ATTEMPTS
+                        && (any_port(&bind) || public_bind.as_ref().is_some_and(any_port))
+                        && e.to_string().contains(ADDR_IN_USE) =>
+                {
+                    tracing::debug!(%name, error = %e, attempt, "sandbox: probed port taken, picking another");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Picks the URL (binding `bind` once to learn the port) without serving yet: [`Self::restart`]
@@ -142,10 +192,18 @@ impl Restartable {
         security: TransportSecurity,
         factory: impl Fn(NsmUrl) -> Built + Send + Sync + 'static,
     ) -> Result<Self, NsmError> {
-        let factory: Factory = Arc::new(factory);
+        Self::reserve_factory(name.into(), bind, security, Arc::new(factory)).await
+    }
+
+    async fn reserve_factory(
+        name: String,
+        bind: NsmUrl,
+        security: TransportSecurity,
+        factory: Factory,
+    ) -> Result<Self, NsmError> {
         let url = probe(&bind).await?;
         Ok(Self {
-            name: name.into(),
+            name,
             url,
             public: None,
             factory,
@@ -201,7 +259,13 @@ impl Restartable {
         let (routes, component) = (self.factory)(self.public_url().clone());
         let serving = serve_with(&self.url, router(routes.clone()).await, &self.security).await?;
         let public = match &self.public {
-            Some(url) => Some(serve_with(url, router(routes).await, &self.security).await?),
+            Some(url) => match serve_with(url, router(routes).await, &self.security).await {
+                Ok(public) => Some(public),
+                Err(e) => {
+                    let _ = serving.stop().await;
+                    return Err(e);
+                }
+            },
             None => None,
         };
         *self.running.lock().await = Some(Running {
