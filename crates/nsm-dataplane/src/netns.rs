@@ -100,13 +100,7 @@ impl Netns {
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                let entered = setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    io::Error::new(
-                        io::Error::from(e).kind(),
-                        format!("not a network namespace ({e})"),
-                    )
-                });
-                drop(file);
+                let entered = enter(file);
                 f(entered);
             })
             .map(drop)
@@ -139,13 +133,7 @@ impl Netns {
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                let entered = setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    io::Error::new(
-                        io::Error::from(e).kind(),
-                        format!("not a network namespace ({e})"),
-                    )
-                });
-                drop(file);
+                let entered = enter(file);
                 let rt = entered.and_then(|()| {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_io()
@@ -182,4 +170,14 @@ impl fmt::Display for Netns {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.path.display())
     }
+}
+
+/// Moves the calling thread into the network namespace `file` refers to, then closes `file`.
+fn enter(file: File) -> io::Result<()> {
+    setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("not a network namespace ({e})"),
+        )
+    })
 }
