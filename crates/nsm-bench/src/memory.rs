@@ -340,21 +340,21 @@ async fn measure(
     settle().await;
     let local_growth = alloc::net_bytes() - local_before;
     let established = read(opts, probe).await?;
+    let report = |closed, close_time| MemoryReport {
+        scope,
+        connections: opts.connections,
+        heal: opts.heal,
+        secure: opts.secure,
+        before,
+        established,
+        closed,
+        parent_heap_growth: None,
+        establish_time,
+        close_time,
+    };
     if opts.abort_held {
         probe.abort().await?;
-        let report = MemoryReport {
-            scope,
-            connections: opts.connections,
-            heal: opts.heal,
-            secure: opts.secure,
-            before,
-            established,
-            closed: established,
-            parent_heap_growth: None,
-            establish_time,
-            close_time: Duration::ZERO,
-        };
-        return Ok((report, local_growth));
+        return Ok((report(established, Duration::ZERO), local_growth));
     }
 
     let t1 = clock.instant();
@@ -373,21 +373,7 @@ async fn measure(
     let close_time = clock.instant() - t1;
     settle().await;
     let closed = read(opts, probe).await?;
-    Ok((
-        MemoryReport {
-            scope,
-            connections: opts.connections,
-            heal: opts.heal,
-            secure: opts.secure,
-            before,
-            established,
-            closed,
-            parent_heap_growth: None,
-            establish_time,
-            close_time,
-        },
-        local_growth,
-    ))
+    Ok((report(closed, close_time), local_growth))
 }
 
 /// A reading, after `malloc_trim(0)` if asked.
