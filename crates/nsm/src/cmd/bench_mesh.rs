@@ -457,6 +457,30 @@ fn sample_rss(pids: &[(&'static str, u32)]) -> Vec<u64> {
     pids.iter().map(|(_, p)| rss_kib(*p).unwrap_or(0)).collect()
 }
 
+/// Hooks for looking into the idle components (crates/nsm/layout/README.md): with
+/// `NSM_BENCH_SMAPS=<dir>`, copies each one's `/proc/<pid>/smaps` to `<dir>/<component>.smaps`; with
+/// `NSM_BENCH_PAUSE_IDLE=<seconds>`, prints the pids and waits that long before the cycles start.
+async fn inspect_idle(pids: &[(&'static str, u32)]) {
+    if let Some(dir) = std::env::var_os("NSM_BENCH_SMAPS") {
+        let dir = std::path::PathBuf::from(dir);
+        for (name, pid) in pids {
+            let file = name.split(' ').next().unwrap_or(name);
+            let copied = std::fs::read(format!("/proc/{pid}/smaps"))
+                .and_then(|s| std::fs::write(dir.join(format!("{file}.smaps")), s));
+            if let Err(e) = copied {
+                eprintln!("NSM_BENCH_SMAPS: {name}: {e}");
+            }
+        }
+    }
+    if let Some(secs) = std::env::var("NSM_BENCH_PAUSE_IDLE")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        eprintln!("idle components (pausing {secs} s): {pids:?}");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+}
+
 /// RssAnon: the part of VmRSS that is the process's own memory (the rest is mostly the `nsm`
 /// executable's pages, shared by every component).
 fn sample_anon(pids: &[(&'static str, u32)]) -> Vec<u64> {
@@ -804,6 +828,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
     let rss_idle = sample_rss(&pids);
     let anon_idle = sample_anon(&pids);
     let pss_idle = sample_pss(&pids);
+    inspect_idle(&pids).await;
     let text = !args.json;
     let security = if args.insecure {
         "NSM_INSECURE=true: plaintext, test tokens, no policies"
