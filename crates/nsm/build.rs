@@ -62,6 +62,11 @@ fn main() {
         println!("cargo:rustc-link-arg-bin=nsm=-Wl,-Map={map}");
     }
     println!("cargo:rustc-link-arg-bin=nsm=-Wl,-z,pack-relative-relocs");
+    if var("TARGET") != var("HOST") {
+        // The archives found through `cc` would be the host's.
+        println!("cargo:warning=nsm is linked dynamically: cross build");
+        return;
+    }
     let out = PathBuf::from(var("OUT_DIR")).join("static-libs");
     match static_lib_dir(&out) {
         Ok(()) => {

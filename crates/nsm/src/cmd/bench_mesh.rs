@@ -460,25 +460,26 @@ fn sample_rss(pids: &[(&'static str, u32)]) -> Vec<u64> {
 /// Hooks for looking into the idle components (crates/nsm/layout/README.md): with
 /// `NSM_BENCH_SMAPS=<dir>`, copies each one's `/proc/<pid>/smaps` to `<dir>/<component>.smaps`; with
 /// `NSM_BENCH_PAUSE_IDLE=<seconds>`, prints the pids and waits that long before the cycles start.
-async fn inspect_idle(pids: &[(&'static str, u32)]) {
+async fn inspect_idle(pids: &[(&'static str, u32)]) -> Result<(), String> {
     if let Some(dir) = std::env::var_os("NSM_BENCH_SMAPS") {
         let dir = std::path::PathBuf::from(dir);
         for (name, pid) in pids {
             let file = name.split(' ').next().unwrap_or(name);
-            let copied = std::fs::read(format!("/proc/{pid}/smaps"))
-                .and_then(|s| std::fs::write(dir.join(format!("{file}.smaps")), s));
-            if let Err(e) = copied {
-                eprintln!("NSM_BENCH_SMAPS: {name}: {e}");
-            }
+            let to = dir.join(format!("{file}.smaps"));
+            std::fs::read(format!("/proc/{pid}/smaps"))
+                .and_then(|s| std::fs::write(&to, s))
+                .map_err(|e| format!("NSM_BENCH_SMAPS: {name} to {}: {e}", to.display()))?;
         }
     }
-    if let Some(secs) = std::env::var("NSM_BENCH_PAUSE_IDLE")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-    {
+    if let Ok(v) = std::env::var("NSM_BENCH_PAUSE_IDLE") {
+        let secs: u64 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("NSM_BENCH_PAUSE_IDLE: expected whole seconds, got {v:?}"))?;
         eprintln!("idle components (pausing {secs} s): {pids:?}");
         tokio::time::sleep(Duration::from_secs(secs)).await;
     }
+    Ok(())
 }
 
 /// RssAnon: the part of VmRSS that is the process's own memory (the rest is mostly the `nsm`
@@ -828,7 +829,7 @@ async fn bench(args: BenchMeshArgs) -> Result<bool, String> {
     let rss_idle = sample_rss(&pids);
     let anon_idle = sample_anon(&pids);
     let pss_idle = sample_pss(&pids);
-    inspect_idle(&pids).await;
+    inspect_idle(&pids).await?;
     let text = !args.json;
     let security = if args.insecure {
         "NSM_INSECURE=true: plaintext, test tokens, no policies"
