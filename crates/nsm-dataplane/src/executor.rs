@@ -39,6 +39,7 @@ use crate::error::ApplyError;
 use crate::names::LinkAlias;
 use crate::netns::Netns;
 use crate::plan::{Plan, PodInterface, TunnelPlan};
+pub use node::{DeletionThreads, MAX_DELETION_THREADS};
 use node::{NodeNetlink, ignore_missing};
 use pod::{Pod, PodResult};
 
@@ -113,6 +114,13 @@ impl Executor {
     /// The node namespace.
     pub fn node(&self) -> &Netns {
         &self.node
+    }
+
+    /// Its link-deletion threads, counted: running now, the most at once (at most
+    /// [`MAX_DELETION_THREADS`]) and how many were started. A link deletion is done for the caller at
+    /// the kernel's announcement; its thread runs on until the kernel acknowledges (see [`node`]).
+    pub fn deletion_threads(&self) -> DeletionThreads {
+        self.netlink.deletion_threads()
     }
 
     /// The plan applied for `connection_id`, if any.

@@ -1,5 +1,6 @@
 //! The executor in namespaces this test creates (reference §4.4): same node, two nodes over VXLAN
-//! (default and non-default port), three nodes with the same VNI, crash cleanup, bad input.
+//! (default and non-default port), three nodes with the same VNI, crash cleanup, bad input, and a mass
+//! Close within the cap on link-deletion threads.
 //! Runs as root; skips otherwise (fails under CI=true).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -7,7 +8,10 @@
 mod common;
 
 use common::*;
-use nsm_dataplane::executor::Executor;
+use std::time::Duration;
+
+use nsm_core::clock::Clock;
+use nsm_dataplane::executor::{Executor, MAX_DELETION_THREADS};
 use nsm_dataplane::plan::{PlanConfig, PlanRequest, plan};
 use nsm_dataplane::{ApplyError, Plan};
 
@@ -510,4 +514,80 @@ async fn concurrent_connections_are_built_and_removed_completely() {
     assert_eq!(n2.links(), ["u1b"]);
     assert!(e.links().is_empty(), "{:?}", e.links());
     assert!(clients.iter().all(|c| c.links().is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_close_deletes_every_link_with_at_most_32_deletion_threads_at_once() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let (node, c, e) = (TestNs::new("node"), TestNs::new("c"), TestNs::new("e"));
+    let exec = Executor::new(node.netns(), "fwd-mass").unwrap();
+    // Local connections between two shared pods: each Close deletes two veths (one per pod), so the
+    // Closes together ask for four times as many deletions as the cap allows at once.
+    const CONNS: usize = 64;
+    const DELETIONS: usize = 2 * CONNS;
+    assert_eq!(MAX_DELETION_THREADS, 32, "the cap this test is named for");
+    let plans: Vec<Plan> = (0..CONNS)
+        .map(|i| {
+            let (id, name) = (format!("conn-{i}"), format!("nsm-{i}"));
+            let (cm, em) = (kernel_mech(&c, &name), kernel_mech(&e, &name));
+            mk_plan("fwd-mass", &id, &id, &cm, &em, &p2p(10 + i as u8), 0)
+        })
+        .collect();
+    for r in futures::future::join_all(plans.iter().map(|p| exec.apply(p))).await {
+        r.unwrap();
+    }
+    assert_eq!(node.links().len(), DELETIONS, "{:?}", node.links());
+    assert_eq!((c.links().len(), e.links().len()), (CONNS, CONNS));
+    assert_eq!(
+        exec.deletion_threads().started,
+        0,
+        "applying deleted nothing"
+    );
+
+    let clock = Clock::system();
+    let start = clock.instant();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join_all(plans.iter().map(|p| exec.remove(&p.connection_id))),
+    )
+    .await
+    .expect("a mass Close hangs (60 s)");
+    let took = start.elapsed();
+    for r in closed {
+        assert!(r.unwrap(), "every Close found its connection");
+    }
+    // Each deletion is done for the Close at the kernel's announcement; its thread ends at the
+    // acknowledgement, after the kernel has freed the device.
+    let deadline = clock.instant() + Duration::from_secs(30);
+    while exec.deletion_threads().live > 0 {
+        assert!(
+            clock.instant() < deadline,
+            "deletion threads still alive 30 s after the Close: {:?}",
+            exec.deletion_threads()
+        );
+        clock.sleep(Duration::from_millis(20)).await;
+    }
+    let threads = exec.deletion_threads();
+    eprintln!("mass close of {CONNS} connections: {took:?}, {threads:?}");
+    assert_eq!(
+        threads.started, DELETIONS,
+        "one thread per link: {threads:?}"
+    );
+    assert!(
+        threads.peak <= MAX_DELETION_THREADS,
+        "more deletion threads at once than the cap: {threads:?}"
+    );
+    assert!(
+        threads.peak > 1,
+        "deletions of different connections overlap: {threads:?}"
+    );
+    assert!(node.links().is_empty(), "{:?}", node.links());
+    assert!(c.links().is_empty(), "{:?}", c.links());
+    assert!(e.links().is_empty(), "{:?}", e.links());
+    for p in &plans {
+        assert_eq!(exec.applied(&p.connection_id).await, None);
+    }
 }

@@ -13,9 +13,12 @@
 //!   the acknowledgement there (deletions of different connections overlap in the kernel), and the
 //!   deletion is complete for us at whichever comes first: the announcement for that link index
 //!   (usually < 1 ms), or the acknowledgement (the backstop if an announcement was lost). At most
-//!   [`MAX_DELETION_THREADS`] such threads exist at once (a mass Close waits for a free one).
+//!   [`MAX_DELETION_THREADS`] such threads exist at once (a mass Close waits for a free one); how many
+//!   are running, the most at once and how many were started is counted ([`DeletionThreads`]).
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -23,8 +26,6 @@ use netlink_packet_route::link::LinkMessage;
 use rtnetlink::Handle;
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::sys::{AsyncSocket, Socket, SocketAddr, protocols::NETLINK_ROUTE};
-use std::sync::Arc;
-
 use tokio::sync::{Semaphore, broadcast, oneshot};
 
 use crate::netns::Netns;
@@ -39,7 +40,46 @@ const EVENTS_BUFFER: usize = 1024;
 /// Deletion threads alive at once: enough for the kernel to overlap deletions (32 take ~86 ms from
 /// 32 threads against ~724 ms one after another), few enough that a mass Close does not start a
 /// thread per link.
-pub(super) const MAX_DELETION_THREADS: usize = 32;
+pub const MAX_DELETION_THREADS: usize = 32;
+
+/// Link-deletion threads of one executor, counted (see [`crate::Executor::deletion_threads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletionThreads {
+    /// Running now: sending a deletion or waiting for the kernel's answer to it.
+    pub live: usize,
+    /// The most running at once since the executor was made; never above [`MAX_DELETION_THREADS`].
+    pub peak: usize,
+    /// Started since the executor was made (each deletes one link).
+    pub started: usize,
+}
+
+/// The counters behind [`DeletionThreads`].
+#[derive(Debug, Default)]
+struct DeletionGauge {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+    started: AtomicUsize,
+}
+
+impl DeletionGauge {
+    /// Counts the calling deletion thread as running until the guard is dropped.
+    fn running(&self) -> Running<'_> {
+        // Relaxed: statistics; the semaphore, not these counters, orders the threads.
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+        Running(self)
+    }
+}
+
+/// A deletion thread counted in [`DeletionGauge::live`].
+struct Running<'a>(&'a DeletionGauge);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Netlink access to the node namespace (see the module doc).
 pub(super) struct NodeNetlink {
@@ -49,6 +89,8 @@ pub(super) struct NodeNetlink {
     deleted: broadcast::Sender<u32>,
     /// Permits for deletion threads ([`MAX_DELETION_THREADS`]).
     deletion_threads: Arc<Semaphore>,
+    /// Counts deletion threads ([`DeletionThreads`]).
+    gauge: Arc<DeletionGauge>,
     /// Ends the announcement listener's thread when the executor goes.
     _stop_events: oneshot::Sender<()>,
 }
@@ -89,6 +131,7 @@ impl NodeNetlink {
             handle,
             deleted,
             deletion_threads: Arc::new(Semaphore::new(MAX_DELETION_THREADS)),
+            gauge: Arc::default(),
             _stop_events: stop_events,
         })
     }
@@ -96,6 +139,15 @@ impl NodeNetlink {
     /// The handle for requests in the node namespace.
     pub(super) fn handle(&self) -> Handle {
         self.handle.clone()
+    }
+
+    /// The deletion threads, counted.
+    pub(super) fn deletion_threads(&self) -> DeletionThreads {
+        DeletionThreads {
+            live: self.gauge.live.load(Ordering::Relaxed),
+            peak: self.gauge.peak.load(Ordering::Relaxed),
+            started: self.gauge.started.load(Ordering::Relaxed),
+        }
     }
 
     /// Deletes link `index` (see the module doc); a link already gone is success. `Err(io)` if no
@@ -107,12 +159,17 @@ impl NodeNetlink {
             .acquire_owned()
             .await
             .map_err(io::Error::other)?;
+        let gauge = self.gauge.clone();
         let mut announced = self.deleted.subscribe();
         let (tx, mut acked) = oneshot::channel();
         self.ns.spawn("nsm-netlink-del", move |entered| {
+            let running = gauge.running();
             let r = entered.and_then(|()| del_link_blocking(index));
             let r = r.unwrap_or_else(|e| Err(rtnetlink::Error::NamespaceError(e.to_string())));
             let _ = tx.send(r.or_else(ignore_missing));
+            // Counted out before the permit is free for the next thread, so `live` never counts
+            // more threads than there are permits.
+            drop(running);
             drop(permit);
         })?;
         loop {
