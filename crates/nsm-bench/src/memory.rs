@@ -93,7 +93,9 @@ pub struct Reading {
     pub rss: Option<u64>,
     /// Net heap bytes (counting allocator; compare readings).
     pub heap: Option<i64>,
-    /// Connections the NSMgr holds (begin's count), where known.
+    /// Connections the NSMgr holds: in scope `nsmgr` its server chain's `begin` count; in scope
+    /// `process` its server chain's `metadata` entries (also one per connection; the sandbox counts
+    /// `begin` for the server and the onward client chain together).
     pub held: Option<usize>,
     /// glibc's bytes in use and bytes free but kept ([`alloc::malloc_view`]), where known.
     pub malloc: Option<(u64, u64)>,
@@ -251,6 +253,8 @@ trait Probe {
 /// This process.
 struct SelfProbe {
     counting: bool,
+    /// The domain's NSMgr, for its connections held.
+    nsmgr: Arc<Restartable>,
 }
 
 impl Probe for SelfProbe {
@@ -267,7 +271,7 @@ impl Probe for SelfProbe {
         Ok(Reading {
             rss: rss_bytes(None),
             heap: self.counting.then(alloc::net_bytes),
-            held: None,
+            held: self.nsmgr.state().await.map(|s| s.metadata),
             malloc: alloc::malloc_view(),
         })
     }
@@ -284,14 +288,11 @@ pub async fn run(scope: Scope, opts: &MemoryOpts) -> Result<MemoryReport> {
                 None => Security::plaintext(sb.clock()),
             };
             let client = nsc(sb.nodes[0].nsmgr.url(), opts.heal, &security)?;
-            let (report, _) = measure(
-                scope,
-                opts,
-                &client,
-                sb.clock(),
-                &mut SelfProbe { counting },
-            )
-            .await?;
+            let mut probe = SelfProbe {
+                counting,
+                nsmgr: sb.nodes[0].nsmgr.clone(),
+            };
+            let (report, _) = measure(scope, opts, &client, sb.clock(), &mut probe).await?;
             Ok(report)
         }
         Scope::Nsmgr => {
