@@ -11,19 +11,31 @@
 //!   mechanism of the incoming call; after success, keeps only the file the selected mechanism names
 //!   (none if it names none of them).
 //!   A missing fd fails the call with `DeadlineExceeded` naming recvfd and the inode URL.
-//!   **Close**: resolves (from the kept files), closes downstream, then closes the files.
+//!   **Close**: resolves like a Request (a kept file, else the fd passed with the Close, awaited
+//!   until the deadline; a missing one is logged and the Close goes on, where Go fails it before
+//!   it reaches the next hop), closes downstream, then closes the files.
 //! - [`RecvFdClient`] — **Request**: resolves the mechanism of the answer from the next hop (an
 //!   endpoint passing its own network namespace); if its fd does not come, the downstream connection
 //!   is closed again before the error is returned. Where `sendfd` (after us) has already put its
 //!   own name back on the answer (the answer named a file we sent: on a refresh the one we received
 //!   before, or an endpoint in our own network namespace naming its own), the copy of the file that
 //!   came with it is claimed: closed if we hold the file already, else kept and named as above.
-//!   **Close**: closes downstream, then the files.
+//!   **Close**: closes downstream, then claims the file the server passes back with its Close reply
+//!   (Go's `sendfd` server sends on Close, and so does ours): if `sendfd` (after us) passed a file
+//!   with the Close, the copy of it that came with the reply is taken and closed, without waiting (a
+//!   server without `sendfd` sends none, and the fd cannot trail the reply on our side). If the
+//!   connection reached us naming an `inode://` URL of no file we hold, that fd is awaited as Go
+//!   does, bounded by the call's deadline (or [`DEFAULT_WAIT`]): a missing one fails the Close with
+//!   `DeadlineExceeded` naming recvfd and the URL, after the downstream Close. When the Close
+//!   failed downstream nothing is awaited (a copy already there is still taken). Then the files
+//!   are closed.
 //!
 //! **State**: the received files of each connection, in its metadata (server and client side
-//! separately) from the first file received on; dropped — and so closed — with the metadata (Close,
-//! failed first Request).
-//! Unclaimed fds die with the gRPC connection. Without a unix-socket connection (TCP) values pass
+//! separately) from the first file received on; closed on Close (also a failed one), and dropped —
+//! and so closed — with the metadata (failed first Request). Nothing is kept across calls about
+//! fds that did not arrive.
+//! Fds nobody claims expire ([`UNCLAIMED_TTL`](crate::grpc::fdconn::UNCLAIMED_TTL)) or die with
+//! the gRPC connection. Without a unix-socket connection (TCP) values pass
 //! unchanged.
 
 mod client;
@@ -48,6 +60,10 @@ const ELEMENT: &str = "recvfd";
 
 /// What a missing fd's error tells the caller.
 const SENDER_HINT: &str = "the sender must pass it over the same unix-socket connection";
+
+/// What a missing fd's error tells the caller of a Close.
+const CLOSE_HINT: &str =
+    "the server's sendfd passes back the file a Close names, over the same unix-socket connection";
 
 /// The files received for one connection, by the inode URL they arrived under, each named
 /// `file:///proc/<our pid>/fd/<n>`: kept in its metadata from the first file on (most connections
@@ -176,6 +192,12 @@ impl ReceivedFiles {
         }
     }
 }
+
+/// Left in the call's context by `sendfd`'s client half when it passed a file with a Close: that
+/// file's inode URL (the server's `sendfd` passes the file back with its reply, see
+/// [`RecvFdClient`]'s Close).
+#[derive(Debug, Clone)]
+pub(crate) struct ClosedWithSentFile(pub(crate) String);
 
 /// Left in the call's context by `sendfd`'s client half when it put its own name back on an answer
 /// that named a file it sent: that file's inode URL (see [`ReceivedFiles::adopt_copy`]).

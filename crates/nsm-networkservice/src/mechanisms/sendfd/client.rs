@@ -8,7 +8,7 @@ use nsm_core::{Ctx, NetworkServiceServer, Next, Result};
 use super::{ELEMENT, Sent};
 use crate::dial::ClientConn;
 use crate::grpc::fdconn::FdTransceiver;
-use crate::mechanisms::recvfd::AnswerNamedSentFile;
+use crate::mechanisms::recvfd::{AnswerNamedSentFile, ClosedWithSentFile};
 
 /// Sends the request's files over the connection `dial` stored for this connection.
 #[derive(Debug, Default)]
@@ -78,6 +78,11 @@ impl NetworkServiceServer for SendFdClient {
         let result = next.close(ctx, conn).await;
         if result.is_err() {
             sent.withdraw(&fds);
+        }
+        // The server may pass that file back with its Close reply (Go's sendfd does, and so does
+        // ours): `recvfd` (before us) claims it by this inode URL.
+        if let Some((inode, _)) = sent.swaps.into_iter().next() {
+            ctx.insert(ClosedWithSentFile(inode));
         }
         result
     }

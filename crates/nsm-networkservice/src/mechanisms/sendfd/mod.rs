@@ -10,17 +10,23 @@
 //!   swaps the answer's value back, it tells `recvfd` (before it in the chain) which inode URL the
 //!   answer named, for the copy of that file the peer may have passed with it (a Go peer sends back
 //!   whatever its answer names; an endpoint in our network namespace passes its own copy of it).
-//!   On error the fds that have not left yet are withdrawn. **Close**: sends the connection mechanism's file the
-//!   same way (the peer may need it to undo its work).
+//!   On error the fds that have not left yet are withdrawn. **Close**: sends the connection
+//!   mechanism's file the same way (the peer may need it to undo its work) and leaves its inode URL
+//!   in the call's context, so that `recvfd` claims the copy the server passes back with its reply.
+//!   A file that cannot be sent is logged and the Close goes on (Go fails the Close before it
+//!   reaches the next hop).
 //! - [`SendFdServer`] — **Request**: after the rest of the chain, sends the file the *returned*
 //!   connection's mechanism names back to the caller (an endpoint's own network namespace) and
-//!   swaps it in the answer. **Close**: passes through (Go also sends on Close; no receiver waits
-//!   for it, so we do not leave it unclaimed on the peer).
+//!   swaps it in the answer. **Close**: as Go does, once the rest of the chain has closed
+//!   successfully, sends the file the closed connection's mechanism names back with the Close
+//!   reply — also one its own `recvfd` received from the caller (the caller's `recvfd` claims it).
+//!   A file that cannot be sent is logged; the Close still succeeds (Go fails it).
 //!
-//! The server half does not send back a file its own `recvfd` received from the caller: it renames
-//! it to the inode URL it came under, which the caller's `sendfd` turns back into its own name (Go
-//! sends it again; nobody claims it). The client half always sends, as Go does: a server's
-//! `recvfd` waits for every `inode://` value it does not hold. Without a unix-socket connection (TCP) both pass through unchanged.
+//! On Request the server half does not send back a file its own `recvfd` received from the caller:
+//! it renames it to the inode URL it came under, which the caller's `sendfd` turns back into its own
+//! name (Go sends it again, and a Go client never claims it). The client half always sends, as Go
+//! does: a server's `recvfd` waits for every `inode://` value it does not hold. Without a
+//! unix-socket connection (TCP) both pass through unchanged.
 //! **State**: none.
 
 mod client;

@@ -1,4 +1,5 @@
-//! The server half of `sendfd`: files the answer names go back to the caller.
+//! The server half of `sendfd`: files the answer (Request) or the closed connection (Close) names go
+//! back to the caller.
 
 use async_trait::async_trait;
 use nsm_api::{Connection, NetworkServiceRequest};
@@ -6,9 +7,10 @@ use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, Result};
 
 use super::{ELEMENT, Sent};
+use crate::fdpass::incoming;
 use crate::grpc::fdconn::IncomingFds;
 
-/// Sends the file the returned connection's mechanism names to the caller.
+/// Sends the file the returned (Request) or closed (Close) connection's mechanism names to the caller.
 #[derive(Debug, Default)]
 pub struct SendFdServer;
 
@@ -42,7 +44,22 @@ impl NetworkServiceServer for SendFdServer {
     }
 
     async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
-        next.close(ctx, conn).await
+        let Some(fds) = incoming(ctx) else {
+            return next.close(ctx, conn).await;
+        };
+        let mechanism = conn.mechanism.clone();
+        let id = conn.id.clone();
+        next.close(ctx, conn).await?;
+        // As Go does, once the rest of the chain has closed: the file goes back with the Close reply,
+        // also one our recvfd received from the caller (the caller's recvfd claims it by the inode
+        // URL its Close carried). The connection is gone downstream either way, so a file we cannot
+        // send does not fail the Close.
+        if let Some(mut m) = mechanism
+            && let Err(e) = Sent::default().send_and_swap(ctx, None, &fds, &mut m)
+        {
+            tracing::warn!(error = %e, id = %id, "sendfd: Close answered without the file");
+        }
+        Ok(())
     }
 
     fn name(&self) -> &'static str {
