@@ -34,6 +34,7 @@ use nsm_core::{Chain, Clock, Ctx};
 use nsm_identity::{PemFileSource, TlsIdentity, TransportSecurity};
 use nsm_networkservice::authorize::SharedPolicy;
 use nsm_networkservice::mechanisms::kernel::KernelClient;
+use nsm_networkservice::mechanisms::recvfd::RecvFdClient;
 use nsm_networkservice::mechanisms::sendfd::SendFdClient;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -567,6 +568,8 @@ fn client(sock: &Path, name: &str, setup: &ClientSetup) -> Chain {
         KernelClient::new(None).with_netns_url(setup.netns_url.clone()),
     )];
     if setup.pass_netns {
+        // recvfd claims the copy of the namespace the NSMgr's sendfd passes back on Close.
+        additional.push(Arc::new(RecvFdClient::new()));
         additional.push(Arc::new(SendFdClient::new()));
     }
     new_client(ClientOptions {

@@ -16,6 +16,7 @@ use nsm_core::{Chain, Clock, Ctx};
 use nsm_identity::TransportSecurity;
 use nsm_networkservice::livenesscheck::{LivenessCheckClient, LivenessProbe, ProbeFuture};
 use nsm_networkservice::mechanisms::kernel::KernelClient;
+use nsm_networkservice::mechanisms::recvfd::RecvFdClient;
 use nsm_networkservice::mechanisms::sendfd::SendFdClient;
 use nsm_networkservice::retry::RetryClient;
 
@@ -192,8 +193,12 @@ fn client_for(
     let tokens = super::common::tokens(security, negative, lifetime);
     let kernel = KernelClient::new(url.interface.clone())
         .with_netns_url(netns_url(&cfg.connect_to, std::process::id()));
-    let mut additional: Vec<nsm_core::chain::Element> =
-        vec![Arc::new(kernel), Arc::new(SendFdClient::new())];
+    // recvfd claims the copy of the namespace the NSMgr's sendfd passes back on Close.
+    let mut additional: Vec<nsm_core::chain::Element> = vec![
+        Arc::new(kernel),
+        Arc::new(RecvFdClient::new()),
+        Arc::new(SendFdClient::new()),
+    ];
     if let Some((interval, threshold)) = cfg.liveness {
         additional.insert(
             0,
