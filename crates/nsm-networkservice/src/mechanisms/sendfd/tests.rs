@@ -159,6 +159,15 @@ impl FileMesh {
         r
     }
 
+    /// The client's Request offering the file (see [`Self::request`]), established.
+    async fn requested(&self, id: &str) -> Connection {
+        self.m
+            .client
+            .run_request(&mut ctx(), self.request(id))
+            .await
+            .unwrap()
+    }
+
     /// The endpoint answers naming the file as its own.
     fn endpoint_names_the_file(&self) {
         *self.m.probe.answer_url.lock() = Some(self.original.clone());
@@ -337,11 +346,7 @@ async fn the_server_passes_the_closed_connections_file_back() {
         ..Elements::default()
     })
     .await;
-    let conn =
-        f.m.client
-            .run_request(&mut ctx(), f.request("c1"))
-            .await
-            .unwrap();
+    let conn = f.requested("c1").await;
     assert_eq!(
         f.open_fds(),
         1,
@@ -361,11 +366,7 @@ async fn the_server_passes_the_closed_connections_file_back() {
 async fn a_close_leaves_no_fd_unclaimed() {
     let f = FileMesh::new(Elements::default()).await;
     let before = f.open_fds();
-    let conn =
-        f.m.client
-            .run_request(&mut ctx(), f.request("c1"))
-            .await
-            .unwrap();
+    let conn = f.requested("c1").await;
     let started = Instant::now();
     f.m.client.run_close(&mut ctx(), conn).await.unwrap();
     assert_eq!(started.elapsed(), Duration::ZERO, "nothing waited for");
@@ -389,11 +390,7 @@ async fn a_close_to_a_server_that_sends_no_fd_completes_promptly() {
         ..Elements::default()
     })
     .await;
-    let conn =
-        f.m.client
-            .run_request(&mut ctx(), f.request("c1"))
-            .await
-            .unwrap();
+    let conn = f.requested("c1").await;
     let started = Instant::now();
     f.m.client.run_close(&mut ctx(), conn).await.unwrap();
     assert_eq!(started.elapsed(), Duration::ZERO, "nothing waited for");
@@ -406,11 +403,7 @@ async fn a_close_to_a_server_that_sends_no_fd_completes_promptly() {
 #[tokio::test(start_paused = true)]
 async fn a_close_naming_an_inode_url_gets_the_fd_back() {
     let f = FileMesh::new(Elements::default()).await;
-    let mut conn =
-        f.m.client
-            .run_request(&mut ctx(), f.request("c1"))
-            .await
-            .unwrap();
+    let mut conn = f.requested("c1").await;
     let inode = f.inode_url();
     conn.mechanism
         .as_mut()
