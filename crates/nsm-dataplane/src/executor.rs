@@ -2,7 +2,9 @@
 //!
 //! - **Apply** is idempotent: the same plan for a connection that is already applied is a no-op (a
 //!   refresh); a different plan replaces the old state. A node-side link left over under the derived name
-//!   is deleted first, so an interface is never duplicated.
+//!   is deleted first, so an interface is never duplicated (it is looked for only when the creation
+//!   reports a name taken; otherwise the kernel's echo of the new link gives both veth ends' indexes,
+//!   see [`ops`]).
 //! - Every created object is **recorded** ([`Applied`]); if a step fails, the recorded objects are removed
 //!   in reverse order before the error is returned, so a failed apply leaves nothing behind.
 //! - **Remove** deletes the recorded objects. Deleting a node-side veth end deletes its pod end (and the
@@ -325,19 +327,6 @@ impl Executor {
         pods: &[Pod],
         created: &mut Vec<Created>,
     ) -> Result<(), ApplyError> {
-        for (want, pod) in plan.pods.iter().zip(pods) {
-            // A node end under our derived name is a leftover of this very connection: replace it.
-            if let Ok(Some(stale)) = ops::link_by_name(node, &want.node_name).await {
-                self.delete_link(node, stale.header.index, &want.node_name)
-                    .await?;
-            }
-            if let Ok(Some(_)) = ops::link_by_name(&pod.handle, &want.name).await {
-                return Err(ApplyError::NameTaken {
-                    name: want.name.clone(),
-                    netns: want.netns.clone(),
-                });
-            }
-        }
         if let Some(t) = &plan.tunnel {
             self.check_underlay(node, t).await?;
         }
@@ -375,6 +364,28 @@ impl Executor {
             .map_err(|e| self.nl("add redirect filter", name, e))
     }
 
+    /// Makes way for a veth whose creation found a name taken: a node end under our derived name is a
+    /// leftover of this very connection and is deleted; the pod's interface name taken by anything
+    /// else is `NameTaken`. (Checked only then: a creation that succeeds needs no lookup.)
+    async fn clear_way(
+        &self,
+        node: &Handle,
+        want: &PodInterface,
+        pod: &Pod,
+    ) -> Result<(), ApplyError> {
+        if let Ok(Some(stale)) = ops::link_by_name(node, &want.node_name).await {
+            self.delete_link(node, stale.header.index, &want.node_name)
+                .await?;
+        }
+        if let Ok(Some(_)) = ops::link_by_name(&pod.handle, &want.name).await {
+            return Err(ApplyError::NameTaken {
+                name: want.name.clone(),
+                netns: want.netns.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Creates one veth and configures its pod end; returns the node end's index.
     async fn build_veth(
         &self,
@@ -390,17 +401,31 @@ impl Executor {
             netns: pod_netns.clone(),
             source,
         };
-        ops::add_veth(
-            node,
-            &want.node_name,
-            &want.name,
-            pod.ns.raw_fd(),
-            want.mac,
-            want.mtu,
-        )
-        .await
-        .map_err(|e| self.nl("create veth", &want.node_name, e))?;
-        let node_index = self.index_of(node, &self.node, &want.node_name).await?;
+        let add = || {
+            ops::add_veth(
+                node,
+                &want.node_name,
+                &want.name,
+                pod.ns.raw_fd(),
+                want.mac,
+                want.mtu,
+            )
+        };
+        let echo = match add().await {
+            // A name is taken: clear the way if it is a leftover of ours, else fail `NameTaken`.
+            Err(e) if ops::is_exists(&e) => {
+                self.clear_way(node, want, pod).await?;
+                add().await
+            }
+            r => r,
+        }
+        .map_err(|e| self.nl("create veth", &want.node_name, e))?
+        .filter(|m| ops::name(m) == want.node_name);
+        // The echo names both indexes; a kernel that does not echo needs the lookups.
+        let node_index = match &echo {
+            Some(m) => m.header.index,
+            None => self.index_of(node, &self.node, &want.node_name).await?,
+        };
         created.push(Created::Veth {
             index: node_index,
             name: want.node_name.clone(),
@@ -410,7 +435,10 @@ impl Executor {
         // active yet, which the kernel treats as urgent — so it turns operational at once, where the
         // end brought up second may wait for the link watcher's next run, up to a second later.
         let h = &pod.handle;
-        let pod_index = self.index_of(h, &pod.ns, &want.name).await?;
+        let pod_index = match echo.as_ref().and_then(ops::peer_index) {
+            Some(index) => index,
+            None => self.index_of(h, &pod.ns, &want.name).await?,
+        };
         ops::set_alias_up(h, pod_index, &alias)
             .await
             .map_err(|e| pod_err("set alias/up", e))?;
@@ -478,10 +506,13 @@ impl Executor {
         let device = match ops::link_by_name(node, dev).await {
             Ok(Some(m)) => m.header.index,
             _ => {
-                ops::add_vxlan(node, dev, t.vni, t.port, t.local, t.mtu)
+                let echo = ops::add_vxlan(node, dev, t.vni, t.port, t.local, t.mtu)
                     .await
                     .map_err(|e| self.nl("create vxlan", dev, e))?;
-                let index = self.index_of(node, &self.node, dev).await?;
+                let index = match echo.filter(|m| ops::name(m) == dev) {
+                    Some(m) => m.header.index,
+                    None => self.index_of(node, &self.node, dev).await?,
+                };
                 created.push(Created::Vxlan);
                 ops::set_alias_up(node, index, &t.alias.to_string())
                     .await

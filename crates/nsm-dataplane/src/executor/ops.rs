@@ -1,5 +1,10 @@
 //! Netlink primitives the executor is built from. Each returns `rtnetlink::Error`; the executor adds the
 //! interface/namespace context.
+//!
+//! Links are created with `NLM_F_ECHO`: the kernel then sends the new link's `RTM_NEWLINK` back to the
+//! requester before it acknowledges, so its index (and, for a veth, the peer's index, `IFLA_LINK`) is
+//! known without a lookup by name. A kernel that does not echo (before Linux 6.3) sends none; the
+//! caller then looks the link up.
 
 use std::net::IpAddr;
 
@@ -17,7 +22,9 @@ use netlink_packet_route::tc::{
     TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
 use rtnetlink::{
     Error, Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
@@ -103,8 +110,40 @@ pub fn name(m: &LinkMessage) -> &str {
         .unwrap_or("")
 }
 
+/// The index of a veth end's peer, in the peer's namespace (`IFLA_LINK`).
+pub fn peer_index(m: &LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) if *i != 0 => Some(*i),
+        _ => None,
+    })
+}
+
+/// Whether the kernel refused because a name is taken (`EEXIST`).
+pub fn is_exists(e: &Error) -> bool {
+    matches!(e, Error::NetlinkError(m) if m.raw_code() == -(nix::errno::Errno::EEXIST as i32))
+}
+
+/// Creates the link `msg` describes (failing if its name is taken) and returns the kernel's echo of
+/// it, if the kernel echoes (see the module doc).
+async fn add_link_echo(h: &Handle, msg: LinkMessage) -> Result<Option<LinkMessage>, Error> {
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO;
+    let mut h = h.clone();
+    let mut resp = h.request(req)?;
+    let mut echoed = None;
+    while let Some(m) = futures::StreamExt::next(&mut resp).await {
+        match m.payload {
+            NetlinkPayload::Error(e) if e.code.is_some() => return Err(Error::NetlinkError(e)),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => echoed = Some(l),
+            _ => {}
+        }
+    }
+    Ok(echoed)
+}
+
 /// Creates a veth: `node` in the handle's namespace, `pod` directly inside the namespace behind `pod_fd`
-/// (never in between, so nothing ever appears in the node namespace under the pod's name).
+/// (never in between, so nothing ever appears in the node namespace under the pod's name). Returns the
+/// kernel's echo of the node end, if it echoes.
 pub async fn add_veth(
     h: &Handle,
     node: &str,
@@ -112,7 +151,7 @@ pub async fn add_veth(
     pod_fd: i32,
     pod_mac: [u8; 6],
     mtu: u32,
-) -> Result<(), Error> {
+) -> Result<Option<LinkMessage>, Error> {
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(pod.to_string())
         .mtu(mtu)
@@ -123,10 +162,11 @@ pub async fn add_veth(
         .mtu(mtu)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
-    h.link().add(msg).execute().await
+    add_link_echo(h, msg).await
 }
 
-/// Creates a VXLAN device with no fixed remote (the FDB decides), learning off.
+/// Creates a VXLAN device with no fixed remote (the FDB decides), learning off. Returns the kernel's
+/// echo of it, if it echoes.
 pub async fn add_vxlan(
     h: &Handle,
     name: &str,
@@ -134,7 +174,7 @@ pub async fn add_vxlan(
     port: u16,
     local: IpAddr,
     mtu: u32,
-) -> Result<(), Error> {
+) -> Result<Option<LinkMessage>, Error> {
     let b = LinkVxlan::new(name, vni)
         .port(port)
         .learning(false)
@@ -143,7 +183,7 @@ pub async fn add_vxlan(
         IpAddr::V4(a) => b.local(a),
         IpAddr::V6(a) => b.local6(a),
     };
-    h.link().add(b.build()).execute().await
+    add_link_echo(h, b.build()).await
 }
 
 /// Sets alias and admin state of link `index`.
