@@ -356,12 +356,21 @@ impl Executor {
         to: u32,
         name: &str,
     ) -> Result<(), ApplyError> {
-        ops::ensure_ingress(node, from)
-            .await
-            .map_err(|e| self.nl("add ingress qdisc", name, e))?;
-        ops::add_redirect(node, from, VETH_FILTER_PRIO, to, None)
-            .await
-            .map_err(|e| self.nl("add redirect filter", name, e))
+        // Sent together on one socket: the kernel takes the qdisc first, without a round trip between.
+        futures::future::try_join(
+            async {
+                ops::ensure_ingress(node, from)
+                    .await
+                    .map_err(|e| self.nl("add ingress qdisc", name, e))
+            },
+            async {
+                ops::add_redirect(node, from, VETH_FILTER_PRIO, to, None)
+                    .await
+                    .map_err(|e| self.nl("add redirect filter", name, e))
+            },
+        )
+        .await
+        .map(drop)
     }
 
     /// Makes way for a veth whose creation found a name taken: a node end under our derived name is a

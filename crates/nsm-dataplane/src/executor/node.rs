@@ -15,6 +15,8 @@
 //!   (usually < 1 ms), or the acknowledgement (the backstop if an announcement was lost). At most
 //!   [`MAX_DELETION_THREADS`] such threads exist at once (a mass Close waits for a free one); how many
 //!   are running, the most at once and how many were started is counted ([`DeletionThreads`]).
+//! - **Announcements** are heard on a socket of their own whose kernel filter passes only
+//!   `RTM_DELLINK`, so the link changes of every set-up do not wake the listener.
 
 use std::io;
 use std::sync::Arc;
@@ -26,12 +28,37 @@ use netlink_packet_route::link::LinkMessage;
 use rtnetlink::Handle;
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::sys::{AsyncSocket, Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use socket2::{SockFilter, SockRef};
 use tokio::sync::{Semaphore, broadcast, oneshot};
 
 use crate::netns::Netns;
 
 /// `RTMGRP_LINK`: the link notifications multicast group.
 pub(super) const RTMGRP_LINK: u32 = 1;
+
+/// A socket filter (classic BPF) that lets only `RTM_DELLINK` announcements through: the kernel drops
+/// the rest (every `RTM_NEWLINK` of every link change in the namespace, several per connection)
+/// before they are queued, so the listener neither wakes for them nor parses them. Each announcement
+/// is one message in its own buffer, so its type is at offset 4 (host byte order, which `ldh` reads
+/// as big-endian; hence the constant).
+const DELLINK_ONLY: [SockFilter; 4] = [
+    // ldh [4]: nlmsg_type
+    SockFilter::new(0x28, 0, 0, 4),
+    // jeq RTM_DELLINK ? next : drop
+    SockFilter::new(
+        0x15,
+        0,
+        1,
+        u16::from_be_bytes(RTM_DELLINK.to_ne_bytes()) as u32,
+    ),
+    // ret: accept whole
+    SockFilter::new(0x06, 0, 0, u32::MAX),
+    // ret: drop
+    SockFilter::new(0x06, 0, 0, 0),
+];
+
+/// `RTM_DELLINK`.
+const RTM_DELLINK: u16 = 17;
 
 /// Announced link deletions buffered per waiter before it counts as lagging (then it waits for the
 /// acknowledgement instead).
@@ -104,9 +131,13 @@ impl NodeNetlink {
         let announce = deleted.clone();
         ns.drive("nsm-netlink-events", move || {
             let (mut conn, handle, mut messages) = rtnetlink::new_connection()?;
-            conn.socket_mut()
-                .socket_mut()
-                .bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+            let socket = conn.socket_mut().socket_mut();
+            socket.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+            if let Err(e) = SockRef::from(&*socket).attach_filter(&DELLINK_ONLY) {
+                tracing::debug!(
+                    "executor: no kernel filter for link announcements ({e}); reading them all"
+                );
+            }
             let listen = async move {
                 let _handle = handle;
                 while let Some((m, _)) = messages.next().await {
