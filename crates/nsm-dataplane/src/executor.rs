@@ -21,7 +21,9 @@
 //! **Concurrency.** Operations on one connection id run one at a time (a lock per connection; the
 //! forwarder's `begin` already orders a connection's Request, refreshes and Close); operations on
 //! different connections run concurrently, each on netlink sockets of its own. What connections share — the VXLAN devices, their receive-filter priorities and FDB — is
-//! changed under one tunnel lock, which local (kernel ↔ kernel) connections never take.
+//! changed under one tunnel lock, which local (kernel ↔ kernel) connections never take. The node
+//! socket is driven by a thread of its own ([`node`]); the pod sockets of all operations by one other
+//! thread ([`NetlinkHost`]); link deletions by short-lived threads of their own.
 
 mod adopt;
 mod node;
@@ -39,7 +41,7 @@ use rtnetlink::Handle;
 
 use crate::error::ApplyError;
 use crate::names::LinkAlias;
-use crate::netns::Netns;
+use crate::netns::{NetlinkHost, Netns};
 use crate::plan::{Plan, PodInterface, TunnelPlan};
 pub use node::{DeletionThreads, MAX_DELETION_THREADS};
 use node::{NodeNetlink, ignore_missing};
@@ -50,6 +52,8 @@ pub struct Executor {
     owner: String,
     node: Netns,
     netlink: NodeNetlink,
+    /// Drives the pod-namespace sockets of every operation (see [`pod`]).
+    pod_netlink: NetlinkHost,
     /// One slot per connection id with an operation running or a plan applied.
     conns: Mutex<HashMap<String, Arc<Slot>>>,
     /// What an earlier run left, per connection id, not yet claimed by a request.
@@ -107,6 +111,7 @@ impl Executor {
             owner: owner.into(),
             node,
             netlink,
+            pod_netlink: NetlinkHost::new("nsm-netlink-pods")?,
             conns: Mutex::default(),
             adopted: Mutex::default(),
             tunnels: tokio::sync::Mutex::default(),
@@ -135,7 +140,10 @@ impl Executor {
     /// Applies `plan` (see the module doc).
     pub async fn apply(&self, plan: &Plan) -> Result<(), ApplyError> {
         let node = self.netlink.handle();
-        let pods: Vec<PodResult> = plan.pods.iter().map(Pod::open).collect();
+        let mut pods: Vec<PodResult> = Vec::with_capacity(plan.pods.len());
+        for want in &plan.pods {
+            pods.push(Pod::open(want, &self.pod_netlink).await);
+        }
         for stale in self.same_interface_elsewhere(plan, &pods).await {
             // The pod's interface belongs to another connection of ours: the client came back (a
             // restarted NSC, a lost Close) and asks for the same interface again. It cannot hold two

@@ -12,6 +12,11 @@
 //! [`Netns::netlink`] is driven on its own thread (the one that entered the namespace to create the
 //! socket, with a single-threaded runtime), never on a tokio worker: a slow request blocks only its own
 //! socket, and requests on different handles run in the kernel in parallel.
+//!
+//! [`NetlinkHost`] is the cheaper way for short-lived handles whose requests are all quick (the
+//! executor's pod sockets: links up, addresses, routes, neighbours — never a deletion): one thread
+//! makes each socket in its namespace (`setns` there and back) and drives all their connections,
+//! instead of a thread and a runtime per handle.
 
 use std::fmt;
 use std::fs::File;
@@ -163,6 +168,65 @@ impl Netns {
             })?;
         rx.recv()
             .map_err(|_| io::Error::other("netlink thread ended before it was set up"))?
+    }
+}
+
+/// One thread that makes netlink sockets in given namespaces and drives their connections (see the
+/// module doc). Between sockets the thread is back in the namespace it started in, so it never keeps
+/// a pod's namespace alive; if it cannot get back, it ends, and [`NetlinkHost::netlink`] falls back
+/// to [`Netns::netlink`]. The thread ends when the host is dropped (with the connections still open
+/// on it).
+#[derive(Debug)]
+pub struct NetlinkHost {
+    jobs: tokio::sync::mpsc::UnboundedSender<HostJob>,
+}
+
+/// A socket to make: in the namespace of the file, answered on the channel.
+type HostJob = (File, tokio::sync::oneshot::Sender<io::Result<Handle>>);
+
+impl NetlinkHost {
+    /// Starts the host thread, named `name`.
+    pub fn new(name: &str) -> io::Result<Self> {
+        let home = File::open("/proc/thread-self/ns/net")?;
+        let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<HostJob>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    while let Some((ns, reply)) = rx.recv().await {
+                        let made = enter(ns).and_then(|()| rtnetlink::new_connection());
+                        let home_again = setns(home.as_fd(), CloneFlags::CLONE_NEWNET);
+                        let answer = made.map(|(conn, handle, _)| {
+                            tokio::task::spawn_local(conn);
+                            handle
+                        });
+                        let _ = reply.send(answer);
+                        if let Err(e) = home_again {
+                            tracing::warn!(
+                                "netlink host: cannot return to its namespace ({e}); ending"
+                            );
+                            return;
+                        }
+                    }
+                });
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// A netlink handle bound to `ns`, its connection driven by the host thread (or, if that thread
+    /// has ended, by a thread of its own: [`Netns::netlink`]).
+    pub async fn netlink(&self, ns: &Netns) -> io::Result<Handle> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.jobs.send((ns.file.try_clone()?, tx)).is_ok()
+            && let Ok(answer) = rx.await
+        {
+            return answer;
+        }
+        ns.netlink()
     }
 }
 

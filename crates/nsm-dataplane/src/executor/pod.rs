@@ -1,5 +1,6 @@
-//! The pod side of one operation: the pod's namespace and a netlink handle inside it; and the wait
-//! for a new pod interface to become operational before it gets its addresses.
+//! The pod side of one operation: the pod's namespace and a netlink handle inside it (driven by the
+//! executor's pod-socket thread, so opening one starts no thread); and the wait for a new pod
+//! interface to become operational before it gets its addresses.
 //!
 //! Why wait: the kernel configures IPv6 on an interface only once its link watcher has seen it up
 //! (`operstate` UP), and at that moment it re-validates the addresses already there; packets to them
@@ -20,7 +21,7 @@ use rtnetlink::sys::{AsyncSocket, SocketAddr};
 
 use super::node::RTMGRP_LINK;
 use super::ops;
-use crate::netns::Netns;
+use crate::netns::{NetlinkHost, Netns};
 use crate::plan::PodInterface;
 
 /// A pod namespace opened for one operation, with a netlink handle inside it.
@@ -33,10 +34,12 @@ pub(super) struct Pod {
 pub(super) type PodResult = Result<Pod, (std::path::PathBuf, String, io::Error)>;
 
 impl Pod {
-    pub(super) fn open(want: &PodInterface) -> PodResult {
+    /// Opens the pod's namespace and a netlink socket in it, driven by `host` (the executor's one
+    /// thread for pod sockets: their requests are all quick, see [`NetlinkHost`]).
+    pub(super) async fn open(want: &PodInterface, host: &NetlinkHost) -> PodResult {
         let err = |e| (want.netns.clone(), want.name.clone(), e);
         let ns = Netns::open(&want.netns).map_err(err)?;
-        let handle = ns.netlink().map_err(err)?;
+        let handle = host.netlink(&ns).await.map_err(err)?;
         Ok(Self { handle, ns })
     }
 
