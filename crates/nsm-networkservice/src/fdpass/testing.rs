@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nsm_api::url::NsmUrl;
-use nsm_core::{Clock, Ctx};
+use nsm_core::{Clock, Ctx, NsmError};
 use nsm_identity::{DevCa, MemorySource, TlsIdentity, TransportSecurity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -110,4 +110,12 @@ pub fn tls_pair(server: &str, client: &str) -> (TransportSecurity, TransportSecu
         TransportSecurity::Tls(TlsIdentity::new(Arc::new(MemorySource::new(m))).unwrap())
     };
     (id(server), id(client))
+}
+
+/// Asserts that `e` is recvfd's failure for a file that never arrived: `DeadlineExceeded`, with a
+/// message that names recvfd and `url`.
+pub fn assert_missing_fd(e: NsmError, url: &str) {
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+    let msg = tonic::Status::from(e).message().to_string();
+    assert!(msg.starts_with("recvfd") && msg.contains(url), "{msg}");
 }
