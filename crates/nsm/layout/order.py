@@ -45,12 +45,14 @@ def pattern(name):
 
 def selector(syms):
     """A pattern that matches one function of the binary names it whatever its hash; a generic
-    function's pattern matches all its instances, so those are named exactly."""
+    function's pattern matches all its instances, so those are named exactly, except for LLVM's
+    numbers: the local copies of one function (`foo.1234`, `foo.1240`) are renumbered by any code
+    change anywhere in the program, so all copies are named (`foo.*`)."""
     instances = collections.Counter(pattern(name) for _, name in syms.values())
 
     def select(name):
         p = pattern(name)
-        return p if instances[p] == 1 else name
+        return p if instances[p] == 1 else re.sub(r"(\.llvm)?\.\d+$", ".*", name)
 
     return select
 
