@@ -16,7 +16,6 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::child::loopback;
 use crate::setup::{
-    CALL_TIMEOUT, DIAL_TIMEOUT, ENDPOINT, SERVICE, Security, domain, nsc, request, service,
+    CALL_TIMEOUT, DIAL_TIMEOUT, ENDPOINT, RemovedOnDrop, SERVICE, Security, domain, nsc, request,
+    service,
 };
 use crate::stats::{kib, rss_bytes};
 use crate::{BenchError, Result, alloc};
@@ -475,15 +475,6 @@ struct Isolated {
     stop: CancellationToken,
     _forwarder: Restartable,
     _endpoint: Restartable,
-}
-
-/// A directory removed (with its contents) when dropped.
-struct RemovedOnDrop(PathBuf);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The trust domain of the isolated run's development CA.

@@ -188,20 +188,13 @@ impl std::fmt::Display for Transport {
 pub struct Domain {
     /// The domain.
     pub sandbox: Sandbox,
-    socket_dir: Option<SocketDir>,
+    _socket_dir: Option<RemovedOnDrop>,
 }
 
-impl Domain {
-    /// Where the unix sockets live (`None` over TCP).
-    pub fn socket_dir(&self) -> Option<&std::path::Path> {
-        self.socket_dir.as_ref().map(|d| d.0.as_path())
-    }
-}
+/// A directory removed (with its contents) when dropped.
+pub(crate) struct RemovedOnDrop(pub(crate) std::path::PathBuf);
 
-/// A fresh directory, removed with what it holds on drop.
-struct SocketDir(std::path::PathBuf);
-
-impl Drop for SocketDir {
+impl Drop for RemovedOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -225,7 +218,7 @@ pub async fn domain_over(mode: Mode, secure: bool, transport: Transport) -> Resu
             let dir = std::env::temp_dir().join(format!("nsm-bench-{}", uuid::Uuid::new_v4()));
             std::fs::create_dir_all(&dir)?;
             builder = builder.unix_sockets(&dir).nsmgr_tcp(true);
-            Some(SocketDir(dir))
+            Some(RemovedOnDrop(dir))
         }
     };
     let sandbox = builder.build().await?;
@@ -235,6 +228,6 @@ pub async fn domain_over(mode: Mode, secure: bool, transport: Transport) -> Resu
         .await?;
     Ok(Domain {
         sandbox,
-        socket_dir,
+        _socket_dir: socket_dir,
     })
 }
