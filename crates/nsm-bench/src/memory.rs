@@ -264,7 +264,8 @@ impl Probe for SelfProbe {
     }
 
     async fn abort(&mut self) -> Result<()> {
-        Err(BenchError::boxed("--abort-held needs --scope nsmgr"))
+        // [`run`] refuses this before starting; kept so a misuse cannot end the benchmark process.
+        Err(abort_needs_nsmgr())
     }
 
     async fn read(&mut self) -> Result<Reading> {
@@ -277,8 +278,16 @@ impl Probe for SelfProbe {
     }
 }
 
+/// [`MemoryOpts::abort_held`] outside scope `nsmgr`.
+fn abort_needs_nsmgr() -> Box<dyn std::error::Error + Send + Sync> {
+    BenchError::boxed("--abort-held needs --scope nsmgr")
+}
+
 /// Runs one memory benchmark in `scope`.
 pub async fn run(scope: Scope, opts: &MemoryOpts) -> Result<MemoryReport> {
+    if opts.abort_held && scope != Scope::Nsmgr {
+        return Err(abort_needs_nsmgr());
+    }
     let counting = alloc::enable();
     match scope {
         Scope::Process => {
