@@ -53,69 +53,42 @@ const NSC_ABOUT: &str = "Run a client that requests network services and holds t
 /// subcommand. `Cli::parse()` builds every subcommand's arguments first, whichever one is run: about
 /// 250 KiB of code that each component would otherwise run once and keep mapped (BENCHMARKS.md,
 /// issue 8). Help, errors and values are the same as through `Cli`.
-mod component {
-    use clap::Parser;
-
-    use super::{FORWARDER_ABOUT, NSC_ABOUT, NSE_ABOUT, NSMGR_ABOUT, REGISTRY_ABOUT, cmd};
-
-    #[derive(Debug, Parser)]
-    #[command(name = "nsm", version)]
-    pub enum Registry {
-        #[command(about = REGISTRY_ABOUT)]
-        Registry(cmd::registry::RegistryArgs),
-    }
-
-    #[derive(Debug, Parser)]
-    #[command(name = "nsm", version)]
-    pub enum Nsmgr {
-        #[command(about = NSMGR_ABOUT)]
-        Nsmgr(cmd::nsmgr::NsmgrArgs),
-    }
-
-    #[derive(Debug, Parser)]
-    #[command(name = "nsm", version)]
-    pub enum Forwarder {
-        #[command(about = FORWARDER_ABOUT)]
-        Forwarder(cmd::forwarder::ForwarderArgs),
-    }
-
-    #[derive(Debug, Parser)]
-    #[command(name = "nsm", version)]
-    pub enum Nse {
-        #[command(about = NSE_ABOUT)]
-        Nse(cmd::nse::NseArgs),
-    }
-
-    #[derive(Debug, Parser)]
-    #[command(name = "nsm", version)]
-    pub enum Nsc {
-        #[command(about = NSC_ABOUT)]
-        Nsc(cmd::nsc::NscArgs),
-    }
+fn parse_component<A: clap::Args + clap::FromArgMatches>(
+    name: &'static str,
+    about: &'static str,
+) -> A {
+    parse_component_from(std::env::args_os(), name, about).unwrap_or_else(|e| e.exit())
 }
 
-/// The command: a component's through its own parser (see [`component`]), anything else through
-/// [`Cli`].
+/// [`parse_component`] of `args`.
+fn parse_component_from<A: clap::Args + clap::FromArgMatches>(
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+    name: &'static str,
+    about: &'static str,
+) -> Result<A, clap::Error> {
+    let sub = A::augment_args(clap::Command::new(name)).about(about);
+    let matches = clap::Command::new("nsm")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .subcommand(sub)
+        .try_get_matches_from(args)?;
+    let found = matches
+        .subcommand_matches(name)
+        .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
+    A::from_arg_matches(found)
+}
+
+/// The command: a component's through its own parser (see [`parse_component`]), anything else
+/// through [`Cli`].
 fn parse() -> Option<Command> {
     use clap::Parser;
-    use component::{Forwarder, Nsc, Nse, Nsmgr, Registry};
     let first = std::env::args_os().nth(1);
     Some(match first.as_ref().and_then(|a| a.to_str()) {
-        Some("registry") => match Registry::parse() {
-            Registry::Registry(a) => Command::Registry(a),
-        },
-        Some("nsmgr") => match Nsmgr::parse() {
-            Nsmgr::Nsmgr(a) => Command::Nsmgr(a),
-        },
-        Some("forwarder") => match Forwarder::parse() {
-            Forwarder::Forwarder(a) => Command::Forwarder(a),
-        },
-        Some("nse") => match Nse::parse() {
-            Nse::Nse(a) => Command::Nse(a),
-        },
-        Some("nsc") => match Nsc::parse() {
-            Nsc::Nsc(a) => Command::Nsc(a),
-        },
+        Some("registry") => Command::Registry(parse_component("registry", REGISTRY_ABOUT)),
+        Some("nsmgr") => Command::Nsmgr(parse_component("nsmgr", NSMGR_ABOUT)),
+        Some("forwarder") => Command::Forwarder(parse_component("forwarder", FORWARDER_ABOUT)),
+        Some("nse") => Command::Nse(parse_component("nse", NSE_ABOUT)),
+        Some("nsc") => Command::Nsc(parse_component("nsc", NSC_ABOUT)),
         _ => return Cli::parse().command,
     })
 }
@@ -149,6 +122,51 @@ fn main() -> ExitCode {
             // Printing help can only fail if stdout is closed; nothing useful to do then.
             let _ = Cli::command().print_help();
             ExitCode::SUCCESS
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// A component's own parser and [`Cli`] agree on values, help and errors.
+    #[test]
+    fn component_parsers_parse_as_the_full_cli_does() {
+        let cases: [&[&str]; 5] = [
+            &[
+                "nsm",
+                "nsmgr",
+                "--name",
+                "mgr-7",
+                "--listen-on",
+                "unix:///tmp/x.sock",
+            ],
+            &["nsm", "nsmgr", "--help"],
+            &["nsm", "nsmgr", "--no-such-flag"],
+            &["nsm", "registry", "--help"],
+            &["nsm", "nsc", "--help"],
+        ];
+        for args in cases {
+            let full = Cli::try_parse_from(args).map(|c| format!("{:?}", c.command));
+            let own = match args[1] {
+                "nsmgr" => parse_component_from(args, "nsmgr", NSMGR_ABOUT)
+                    .map(|a| format!("{:?}", Some(Command::Nsmgr(a)))),
+                "registry" => parse_component_from(args, "registry", REGISTRY_ABOUT)
+                    .map(|a| format!("{:?}", Some(Command::Registry(a)))),
+                _ => parse_component_from(args, "nsc", NSC_ABOUT)
+                    .map(|a| format!("{:?}", Some(Command::Nsc(a)))),
+            };
+            match (full, own) {
+                (Ok(f), Ok(o)) => assert_eq!(f, o, "{args:?}"),
+                (Err(f), Err(o)) => {
+                    assert_eq!(f.kind(), o.kind(), "{args:?}");
+                    assert_eq!(f.render().to_string(), o.render().to_string(), "{args:?}");
+                }
+                (f, o) => panic!("{args:?}: full {f:?}, own {o:?}"),
+            }
         }
     }
 }
