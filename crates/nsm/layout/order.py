@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes hot-text.ld from the function-entry maps of an instrumented `nsm` (see README.md).
 
-usage: order.py [--pages NSM_RELEASE PAGES] NSM_INSTRUMENTED OUT.ld GROUP [GROUP...]
-       order.py --mincore FILE PAGES      (the pages of FILE in the page cache, for --pages)
+usage: order.py NSM_INSTRUMENTED OUT.ld GROUP [GROUP...]
+       order.py --mincore FILE PAGES      (the pages of FILE in the page cache, for --refresh)
        order.py --refresh NSM_RELEASE MAP PAGES SCRIPT
                                           (moves what NSM_RELEASE, linked with SCRIPT and the
                                           linker map MAP, touched to the front; no profile)
@@ -11,10 +11,7 @@ usage: order.py [--pages NSM_RELEASE PAGES] NSM_INSTRUMENTED OUT.ld GROUP [GROUP
 A GROUP is a comma-separated list of .map files (one component's processes). The functions the
 first group ran come first, then those the second group added, and so on. Functions without
 instrumentation (std's precompiled code, C) that instrumented functions call directly are added
-with them, transitively. A function is named by a pattern that leaves out what changes with crate
-versions, features and the toolchain (the hash of a legacy Rust symbol, the crate disambiguators of a
-v0 one, LLVM's `.1234` suffixes) when that pattern matches only this function; the instances of a generic function share a
-pattern, so they are named exactly (their hashes stay as long as the crates' metadata does)."""
+with them, transitively. How functions are named: `selector`."""
 import bisect
 import collections
 import re
@@ -55,23 +52,6 @@ def selector(syms):
         return p if instances[p] == 1 else re.sub(r"(\.llvm)?\.\d+$", ".*", name)
 
     return select
-
-
-def touched_functions(binary, pages_file):
-    """Selectors of the functions of `binary` on the file pages listed in `pages_file`."""
-    syms = symbols(binary)
-    select = selector(syms)
-    spans = page_spans(binary, pages_file)
-    names = set()
-    starts = sorted(syms)
-    for lo, hi in spans:
-        k = max(bisect.bisect_right(starts, lo) - 1, 0)
-        while k < len(starts) and starts[k] < hi:
-            a = starts[k]
-            if a + syms[a][0] > lo:
-                names.add(select(syms[a][1]))
-            k += 1
-    return names
 
 
 def mincore(path, out):
@@ -292,11 +272,6 @@ def main():
     if args[0] == "--refresh":
         refresh(*args[1:5])
         return
-    pages = None
-    if args[0] == "--pages":
-        # --pages RELEASE_BIN PAGES: the file pages of RELEASE_BIN (linked with the previous script)
-        # that the components touched; functions there that no group names yet follow group 1.
-        pages, args = (args[1], args[2]), args[3:]
     binary, out, groups = args[0], args[1], [[p for p in g.split(",") if p] for g in args[2:]]
     syms = symbols(binary)
     starts = sorted(syms)
@@ -355,14 +330,6 @@ def main():
     select = selector(syms)
     named = [[select(syms[fn][1]) for fn in group] for group in placed]
     labels = [f"group {i + 1}" for i in range(len(named))]
-    if pages:
-        touched = touched_functions(*pages)
-        known = {n for group in named for n in group}
-        extra = sorted(n for n in touched if n not in known)
-        print(f"pages: {len(touched)} functions on touched pages, {len(extra)} not in a group", file=sys.stderr)
-        named.insert(1, extra)
-        labels.insert(1, "on pages the first group's processes touched, not profiled")
-
     n = write_script(out, labels, named)
     print(f"{n} selectors in {out}", file=sys.stderr)
 
