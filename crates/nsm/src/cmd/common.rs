@@ -226,24 +226,26 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
 pub const RUNTIME_THREADS_ENV: &str = "NSM_RUNTIME_THREADS";
 
 /// How many runtime threads `NSM_RUNTIME_THREADS` asks for: `None` for the default (one per CPU).
-fn runtime_threads() -> Result<Option<usize>, String> {
+fn runtime_threads() -> Result<Option<usize>, ConfigError> {
     match std::env::var(RUNTIME_THREADS_ENV) {
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(e) => Err(format!("{RUNTIME_THREADS_ENV}: {e}")),
+        Err(e) => Err(ConfigError(format!("{RUNTIME_THREADS_ENV}: {e}"))),
         Ok(v) => parse_runtime_threads(&v),
     }
 }
 
 /// Parses an `NSM_RUNTIME_THREADS` value: empty for the default, else a thread count of 1 or more.
-fn parse_runtime_threads(v: &str) -> Result<Option<usize>, String> {
-    if v.trim().is_empty() {
-        return Ok(None);
-    }
-    match v.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(Some(n)),
-        _ => Err(format!(
-            "{RUNTIME_THREADS_ENV}={v:?}: expected a whole number of threads, 1 or more"
-        )),
+fn parse_runtime_threads(v: &str) -> Result<Option<usize>, ConfigError> {
+    match v.trim() {
+        "" => Ok(None),
+        t => match t.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(bad(
+                RUNTIME_THREADS_ENV,
+                v,
+                "expected a whole number of threads, 1 or more",
+            )),
+        },
     }
 }
 
@@ -254,22 +256,21 @@ pub fn run_async<F>(who: &str, main: F) -> ExitCode
 where
     F: std::future::Future<Output = ExitCode>,
 {
-    let built = match runtime_threads() {
+    let threads = match runtime_threads() {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("{who}: {e}");
             return ExitCode::FAILURE;
         }
-        Ok(Some(1)) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Ok(Some(n)) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        Ok(None) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
     };
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = threads.filter(|&n| n > 1) {
+        builder.worker_threads(n);
+    }
+    let built = builder.enable_all().build();
     match built {
         Ok(rt) => rt.block_on(main),
         Err(e) => {
@@ -319,7 +320,7 @@ mod tests {
         assert_eq!(parse_runtime_threads(" 1 "), Ok(Some(1)));
         assert_eq!(parse_runtime_threads("4"), Ok(Some(4)));
         for bad in ["0", "-1", "two", "1.5"] {
-            let err = parse_runtime_threads(bad).unwrap_err();
+            let err = parse_runtime_threads(bad).unwrap_err().0;
             assert!(
                 err.contains("NSM_RUNTIME_THREADS") && err.contains(bad),
                 "{bad}: {err}"
