@@ -43,8 +43,8 @@ use crate::error::ApplyError;
 use crate::names::LinkAlias;
 use crate::netns::{NetlinkHost, Netns};
 use crate::plan::{Plan, PodInterface, TunnelPlan};
+use node::NodeNetlink;
 pub use node::{DeletionThreads, MAX_DELETION_THREADS};
-use node::{NodeNetlink, ignore_missing};
 use pod::{Pod, PodResult};
 
 /// Applies and removes plans in one node namespace.
@@ -430,7 +430,7 @@ impl Executor {
         };
         let echo = match add().await {
             // A name is taken: clear the way if it is a leftover of ours, else fail `NameTaken`.
-            Err(e) if ops::is_exists(&e) => {
+            Err(e) if ops::is_errno(&e, nix::errno::Errno::EEXIST) => {
                 self.clear_way(node, want, pod).await?;
                 add().await
             }
@@ -590,7 +590,7 @@ impl Executor {
                 Created::Veth { index, name } => self.delete_link(node, *index, name).await,
                 Created::TunnelFilter { device, prio } => ops::del_filter(node, *device, *prio)
                     .await
-                    .or_else(ignore_missing)
+                    .or_else(ops::ignore_missing)
                     .map_err(|e| self.nl("delete receive filter", "vxlan", e)),
                 Created::Fdb {
                     device,
@@ -598,7 +598,7 @@ impl Executor {
                     remote,
                 } => ops::del_fdb(node, *device, *mac, *remote)
                     .await
-                    .or_else(ignore_missing)
+                    .or_else(ops::ignore_missing)
                     .map_err(|e| self.nl("delete fdb entry", "vxlan", e)),
                 Created::Vxlan => Ok(()), // deleted below once unused
             };

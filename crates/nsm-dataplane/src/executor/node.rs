@@ -31,6 +31,7 @@ use rtnetlink::sys::{AsyncSocket, Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use socket2::{SockFilter, SockRef};
 use tokio::sync::{Semaphore, broadcast, oneshot};
 
+use super::ops;
 use crate::netns::Netns;
 
 /// `RTMGRP_LINK`: the link notifications multicast group.
@@ -197,7 +198,7 @@ impl NodeNetlink {
             let running = gauge.running();
             let r = entered.and_then(|()| del_link_blocking(index));
             let r = r.unwrap_or_else(|e| Err(rtnetlink::Error::NamespaceError(e.to_string())));
-            let _ = tx.send(r.or_else(ignore_missing));
+            let _ = tx.send(r.or_else(ops::ignore_missing));
             // Counted out before the permit is free for the next thread, so `live` never counts
             // more threads than there are permits.
             drop(running);
@@ -261,19 +262,5 @@ fn del_link_blocking(index: u32) -> io::Result<Result<(), rtnetlink::Error>> {
             NetlinkPayload::Error(e) if e.code.is_some() => Err(rtnetlink::Error::NetlinkError(e)),
             _ => Ok(()),
         });
-    }
-}
-
-/// Treats "it is already gone" as success: removal is idempotent.
-pub(super) fn ignore_missing(e: rtnetlink::Error) -> Result<(), rtnetlink::Error> {
-    match &e {
-        rtnetlink::Error::NetlinkError(m)
-            if [nix::errno::Errno::ENODEV, nix::errno::Errno::ENOENT]
-                .iter()
-                .any(|c| m.raw_code() == -(*c as i32)) =>
-        {
-            Ok(())
-        }
-        _ => Err(e),
     }
 }

@@ -22,6 +22,7 @@ use netlink_packet_route::tc::{
     TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use nix::errno::Errno;
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
@@ -44,22 +45,30 @@ pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>,
         .try_next()
         .await
     {
-        Ok(m) => Ok(m),
-        Err(Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
-        Err(e) => Err(e),
+        Err(e) if is_errno(&e, Errno::ENODEV) => Ok(None),
+        r => r,
     }
-}
-
-fn libc_enodev() -> i32 {
-    nix::errno::Errno::ENODEV as i32
 }
 
 /// The link with index `index`, if any.
 pub async fn link_by_index(h: &Handle, index: u32) -> Result<Option<LinkMessage>, Error> {
     match h.link().get().match_index(index).execute().try_next().await {
-        Ok(m) => Ok(m),
-        Err(Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
-        Err(e) => Err(e),
+        Err(e) if is_errno(&e, Errno::ENODEV) => Ok(None),
+        r => r,
+    }
+}
+
+/// Whether the kernel refused with `errno`.
+pub fn is_errno(e: &Error, errno: Errno) -> bool {
+    matches!(e, Error::NetlinkError(m) if m.raw_code() == -(errno as i32))
+}
+
+/// Treats "it is already gone" as success: removal is idempotent.
+pub fn ignore_missing(e: Error) -> Result<(), Error> {
+    if is_errno(&e, Errno::ENODEV) || is_errno(&e, Errno::ENOENT) {
+        Ok(())
+    } else {
+        Err(e)
     }
 }
 
@@ -116,11 +125,6 @@ pub fn peer_index(m: &LinkMessage) -> Option<u32> {
         LinkAttribute::Link(i) if *i != 0 => Some(*i),
         _ => None,
     })
-}
-
-/// Whether the kernel refused because a name is taken (`EEXIST`).
-pub fn is_exists(e: &Error) -> bool {
-    matches!(e, Error::NetlinkError(m) if m.raw_code() == -(nix::errno::Errno::EEXIST as i32))
 }
 
 /// Creates the link `msg` describes (failing if its name is taken) and returns the kernel's echo of
@@ -275,9 +279,7 @@ pub async fn del_fdb(h: &Handle, index: u32, mac: [u8; 6], remote: IpAddr) -> Re
 /// Adds the `ingress` qdisc to link `index` unless it has one.
 pub async fn ensure_ingress(h: &Handle, index: u32) -> Result<(), Error> {
     match h.qdisc().add(index as i32).ingress().execute().await {
-        Err(Error::NetlinkError(e)) if e.raw_code() == -(nix::errno::Errno::EEXIST as i32) => {
-            Ok(())
-        }
+        Err(e) if is_errno(&e, Errno::EEXIST) => Ok(()),
         r => r,
     }
 }
