@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::future::BoxFuture;
 use ipnet::IpNet;
+use netlink_packet_route::link::LinkMessage;
 use rtnetlink::Handle;
 
 use crate::error::ApplyError;
@@ -282,8 +283,7 @@ impl Executor {
             let Ok(Some(m)) = ops::link_by_name(&pod.handle, &want.name).await else {
                 continue;
             };
-            if let Some(a) = ops::alias(&m).and_then(LinkAlias::parse)
-                && a.owner == self.owner
+            if let Some(a) = self.own_alias(&m)
                 && a.role == want.role
                 && a.id != plan.connection_id
                 && !out.contains(&a.id)
@@ -301,6 +301,13 @@ impl Executor {
             }
         }
         true
+    }
+
+    /// The alias of link `m` if it names this owner.
+    fn own_alias(&self, m: &LinkMessage) -> Option<LinkAlias> {
+        ops::alias(m)
+            .and_then(LinkAlias::parse)
+            .filter(|a| a.owner == self.owner)
     }
 
     fn nl(&self, op: &'static str, interface: &str, source: rtnetlink::Error) -> ApplyError {
@@ -624,16 +631,30 @@ impl Executor {
         let Ok(Some(m)) = ops::link_by_name(node, &t.device).await else {
             return Ok(());
         };
-        if ops::alias(&m).and_then(LinkAlias::parse).map(|a| a.owner) != Some(self.owner.clone()) {
+        if self.own_alias(&m).is_none() {
             return Ok(());
         }
-        let users = ops::ingress_priorities(node, m.header.index)
+        self.delete_tunnel_if_idle(node, m.header.index, &t.device)
             .await
-            .map_err(|e| self.nl("dump filters", &t.device, e))?;
-        if users.is_empty() {
-            self.delete_link(node, m.header.index, &t.device).await?;
+            .map(drop)
+    }
+
+    /// Deletes tunnel device `index` (called `name`) if no receive filter uses it; whether it did.
+    /// The caller holds the tunnel lock.
+    async fn delete_tunnel_if_idle(
+        &self,
+        node: &Handle,
+        index: u32,
+        name: &str,
+    ) -> Result<bool, ApplyError> {
+        let users = ops::ingress_priorities(node, index)
+            .await
+            .map_err(|e| self.nl("dump filters", name, e))?;
+        if !users.is_empty() {
+            return Ok(false);
         }
-        Ok(())
+        self.delete_link(node, index, name).await?;
+        Ok(true)
     }
 
     /// Deletes link `index` if it still carries the recorded `name` (indexes are reused; see [`node`]).

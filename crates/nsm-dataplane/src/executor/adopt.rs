@@ -11,6 +11,7 @@
 //! removes whatever no request claimed, and shared tunnel devices nobody uses any more.
 //! [`Executor::adopt_or_cleanup`] is the blunt alternative: delete every link of this owner at once.
 
+use netlink_packet_route::link::LinkMessage;
 use rtnetlink::Handle;
 
 use super::{ApplyError, Created, Executor, PodResult, lock, ops};
@@ -55,20 +56,11 @@ impl Executor {
     pub async fn adopt(&self) -> Result<Vec<String>, ApplyError> {
         let node = self.netlink.handle();
         let _tunnels = self.tunnels.lock().await;
-        let links = ops::links(&node)
-            .await
-            .map_err(|e| self.nl("dump links", "*", e))?;
         let mut redirects = Vec::new();
         let mut ours = Vec::new();
-        for m in &links {
-            let Some(alias) = ops::alias(m).and_then(LinkAlias::parse) else {
-                continue;
-            };
-            if alias.owner != self.owner {
-                continue;
-            }
+        for (alias, m) in self.own_links(&node).await? {
             if alias.role == Role::Tunnel {
-                let name = ops::name(m);
+                let name = ops::name(&m);
                 for (prio, target) in ops::ingress_redirects(&node, m.header.index)
                     .await
                     .map_err(|e| self.nl("dump filters", name, e))?
@@ -76,7 +68,7 @@ impl Executor {
                     redirects.push((m.header.index, prio, target));
                 }
             } else {
-                ours.push((alias.id, m.header.index, ops::name(m).to_string()));
+                ours.push((alias.id, m.header.index, ops::name(&m).to_string()));
             }
         }
         let conns = lock(&self.conns);
@@ -146,27 +138,29 @@ impl Executor {
     /// Deletes this owner's VXLAN devices without receive filters; returns their names. The caller
     /// holds the tunnel lock.
     async fn delete_unused_tunnels(&self, node: &Handle) -> Result<Vec<String>, ApplyError> {
-        let links = ops::links(node)
-            .await
-            .map_err(|e| self.nl("dump links", "*", e))?;
         let mut removed = Vec::new();
-        for m in &links {
-            let ours = ops::alias(m)
-                .and_then(LinkAlias::parse)
-                .is_some_and(|a| a.owner == self.owner && a.role == Role::Tunnel);
-            if !ours {
-                continue;
-            }
-            let name = ops::name(m).to_string();
-            let users = ops::ingress_priorities(node, m.header.index)
-                .await
-                .map_err(|e| self.nl("dump filters", &name, e))?;
-            if users.is_empty() {
-                self.delete_link(node, m.header.index, &name).await?;
-                removed.push(name);
+        for (alias, m) in self.own_links(node).await? {
+            let name = ops::name(&m);
+            if alias.role == Role::Tunnel
+                && self
+                    .delete_tunnel_if_idle(node, m.header.index, name)
+                    .await?
+            {
+                removed.push(name.to_string());
             }
         }
         Ok(removed)
+    }
+
+    /// Every link in the node namespace whose alias names this owner, with that alias.
+    async fn own_links(&self, node: &Handle) -> Result<Vec<(LinkAlias, LinkMessage)>, ApplyError> {
+        let links = ops::links(node)
+            .await
+            .map_err(|e| self.nl("dump links", "*", e))?;
+        Ok(links
+            .into_iter()
+            .filter_map(|m| Some((self.own_alias(&m)?, m)))
+            .collect())
     }
 
     /// The record of `plan` if what an earlier run left is exactly what it asks for; `None` otherwise.
@@ -238,16 +232,11 @@ impl Executor {
     pub async fn adopt_or_cleanup(&self) -> Result<Vec<String>, ApplyError> {
         let node = self.netlink.handle();
         let _tunnels = self.tunnels.lock().await;
-        let links = ops::links(&node)
-            .await
-            .map_err(|e| self.nl("dump links", "*", e))?;
-        let mut ours: Vec<(Role, u32, String)> = links
-            .iter()
-            .filter_map(|m| {
-                let alias = LinkAlias::parse(ops::alias(m)?)?;
-                (alias.owner == self.owner)
-                    .then(|| (alias.role, m.header.index, ops::name(m).to_string()))
-            })
+        let mut ours: Vec<(Role, u32, String)> = self
+            .own_links(&node)
+            .await?
+            .into_iter()
+            .map(|(alias, m)| (alias.role, m.header.index, ops::name(&m).to_string()))
             .collect();
         // Veths first, shared tunnel devices last.
         ours.sort_by_key(|(role, ..)| *role == Role::Tunnel);
