@@ -182,14 +182,15 @@ impl Executor {
                 self.undo_unclaimed(node, &u).await?;
             }
         }
-        if let Some(old) = applied.as_ref() {
-            if old.plan == *plan && self.still_there(node, old).await {
-                return Ok(());
-            }
-            if let Some(old) = applied.take() {
-                self.undo(node, &old.created, old.plan.tunnel.as_ref())
-                    .await?;
-            }
+        if let Some(old) = applied.as_ref()
+            && old.plan == *plan
+            && self.still_there(node, old).await
+        {
+            return Ok(());
+        }
+        if let Some(old) = applied.take() {
+            self.undo(node, &old.created, old.plan.tunnel.as_ref())
+                .await?;
         }
         let pods = pods.into_iter().collect::<Result<Vec<_>, _>>().map_err(
             |(path, interface, source)| ApplyError::Netns {
