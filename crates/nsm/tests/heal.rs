@@ -250,14 +250,11 @@ fn settle_at(
                 .all(|x| net.contains(&x.split('/').next().unwrap().parse::<IpAddr>().unwrap()))
                 && net.contains(&peer);
             // The interface exists a moment before its addresses (a rebuild in progress).
-            let Some(src) = a
-                .first()
-                .and_then(|x| x.split('/').next()?.parse::<IpAddr>().ok())
-            else {
+            if a.is_empty() {
                 last = format!("{}: no address yet on {:?}", c.name, names(&c.pod));
                 ok = false;
                 break;
-            };
+            }
             let fwd = tb
                 .ping(&c.pod, peer, 1, Duration::from_millis(300))
                 .is_ok_and(|r| r.len() == 1);
@@ -266,7 +263,7 @@ fn settle_at(
                 ok = false;
                 break;
             }
-            out.push((a, peer, src));
+            out.push((a, peer));
         }
         if ok {
             if good_rounds == 0 {
@@ -274,10 +271,7 @@ fn settle_at(
             }
             good_rounds += 1;
             if good_rounds >= 2 {
-                return (
-                    out.into_iter().map(|(a, p, _)| (a, p)).collect(),
-                    first_good,
-                );
+                return (out, first_good);
             }
         } else {
             good_rounds = 0;
