@@ -81,12 +81,7 @@ impl Netns {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
         std::thread::scope(|s| {
             s.spawn(|| -> io::Result<T> {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    io::Error::new(
-                        io::Error::from(e).kind(),
-                        format!("not a network namespace ({e})"),
-                    )
-                })?;
+                enter(&self.file)?;
                 Ok(f())
             })
             .join()
@@ -236,8 +231,9 @@ impl fmt::Display for Netns {
     }
 }
 
-/// Moves the calling thread into the network namespace `file` refers to, then closes `file`.
-fn enter(file: File) -> io::Result<()> {
+/// Moves the calling thread into the network namespace `file` refers to (then closes `file` if it
+/// was given by value).
+fn enter(file: impl AsFd) -> io::Result<()> {
     setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
         io::Error::new(
             io::Error::from(e).kind(),
