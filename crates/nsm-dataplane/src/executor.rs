@@ -246,7 +246,7 @@ impl Executor {
     }
 
     /// Forgets every applied connection without touching the kernel (what a crash does; for tests).
-    pub async fn forget_all(&self) {
+    pub fn forget_all(&self) {
         lock(&self.conns).clear();
     }
 

@@ -299,7 +299,7 @@ async fn crash_leftovers_are_removed_by_adopt_or_cleanup_and_never_duplicated() 
         "underlay + veth end + vxlan: {:?}",
         n1.links()
     );
-    restarted.forget_all().await; // and crash again
+    restarted.forget_all(); // and crash again
     // Someone else's link with a foreign alias is left alone.
     n1.ip(&[
         "link", "add", "other0", "type", "veth", "peer", "name", "other1",
@@ -414,7 +414,7 @@ async fn a_restarted_executor_adopts_live_connections_and_sweeps_the_rest() {
     let idx = n1.ip(&["-o", "link"]);
     restarted.apply(&p1).await.unwrap();
     assert_eq!(n1.ip(&["-o", "link"]), idx);
-    assert_eq!(restarted.unclaimed().await, ["b"]);
+    assert_eq!(restarted.unclaimed(), ["b"]);
     ping_both_ways(&c, &e, 7).await;
     // The grace period passes: "b" is removed, "a" stays.
     let removed = restarted.sweep_unclaimed().await.unwrap();

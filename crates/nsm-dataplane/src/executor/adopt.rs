@@ -93,7 +93,7 @@ impl Executor {
     }
 
     /// Connection ids adopted by [`Executor::adopt`] that no request has claimed yet.
-    pub async fn unclaimed(&self) -> Vec<String> {
+    pub fn unclaimed(&self) -> Vec<String> {
         let mut ids: Vec<String> = lock(&self.adopted).keys().cloned().collect();
         ids.sort();
         ids
