@@ -128,39 +128,35 @@ impl Netns {
         T: Send + 'static,
         F: Future<Output = ()> + 'static,
     {
-        let file = self.file.try_clone()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let entered = enter(file);
-                let rt = entered.and_then(|()| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_io()
-                        .build()
-                });
-                let rt = match rt {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let made = {
-                    let _enter = rt.enter();
-                    setup()
-                };
-                match made {
-                    Ok((value, future)) => {
-                        if tx.send(Ok(value)).is_ok() {
-                            rt.block_on(future);
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
+        self.spawn(name, move |entered| {
+            let rt = entered.and_then(|()| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+            });
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let made = {
+                let _enter = rt.enter();
+                setup()
+            };
+            match made {
+                Ok((value, future)) => {
+                    if tx.send(Ok(value)).is_ok() {
+                        rt.block_on(future);
                     }
                 }
-            })?;
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })?;
         rx.recv()
             .map_err(|_| io::Error::other("netlink thread ended before it was set up"))?
     }
