@@ -132,16 +132,24 @@ struct FileMesh {
 }
 
 impl FileMesh {
+    /// In plaintext.
     async fn new(with: Elements) -> Self {
+        Self::with_security(
+            with,
+            TransportSecurity::Insecure,
+            TransportSecurity::Insecure,
+        )
+        .await
+    }
+
+    async fn with_security(
+        with: Elements,
+        server: TransportSecurity,
+        client: TransportSecurity,
+    ) -> Self {
         let dir = TempDir::new();
         let file = temp_file(&dir, "netns");
-        let m = mesh_with(
-            &dir.socket("s.sock"),
-            TransportSecurity::Insecure,
-            TransportSecurity::Insecure,
-            with,
-        )
-        .await;
+        let m = mesh_with(&dir.socket("s.sock"), server, client, with).await;
         let original = format!("file://{}", file.display());
         Self {
             _dir: dir,
@@ -165,6 +173,13 @@ impl FileMesh {
             .run_request(&mut ctx(), self.request(id))
             .await
             .unwrap()
+    }
+
+    /// The client's Request offering KERNEL without a file, established.
+    async fn requested_without_file(&self, id: &str) -> Connection {
+        let mut r = request(id);
+        r.mechanism_preferences = vec![MechanismType::Kernel.mechanism()];
+        self.m.client.run_request(&mut ctx(), r).await.unwrap()
     }
 
     /// The endpoint answers naming the file as its own.
@@ -205,22 +220,16 @@ fn ctx() -> Ctx {
 /// The client's file goes as an fd: `inode://` on the wire, `/proc/<pid>/fd/<n>` behind recvfd,
 /// the original value in the answer.
 async fn client_file_crosses(server: TransportSecurity, client: TransportSecurity) {
-    let dir = TempDir::new();
-    let file = temp_file(&dir, "client-netns");
-    let m = mesh(&dir.socket("nsmgr.sock"), server, client).await;
-    let original = format!("file://{}", file.display());
-    let mut r = request("c1");
-    r.mechanism_preferences = vec![kernel_with(&original)];
-    let conn = m.client.run_request(&mut ctx(), r).await.unwrap();
+    let f = FileMesh::with_security(Elements::default(), server, client).await;
+    let conn = f.requested("c1").await;
 
-    let st = rustix::fs::stat(&file).unwrap();
-    let inode = format!("inode://{}/{}", st.st_dev, st.st_ino);
+    let st = rustix::fs::stat(&f.file).unwrap();
     assert_eq!(
-        m.wire.0.lock().as_slice(),
-        std::slice::from_ref(&inode),
+        f.m.wire.0.lock().as_slice(),
+        [f.inode_url()],
         "inode:// on the wire"
     );
-    let behind = m.probe.seen.lock()[0].clone();
+    let behind = f.m.probe.seen.lock()[0].clone();
     let proc_fd = format!("file:///proc/{}/fd/", std::process::id());
     assert!(behind.starts_with(&proc_fd), "{behind}");
     let got = rustix::fs::stat(behind.trim_start_matches("file://")).unwrap();
@@ -231,12 +240,12 @@ async fn client_file_crosses(server: TransportSecurity, client: TransportSecurit
     );
     assert_eq!(
         conn.mechanism.as_ref().unwrap().inode_url(),
-        Some(original.as_str())
+        Some(f.original.as_str())
     );
 
-    m.client.run_close(&mut ctx(), conn).await.unwrap();
-    assert_eq!(m.probe.closed.lock().len(), 1);
-    assert_eq!(open_fds_of(&file), 0, "nothing kept after Close");
+    f.m.client.run_close(&mut ctx(), conn).await.unwrap();
+    assert_eq!(f.m.probe.closed.lock().len(), 1);
+    assert_eq!(f.open_fds(), 0, "nothing kept after Close");
 }
 
 #[tokio::test]
@@ -252,11 +261,10 @@ async fn a_client_file_crosses_a_tls_unix_connection() {
 
 #[tokio::test]
 async fn an_endpoint_file_comes_back_with_the_answer() {
-    let f = FileMesh::new(Elements::default()).await;
+    let (server, client) = tls_pair("/nsmgr", "/nsc");
+    let f = FileMesh::with_security(Elements::default(), server, client).await;
     f.endpoint_names_the_file();
-    let mut r = request("c1");
-    r.mechanism_preferences = vec![MechanismType::Kernel.mechanism()];
-    let conn = f.m.client.run_request(&mut ctx(), r).await.unwrap();
+    let conn = f.requested_without_file("c1").await;
     received_url(&conn);
     assert_eq!(f.open_fds(), 1, "held for the connection");
     f.m.client.run_close(&mut ctx(), conn).await.unwrap();
@@ -372,9 +380,7 @@ async fn a_close_leaves_no_fd_unclaimed() {
     assert_eq!(f.open_fds(), before, "back where it was, immediately");
 
     f.endpoint_names_the_file();
-    let mut r = request("c2");
-    r.mechanism_preferences = vec![MechanismType::Kernel.mechanism()];
-    let conn = f.m.client.run_request(&mut ctx(), r).await.unwrap();
+    let conn = f.requested_without_file("c2").await;
     received_url(&conn);
     f.m.client.run_close(&mut ctx(), conn).await.unwrap();
     assert_eq!(f.open_fds(), before, "the endpoint's file too");
@@ -427,9 +433,7 @@ async fn a_close_naming_an_inode_url_nobody_passes_fails_at_the_deadline() {
         ..Elements::default()
     })
     .await;
-    let mut r = request("c1");
-    r.mechanism_preferences = vec![MechanismType::Kernel.mechanism()];
-    let mut conn = f.m.client.run_request(&mut ctx(), r).await.unwrap();
+    let mut conn = f.requested_without_file("c1").await;
     conn.mechanism
         .as_mut()
         .unwrap()
