@@ -33,6 +33,11 @@ impl SharedValues {
     pub fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
         self.0.insert(value)
     }
+
+    /// A typed value.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<&T> {
+        self.0.get::<T>()
+    }
 }
 
 /// Per-call context. Cheap to clone.
@@ -135,7 +140,7 @@ impl Ctx {
     pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<&T> {
         self.values
             .get::<T>()
-            .or_else(|| self.shared.as_ref()?.0.get::<T>())
+            .or_else(|| self.shared.as_ref()?.get::<T>())
     }
 
     /// Sets a typed value for the elements after this one.
@@ -151,7 +156,7 @@ impl Ctx {
             self.values = http::Extensions::new();
         }
         match &mut self.shared {
-            Some(shared) if shared.0.get::<T>().is_some() => {
+            Some(shared) if shared.get::<T>().is_some() => {
                 // Rare (nothing removes transport values today): copy, then remove from the copy.
                 let shared = Arc::make_mut(shared).0.remove::<T>();
                 own.or(shared)
@@ -220,7 +225,7 @@ mod tests {
             Some(&Peer("transport")),
             "other contexts keep it"
         );
-        assert_eq!(shared.0.get::<Peer>(), Some(&Peer("transport")));
+        assert_eq!(shared.get::<Peer>(), Some(&Peer("transport")));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! mTLS for the gRPC edges: accepted connections wrapped in TLS (with the client's SPIFFE identity
-//! passed to handlers as [`TlsPeer`]) and a dialer doing TLS itself, so that unix sockets get TLS too
-//! and the server's identity is known to the caller ([`ServerPeer`]) before the first token is signed.
+//! passed to handlers in [`TlsConnInfo`]) and a dialer doing TLS itself, so that unix sockets get
+//! TLS too and the server's identity is known to the caller ([`ServerPeer`]) before the first token
+//! is signed.
 
 use std::io;
 use std::pin::Pin;
@@ -25,36 +26,38 @@ use super::fdconn::{FdTransceiver, IncomingFds};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The verified TLS identity of the client of an incoming call, and our own identity as the
-/// connection's handshake presented it (part of [`TlsConnInfo`]).
+/// connection's handshake presented it (what [`TlsConnInfo`] is built from).
 #[derive(Debug, Clone)]
 pub struct TlsPeer(pub PeerInfo, pub LocalIdentity);
 
-/// Connection info of a TLS connection (a request extension): who the peer is and, on unix
-/// sockets, the connection's fd side channel (below TLS).
+/// Connection info of a TLS connection (a request extension, cloned into every call): who the peer
+/// is and, on unix sockets, the connection's fd side channel (below TLS).
 #[derive(Debug, Clone)]
 pub struct TlsConnInfo {
-    /// The peer's and our identity.
-    pub peer: TlsPeer,
     /// The fd side channel (unix sockets only).
     pub fds: Option<FdTransceiver>,
-    /// The same, as the values every call's context on this connection shares: [`PeerInfo`],
-    /// [`LocalIdentity`] and, on unix sockets, [`IncomingFds`].
+    /// The values every call's context on this connection shares: [`PeerInfo`], [`LocalIdentity`]
+    /// and, on unix sockets, [`IncomingFds`]. Held once, so a call's clone copies no identity.
     pub(crate) shared: Arc<SharedValues>,
 }
 
 impl TlsConnInfo {
-    fn new(peer: TlsPeer, fds: Option<FdTransceiver>) -> Self {
+    fn new(TlsPeer(peer, own): TlsPeer, fds: Option<FdTransceiver>) -> Self {
         let mut shared = SharedValues::new();
-        shared.insert(peer.0.clone());
-        shared.insert(peer.1.clone());
+        shared.insert(peer);
+        shared.insert(own);
         if let Some(fds) = &fds {
             shared.insert(IncomingFds(fds.clone()));
         }
         Self {
-            peer,
             fds,
             shared: Arc::new(shared),
         }
+    }
+
+    /// The peer's identity as the handshake verified it.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.shared.get::<PeerInfo>()
     }
 }
 
