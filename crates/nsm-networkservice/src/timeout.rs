@@ -11,7 +11,7 @@
 //! timer stays armed to close it later (sdk #1030).
 //!
 //! **State**: the connection's armed deadline, in its metadata (server side), and the element's queue
-//! of deadlines ([`queue`]: one task serves all the connections, running only while one is armed).
+//! of deadlines (`queue`: one task serves all the connections, running only while one is armed).
 //! Needs `begin` and `metadata` before it; without them Request fails with `Internal` before anything
 //! downstream runs.
 

@@ -17,7 +17,7 @@
 //!
 //! **State**: one slot per connection id: status, last request with the returned connection (stored
 //! once, in wire form, and shared with the `monitor` after begin when it recorded the same bytes —
-//! see [`crate::encoded`]; the connection last returned to the caller is kept apart only after an
+//! see `crate::encoded`; the connection last returned to the caller is kept apart only after an
 //! event changed the stored one), the rest of the chain and the last context (for events; without
 //! the caller's per-RPC token, which `updatetoken` already wrote into the stored path). If the
 //! context already carries an event handle (a chain nested inside another chain's begin), begin

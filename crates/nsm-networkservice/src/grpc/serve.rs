@@ -76,8 +76,8 @@ pub async fn serve(url: &NsmUrl, router: Router) -> Result<Serving, NsmError> {
     serve_with(url, router, &TransportSecurity::Insecure).await
 }
 
-/// Like [`serve`], with SPIFFE mTLS on every connection: handlers find the client's identity as a
-/// [`TlsPeer`](super::TlsPeer) request extension.
+/// Like [`serve`], with SPIFFE mTLS on every connection: handlers find the client's identity in the
+/// connection's [`TlsConnInfo`](super::TlsConnInfo) request extension ([`TlsConnInfo::peer`](super::TlsConnInfo::peer)).
 pub async fn serve_tls(
     url: &NsmUrl,
     router: Router,
