@@ -292,12 +292,9 @@ fn bad_input_gives_a_clear_error_and_leaves_nothing_behind() {
         ["nsm-1", "other"],
         "the pod's own links stay, nothing added"
     );
-    assert!(names(&e).is_empty(), "endpoint pod: {:?}", names(&e));
-    assert!(
-        forwarder_links(&tb).is_empty(),
-        "{:?}",
-        forwarder_links(&tb)
-    );
+    // The client may give up (deadline) while an attempt is still under way: the forwarders finish
+    // it and roll the endpoint side back a moment after the client exited.
+    assert_clean(&tb, &[&e]);
 
     // 2. An inode URL that names no namespace (an in-process client sends what `nsm nsc` never would).
     let node1 = tb.node(1).unwrap();
@@ -307,12 +304,7 @@ fn bad_input_gives_a_clear_error_and_leaves_nothing_behind() {
         // A file that exists crosses the unix socket as an fd: the forwarder names it /proc/<pid>/fd/<n>.
         let named = err.contains(bad.trim_start_matches("file://")) || err.contains("/fd/");
         assert!(err.contains("namespace") && named, "{bad}: {err}");
-        assert!(names(&e).is_empty(), "endpoint pod: {:?}", names(&e));
-        assert!(
-            forwarder_links(&tb).is_empty(),
-            "{:?}",
-            forwarder_links(&tb)
-        );
+        assert_clean(&tb, &[&e]);
     }
 
     // 3. An exhausted CIDR: a /31 holds exactly one client/endpoint pair.
