@@ -4,7 +4,9 @@
 //! with a context whose deadline is `try_timeout` from now (or the caller's deadline, if sooner). A try
 //! that fails or times out is followed, after `interval`, by another, until one succeeds or the caller's
 //! deadline passes; without a caller deadline it tries forever. Giving up returns `DeadlineExceeded`
-//! naming the number of attempts and the last error. Each try gets its own copy of the request.
+//! naming the number of attempts and the last error — and, when the deadline cut the last try short,
+//! the error of the last try that ran to its end, which says why the request keeps failing. Each try
+//! gets its own copy of the request.
 //!
 //! **State**: none. No background events (the wrapped chain's `begin` keeps the connection once a try
 //! succeeds; event contexts then get the try's timeout, as in Go).
@@ -74,6 +76,9 @@ impl RetryClient {
         Fut: Future<Output = Result<T>>,
     {
         let mut attempts = 0u32;
+        // The last error of a try that ran to its end: when the deadline cuts the final try short,
+        // this is what the user needs to see (e.g. "interface name taken"), not "deadline exceeded".
+        let mut last_finished: Option<NsmError> = None;
         loop {
             let try_ctx = self.try_ctx(ctx);
             let deadline = try_ctx.deadline();
@@ -91,10 +96,19 @@ impl RetryClient {
             tracing::warn!(element = ELEMENT, attempt = attempts, error = %err, "{what} failed");
             let out_of_time = ctx.remaining().is_some_and(|r| r <= self.interval);
             if out_of_time {
+                let earlier = match &last_finished {
+                    Some(e) if err.is_deadline() => {
+                        format!("; the last try that ran to its end failed with: {e}")
+                    }
+                    _ => String::new(),
+                };
                 return Err(NsmError::deadline(
                     ELEMENT,
-                    format!("{what} gave up after {attempts} attempts; last error: {err}"),
+                    format!("{what} gave up after {attempts} attempts; last error: {err}{earlier}"),
                 ));
+            }
+            if !err.is_deadline() {
+                last_finished = Some(err);
             }
             ctx.clock().sleep(self.interval).await;
         }
@@ -141,9 +155,11 @@ mod tests {
     use super::*;
 
     /// Fails the first `fails` calls, optionally hanging instead of failing.
+    /// After its failures, hangs instead of succeeding if `then_hang`.
     struct Flaky {
         fails: usize,
         hang: bool,
+        then_hang: bool,
         calls: AtomicUsize,
     }
 
@@ -152,6 +168,7 @@ mod tests {
             Arc::new(Self {
                 fails,
                 hang,
+                then_hang: false,
                 calls: AtomicUsize::new(0),
             })
         }
@@ -162,6 +179,9 @@ mod tests {
                     std::future::pending::<()>().await;
                 }
                 return Err(NsmError::unavailable("flaky", "not yet"));
+            }
+            if self.then_hang {
+                std::future::pending::<()>().await;
             }
             Ok(())
         }
@@ -234,5 +254,26 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("after 5 attempts"), "{msg}");
         assert!(msg.contains("flaky: unavailable: not yet"), "{msg}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_last_try_cut_short_by_the_deadline_still_shows_why_the_tries_failed() {
+        // Three quick failures, then a try that hangs until the caller's deadline cuts it short.
+        let flaky = Arc::new(Flaky {
+            then_hang: true,
+            ..Arc::into_inner(Flaky::new(3, false)).unwrap()
+        });
+        let mut ctx = Ctx::new(Clock::system()).with_timeout(Duration::from_millis(450));
+        let err = retry(flaky.clone())
+            .run_request(&mut ctx, NetworkServiceRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
+        let msg = err.to_string();
+        assert!(msg.contains("after 4 attempts"), "{msg}");
+        assert!(
+            msg.contains("last try that ran to its end failed with: flaky: unavailable: not yet"),
+            "{msg}"
+        );
     }
 }
