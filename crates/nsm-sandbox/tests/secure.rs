@@ -84,18 +84,20 @@ async fn secure_local_usecase() {
 
 #[tokio::test]
 async fn secure_local_usecase_over_unix_sockets() {
-    let dir = std::env::temp_dir().join(format!("nsm-sandbox-tls-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed on drop, also when the test fails.
+    let tmp = tempfile::Builder::new()
+        .prefix("nsm-sandbox-tls-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let sb = Sandbox::builder()
         .secure()
-        .unix_sockets(&dir)
+        .unix_sockets(dir)
         .build()
         .await
         .unwrap();
     assert!(sb.nodes[0].nsmgr.url().to_string().starts_with("unix://"));
     local_usecase(&sb).await;
-    drop(sb);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

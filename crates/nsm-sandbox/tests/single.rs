@@ -35,14 +35,18 @@ async fn dns_configs_reach_the_clients_corefile() {
         )
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("nsm-sandbox-dns-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed on drop, also when the test fails.
+    let tmp = tempfile::Builder::new()
+        .prefix("nsm-sandbox-dns-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     std::fs::write(
         dir.join("resolv.conf"),
         "nameserver 8.8.4.4\nsearch example.com\n",
     )
     .unwrap();
-    let dns_client = Arc::new(DnsContextClient::new(&dir));
+    let dns_client = Arc::new(DnsContextClient::new(dir));
     let nsc = sb.nodes[0].new_client("nsc", vec![dns_client.clone()]);
     let conn = nsc
         .request(&mut sb.ctx(TIMEOUT), request("1", "my-service"))
@@ -67,7 +71,6 @@ async fn dns_configs_reach_the_clients_corefile() {
     );
     sb.nodes[0].shutdown("final-endpoint").await.unwrap();
     assert_clean(&sb).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Go `Test_ShouldParseNetworkServiceLabelsTemplate`: a destination selector `{{.nodeName}}` is

@@ -378,9 +378,13 @@ async fn endpoint_created_during_a_request() {
 /// Go `Test_Local_NoURLUsecase` (in spirit): NSMgr, forwarder and endpoint serve on unix sockets.
 #[tokio::test]
 async fn local_usecase_over_unix_sockets() {
-    let dir = std::env::temp_dir().join(format!("nsm-sandbox-unix-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sb = Sandbox::builder().unix_sockets(&dir).build().await.unwrap();
+    // Removed on drop, also when the test fails.
+    let tmp = tempfile::Builder::new()
+        .prefix("nsm-sandbox-unix-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let sb = Sandbox::builder().unix_sockets(dir).build().await.unwrap();
     assert!(sb.nodes[0].nsmgr.url().to_string().starts_with("unix://"));
     register_service(&sb, "my-service").await;
     let counter = Counter::new();
@@ -408,19 +412,21 @@ async fn local_usecase_over_unix_sockets() {
     nsc.close(&mut sb.ctx(TIMEOUT), conn).await.unwrap();
     assert_eq!((counter.requests(), counter.closes()), (2, 1));
     assert_clean(&sb).await;
-    drop(sb);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// As deployed: local hops on unix sockets, NSMgr to NSMgr over TCP (each NSMgr publishes its TCP URL
 /// in the registry; the forwarder on node 0 reaches NSMgr node-1 through it).
 #[tokio::test]
 async fn remote_usecase_over_unix_sockets_with_nsmgrs_on_tcp() {
-    let dir = std::env::temp_dir().join(format!("nsm-sandbox-unix-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed on drop, also when the test fails.
+    let tmp = tempfile::Builder::new()
+        .prefix("nsm-sandbox-unix-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let sb = Sandbox::builder()
         .nodes(2)
-        .unix_sockets(&dir)
+        .unix_sockets(dir)
         .nsmgr_tcp(true)
         .build()
         .await
@@ -455,6 +461,4 @@ async fn remote_usecase_over_unix_sockets_with_nsmgrs_on_tcp() {
     assert_eq!(names(&conn).len(), 6);
     nsc.close(&mut sb.ctx(TIMEOUT), conn).await.unwrap();
     assert_clean(&sb).await;
-    drop(sb);
-    let _ = std::fs::remove_dir_all(&dir);
 }
