@@ -11,6 +11,8 @@
 //! - [`forwarder`]: [`KernelDataplane`], the `nsm_chains::forwarder::Dataplane` that wires both into a
 //!   forwarder chain.
 //! - [`icmp`]: our own ICMP echo (IPv4 + IPv6), so tests do not depend on iputils.
+//! - [`wireguard`]: a userspace WireGuard point-to-point link (pod TUN ↔ boringtun ↔ UDP in the node
+//!   namespace), the building block for NSM's WIREGUARD mechanism; not wired into the forwarder yet.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +24,7 @@ pub mod icmp;
 pub mod names;
 pub mod netns;
 pub mod plan;
+pub mod wireguard;
 
 pub use error::{ApplyError, PlanError};
 pub use executor::{Applied, Executor};

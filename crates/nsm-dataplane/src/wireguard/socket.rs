@@ -1,0 +1,52 @@
+//! The tunnel's UDP socket, bound in the node namespace.
+//!
+//! The client-side forwarder must put `src_port` into its offer before the peer exists, so binding is a
+//! step of its own: [`TunnelSocket::bind`] (port 0 picks a free port, [`TunnelSocket::local_addr`]
+//! reads it back), and the socket is later handed to [`super::WireguardLink::start`]. The socket is
+//! made by a thread that entered the node namespace and stays bound there; it can be used from any
+//! thread afterwards. Dropping it closes it (the port is free again at once).
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use super::WireguardError;
+use crate::netns::Netns;
+
+/// A UDP socket bound to (tunnel IP, port) in a node namespace.
+#[derive(Debug)]
+pub struct TunnelSocket {
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+impl TunnelSocket {
+    /// Binds `ip:port` inside `node` (port 0: a free port). The address must be one of the node's.
+    pub fn bind(node: &Netns, ip: IpAddr, port: u16) -> Result<Self, WireguardError> {
+        let addr = SocketAddr::new(ip, port);
+        let bind_err = |source| WireguardError::Bind {
+            addr,
+            netns: node.to_string(),
+            source,
+        };
+        let socket = node
+            .run(|| UdpSocket::bind(addr))
+            .and_then(|bound| bound)
+            .map_err(bind_err)?;
+        let local = socket.local_addr().map_err(bind_err)?;
+        socket.set_nonblocking(true).map_err(bind_err)?;
+        Ok(Self { socket, local })
+    }
+
+    /// The bound address, with the port the kernel picked if 0 was asked for.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The local port (the mechanism's `src_port` or `dst_port`).
+    pub fn port(&self) -> u16 {
+        self.local.port()
+    }
+
+    pub(crate) fn into_inner(self) -> UdpSocket {
+        self.socket
+    }
+}

@@ -1,0 +1,218 @@
+//! The pod side of a link: a TUN device (layer 3, no packet information) made inside the pod namespace
+//! and configured there with netlink (MTU, up, addresses, routes).
+//!
+//! The device is not persistent: it exists as long as its fd is open, so dropping the returned
+//! [`SyncDevice`] removes the interface (with its addresses and routes). A failure after the device
+//! was created drops it, so nothing is left behind.
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
+use netlink_packet_route::route::RouteScope;
+use nix::errno::Errno;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use std::net::IpAddr;
+use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+
+use super::WireguardError;
+use crate::netns::Netns;
+
+/// Linux's `IFNAMSIZ` less the terminating NUL.
+const MAX_NAME: usize = 15;
+
+/// What the pod interface should look like.
+#[derive(Debug, Clone)]
+pub struct PodInterface {
+    /// The interface name (at most 15 bytes).
+    pub name: String,
+    /// Its MTU (NSM: uplink MTU − 80 for WireGuard).
+    pub mtu: u32,
+    /// Addresses to add (IPv4 and/or IPv6, with prefix length).
+    pub addresses: Vec<IpNet>,
+    /// Destinations routed into the interface (scope link, no gateway).
+    pub routes: Vec<IpNet>,
+}
+
+/// Refuses names the kernel would refuse, with a reason.
+pub(crate) fn check_name(name: &str) -> Result<(), WireguardError> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_NAME {
+        Some("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("reserved")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+    {
+        Some("contains '/', ':', a NUL or a blank")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(WireguardError::BadInterfaceName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Creates and configures the TUN device in `pod`; see the module doc.
+pub(crate) async fn create(pod: &Netns, want: &PodInterface) -> Result<SyncDevice, WireguardError> {
+    check_name(&want.name)?;
+    let netns = pod.to_string();
+    let handle = pod
+        .netlink()
+        .map_err(|e| WireguardError::io(format!("netlink socket in {netns}"), e))?;
+    let taken = || WireguardError::NameTaken {
+        name: want.name.clone(),
+        netns: netns.clone(),
+    };
+    if link_index(&handle, &want.name)
+        .await
+        .map_err(|e| configure_err(want, &netns, "look up the name", e))?
+        .is_some()
+    {
+        return Err(taken());
+    }
+    let device = open_tun(pod, &want.name).await.map_err(|source| {
+        // A name taken between the look-up and the ioctl: EBUSY (an attached TUN) or EINVAL
+        // (a device of another kind).
+        match source.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::EBUSY | Errno::EINVAL) => taken(),
+            _ => WireguardError::Tun {
+                name: want.name.clone(),
+                netns: netns.clone(),
+                source,
+            },
+        }
+    })?;
+    // From here on, an error drops `device`, which removes the interface again.
+    configure(&handle, want, &netns).await?;
+    device
+        .set_nonblocking(true)
+        .map_err(|e| WireguardError::io(format!("make {} non-blocking", want.name), e))?;
+    Ok(device)
+}
+
+/// Opens the TUN on a thread inside `pod` (the device belongs to the namespace of the opener).
+async fn open_tun(pod: &Netns, name: &str) -> std::io::Result<SyncDevice> {
+    let pod = pod.try_clone()?;
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        pod.run(|| {
+            DeviceBuilder::new()
+                .name(name)
+                .layer(Layer::L3)
+                .packet_information(false)
+                .build_sync()
+        })?
+    })
+    .await
+    .map_err(|e| std::io::Error::other(format!("TUN thread: {e}")))?
+}
+
+async fn configure(h: &Handle, want: &PodInterface, netns: &str) -> Result<(), WireguardError> {
+    let index = link_index(h, &want.name)
+        .await
+        .map_err(|e| configure_err(want, netns, "look up the new device", e))?
+        .ok_or_else(|| WireguardError::Tun {
+            name: want.name.clone(),
+            netns: netns.to_string(),
+            source: std::io::Error::other("the device vanished right after it was made"),
+        })?;
+    let up = LinkUnspec::new_with_index(index).mtu(want.mtu).up().build();
+    h.link()
+        .set(up)
+        .execute()
+        .await
+        .map_err(|e| configure_err(want, netns, &format!("set MTU {} and up", want.mtu), e))?;
+    for net in &want.addresses {
+        add_address(h, index, *net)
+            .await
+            .map_err(|e| configure_err(want, netns, &format!("add address {net}"), e))?;
+    }
+    for net in &want.routes {
+        add_route(h, index, *net)
+            .await
+            .map_err(|e| configure_err(want, netns, &format!("add route {net}"), e))?;
+    }
+    Ok(())
+}
+
+fn configure_err(
+    want: &PodInterface,
+    netns: &str,
+    step: &str,
+    source: rtnetlink::Error,
+) -> WireguardError {
+    WireguardError::Configure {
+        name: want.name.clone(),
+        netns: netns.to_string(),
+        step: step.to_string(),
+        source: Box::new(source),
+    }
+}
+
+async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -(Errno::ENODEV as i32) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds `net` (IPv6 without duplicate address detection, so it is usable at once).
+async fn add_address(h: &Handle, index: u32, net: IpNet) -> Result<(), rtnetlink::Error> {
+    let mut req = h.address().add(index, net.addr(), net.prefix_len());
+    if net.addr().is_ipv6() {
+        let m = req.message_mut();
+        m.header.flags |= AddressHeaderFlags::Nodad | AddressHeaderFlags::Permanent;
+        m.attributes
+            .retain(|a| !matches!(a, AddressAttribute::Flags(_)));
+    }
+    req.execute().await
+}
+
+/// Routes `dst` into link `index` (scope link: a TUN has no neighbours, so no gateway).
+async fn add_route(h: &Handle, index: u32, dst: IpNet) -> Result<(), rtnetlink::Error> {
+    let msg = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .map_err(|e| rtnetlink::Error::InvalidNla(format!("{e:?}")))?
+        .output_interface(index)
+        .scope(RouteScope::Link)
+        .build();
+    h.route().add(msg).replace().execute().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_kernel_would_refuse_are_refused() {
+        for ok in ["nsm-1", "a", "exactly15bytes_"] {
+            check_name(ok).unwrap();
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("sixteen-bytes-xx", "longer than 15"),
+            ("a/b", "'/'"),
+            ("a b", "blank"),
+            ("..", "reserved"),
+        ] {
+            let e = check_name(bad).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+}

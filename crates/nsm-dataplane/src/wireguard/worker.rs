@@ -1,0 +1,279 @@
+//! The per-link worker thread: TUN ↔ boringtun `Tunn` ↔ UDP.
+//!
+//! One `poll` waits on three fds: the TUN (packets from the pod), the UDP socket (datagrams from the
+//! peer) and an eventfd that [`super::WireguardLink::stop`] writes to, so stopping never waits for
+//! traffic or a timer. The poll times out every [`TIMER_TICK`] so that boringtun's timers
+//! (handshake retries, rekeys, keepalives, session expiry) run when the link is idle; they also run
+//! after every wake-up, which costs a clock read.
+//!
+//! Each wake-up drains a bounded batch from each readable fd (so one direction cannot starve the
+//! other). A datagram boringtun refuses (garbage, wrong size, wrong key, replay) is counted in
+//! `dropped` and otherwise ignored. The peer's endpoint, if not configured, is learnt from the
+//! first datagram boringtun accepts, and follows the peer when it roams.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use boringtun::noise::{Tunn, TunnResult};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::EventFd;
+use tun_rs::SyncDevice;
+
+/// How often boringtun's timers run on an idle link (its own device layer uses 250 ms).
+pub(crate) const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Packets taken from one fd per wake-up.
+const BATCH: usize = 64;
+/// Room for the largest IP packet plus WireGuard's overhead (boringtun wants ≥ len + 32 and ≥ 148).
+const BUF: usize = 65_535 + 256;
+/// How long a send waits for room in a full socket or TUN queue before the packet is dropped.
+const SEND_WAIT_MS: u8 = 100;
+
+/// Counters of one link, updated by its worker and readable at any time.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub handshakes: AtomicU64,
+    pub dropped: AtomicU64,
+    pub no_endpoint: AtomicU64,
+    pub endpoint: std::sync::Mutex<Option<SocketAddr>>,
+    pub running: AtomicBool,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Everything the worker owns; dropped (TUN and socket closed) when it returns.
+pub(crate) struct Worker {
+    pub tunn: Tunn,
+    pub tun: SyncDevice,
+    pub udp: UdpSocket,
+    pub wake: Arc<EventFd>,
+    pub endpoint: Option<SocketAddr>,
+    pub counters: Arc<Counters>,
+}
+
+struct Buffers {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+}
+
+impl Worker {
+    /// Runs until the wake fd is written to (or an fd fails for good).
+    pub(crate) fn run(mut self) {
+        self.counters.running.store(true, Ordering::Relaxed);
+        let mut buf = Buffers {
+            src: vec![0; BUF],
+            dst: vec![0; BUF],
+        };
+        let mut last_handshake = None;
+        // The side that knows where the peer is starts the handshake now, so the first packet from
+        // the pod does not wait for it.
+        if self.endpoint.is_some() {
+            let r = self.tunn.format_handshake_initiation(&mut buf.dst, false);
+            self.to_network(r, None);
+        }
+        loop {
+            let (tun_ready, udp_ready, stop) = match self.wait() {
+                Ok(ready) => ready,
+                Err(e) => {
+                    tracing::error!("wireguard worker: poll failed ({e}); stopping");
+                    break;
+                }
+            };
+            if stop {
+                break;
+            }
+            if tun_ready {
+                self.outbound(&mut buf);
+            }
+            if udp_ready {
+                self.inbound(&mut buf);
+            }
+            let r = self.tunn.update_timers(&mut buf.dst);
+            self.to_network(r, None);
+            self.count_handshake(&mut last_handshake);
+        }
+        self.counters.running.store(false, Ordering::Relaxed);
+    }
+
+    /// (TUN readable, UDP readable, stop asked).
+    fn wait(&self) -> nix::Result<(bool, bool, bool)> {
+        let mut fds = [
+            PollFd::new(self.tun.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.udp.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        let tick = PollTimeout::try_from(TIMER_TICK).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, tick) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok((false, false, false)),
+            Err(e) => return Err(e),
+        }
+        let ready = |fd: &PollFd<'_>| {
+            fd.revents()
+                .is_some_and(|r| !(r & (PollFlags::POLLIN | PollFlags::POLLERR)).is_empty())
+        };
+        Ok((ready(&fds[0]), ready(&fds[1]), ready(&fds[2])))
+    }
+
+    /// Encapsulates a batch of packets from the pod.
+    fn outbound(&mut self, buf: &mut Buffers) {
+        for _ in 0..BATCH {
+            let n = match self.tun.recv(&mut buf.src) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("wireguard worker: TUN read failed: {e}");
+                    return;
+                }
+            };
+            Counters::add(&self.counters.tx_packets, 1);
+            Counters::add(&self.counters.tx_bytes, n);
+            let r = self.tunn.encapsulate(&buf.src[..n], &mut buf.dst);
+            self.to_network(r, None);
+        }
+    }
+
+    /// Decapsulates a batch of datagrams from the peer.
+    fn inbound(&mut self, buf: &mut Buffers) {
+        for _ in 0..BATCH {
+            let (n, from) = match self.udp.recv_from(&mut buf.src) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // E.g. ECONNREFUSED reported for an earlier send: not fatal.
+                    tracing::debug!("wireguard worker: UDP receive: {e}");
+                    continue;
+                }
+            };
+            if n == 0 {
+                // boringtun reads an empty datagram as "hand out the next queued packet".
+                Counters::add(&self.counters.dropped, 1);
+                continue;
+            }
+            let r = self
+                .tunn
+                .decapsulate(Some(from.ip()), &buf.src[..n], &mut buf.dst);
+            if matches!(r, TunnResult::Err(_)) {
+                Counters::add(&self.counters.dropped, 1);
+                continue;
+            }
+            self.learn_endpoint(from);
+            match r {
+                TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
+                    let len = p.len();
+                    if self.to_pod(p) {
+                        Counters::add(&self.counters.rx_packets, 1);
+                        Counters::add(&self.counters.rx_bytes, len);
+                    }
+                }
+                TunnResult::WriteToNetwork(_) => {
+                    self.to_network(r, Some(from));
+                    // A completed handshake releases the packets queued while it ran: boringtun
+                    // hands them out one per call with an empty datagram, until Done.
+                    loop {
+                        let q = self.tunn.decapsulate(None, &[], &mut buf.dst);
+                        if !matches!(q, TunnResult::WriteToNetwork(_)) {
+                            break;
+                        }
+                        self.to_network(q, None);
+                    }
+                }
+                TunnResult::Done | TunnResult::Err(_) => {}
+            }
+        }
+    }
+
+    /// Sends a `WriteToNetwork` result to `to` (or the peer's endpoint); ignores other results.
+    fn to_network(&self, r: TunnResult<'_>, to: Option<SocketAddr>) {
+        let packet = match r {
+            TunnResult::WriteToNetwork(p) => p,
+            TunnResult::Err(e) => {
+                tracing::trace!("wireguard worker: {e:?}");
+                return;
+            }
+            _ => return,
+        };
+        let Some(to) = to.or(self.endpoint) else {
+            // Only the side without a configured endpoint gets here, before the peer has spoken.
+            Counters::add(&self.counters.no_endpoint, 1);
+            return;
+        };
+        loop {
+            match self.udp.send_to(packet, to) {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait_writable(&self.udp) {
+                        Counters::add(&self.counters.dropped, 1);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("wireguard worker: UDP send to {to}: {e}");
+                    Counters::add(&self.counters.dropped, 1);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes a decrypted packet into the pod; false if it was dropped.
+    fn to_pod(&self, packet: &[u8]) -> bool {
+        loop {
+            match self.tun.send(packet) {
+                Ok(_) => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && wait_writable(&self.tun) => {}
+                Err(e) => {
+                    tracing::debug!("wireguard worker: TUN write: {e}");
+                    Counters::add(&self.counters.dropped, 1);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// WireGuard roaming: the endpoint is where the last authenticated datagram came from.
+    fn learn_endpoint(&mut self, from: SocketAddr) {
+        if self.endpoint != Some(from) {
+            tracing::debug!("wireguard worker: peer endpoint is now {from}");
+            self.endpoint = Some(from);
+            if let Ok(mut shown) = self.counters.endpoint.lock() {
+                *shown = Some(from);
+            }
+        }
+    }
+
+    /// Counts a new session: the time since the last handshake only ever shrinks when one completes.
+    fn count_handshake(&self, last: &mut Option<Duration>) {
+        let now = self.tunn.time_since_last_handshake();
+        let new = match (*last, now) {
+            (None, Some(_)) => true,
+            (Some(before), Some(after)) => after < before,
+            _ => false,
+        };
+        if new {
+            Counters::add(&self.counters.handshakes, 1);
+        }
+        *last = now;
+    }
+}
+
+/// Waits (bounded) until `fd` can take a write; false on timeout or error.
+fn wait_writable(fd: &impl AsFd) -> bool {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::from(SEND_WAIT_MS)), Ok(n) if n > 0)
+}

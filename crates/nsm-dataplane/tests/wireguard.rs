@@ -1,0 +1,349 @@
+//! The userspace WireGuard link in namespaces this test creates: two "node" namespaces joined by a
+//! veth (169.254.77.0/24), one "pod" namespace per node, a link on each side (the endpoint side does
+//! not know the client's endpoint and learns it). Pings both ways over IPv4 and IPv6, garbage
+//! datagrams, stop, a taken interface name, and a wrong peer key.
+//! Runs as root; skips otherwise (fails under CI=true).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use nsm_dataplane::wireguard::{
+    KeyPair, LinkConfig, LinkStats, PodInterface, PublicKey, TunnelSocket, WireguardError,
+    WireguardLink,
+};
+
+const MTU: u32 = 1420;
+
+/// Two nodes joined by a veth, a pod per node.
+struct World {
+    node_a: TestNs,
+    node_b: TestNs,
+    pod_a: TestNs,
+    pod_b: TestNs,
+}
+
+impl World {
+    fn new(tag: &str) -> Self {
+        let w = World {
+            node_a: TestNs::new("wna"),
+            node_b: TestNs::new("wnb"),
+            pod_a: TestNs::new("wpa"),
+            pod_b: TestNs::new("wpb"),
+        };
+        underlay(
+            &w.node_a,
+            "169.254.77.1/24",
+            &w.node_b,
+            "169.254.77.2/24",
+            tag,
+        );
+        w
+    }
+}
+
+fn node_ip(side: char) -> IpAddr {
+    if side == 'a' {
+        "169.254.77.1".parse().unwrap()
+    } else {
+        "169.254.77.2".parse().unwrap()
+    }
+}
+
+/// The pod interface of side `a` (client, `.101`) or `b` (endpoint, `.100`) of connection `n`.
+fn pod_interface(name: &str, n: u8, side: char) -> PodInterface {
+    let (me, peer) = if side == 'a' {
+        ("101", "100")
+    } else {
+        ("100", "101")
+    };
+    let net = |s: String| s.parse::<IpNet>().unwrap();
+    PodInterface {
+        name: name.to_string(),
+        mtu: MTU,
+        addresses: vec![
+            net(format!("169.254.{n}.{me}/32")),
+            net(format!("fd00:{n}::{me}/128")),
+        ],
+        routes: vec![
+            net(format!("169.254.{n}.{peer}/32")),
+            net(format!("fd00:{n}::{peer}/128")),
+        ],
+    }
+}
+
+/// Starts the endpoint side (b, endpoint unknown) and the client side (a, knows b's endpoint).
+/// `a_thinks_b_is` overrides the public key a expects from b.
+async fn two_links(
+    w: &World,
+    name: &str,
+    n: u8,
+    a_thinks_b_is: Option<PublicKey>,
+) -> (WireguardLink, WireguardLink) {
+    let (key_a, key_b) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+    let sock_a = TunnelSocket::bind(&w.node_a.netns(), node_ip('a'), 0).unwrap();
+    let sock_b = TunnelSocket::bind(&w.node_b.netns(), node_ip('b'), 0).unwrap();
+    assert_ne!(sock_a.port(), 0, "port 0 is replaced by the picked port");
+    let b_endpoint = sock_b.local_addr();
+    let link_b = WireguardLink::start(
+        sock_b,
+        LinkConfig {
+            pod: w.pod_b.netns(),
+            interface: pod_interface(name, n, 'b'),
+            key: key_b.clone(),
+            peer: key_a.public(),
+            peer_endpoint: None,
+            persistent_keepalive: Some(10),
+        },
+    )
+    .await
+    .unwrap();
+    let link_a = WireguardLink::start(
+        sock_a,
+        LinkConfig {
+            pod: w.pod_a.netns(),
+            interface: pod_interface(name, n, 'a'),
+            key: key_a,
+            peer: a_thinks_b_is.unwrap_or(key_b.public()),
+            peer_endpoint: Some(b_endpoint),
+            persistent_keepalive: Some(10),
+        },
+    )
+    .await
+    .unwrap();
+    (link_a, link_b)
+}
+
+/// Worker threads of this process serving interface `name` (thread names are cut at 15 bytes).
+fn worker_threads(name: &str) -> usize {
+    let want = format!("nsm-wg-{name}");
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| want.starts_with(comm.trim_end()) && !comm.trim_end().is_empty())
+        .count()
+}
+
+/// Waits (bounded) until `f` holds for the link's stats.
+async fn eventually(link: &WireguardLink, what: &str, f: impl Fn(&LinkStats) -> bool) {
+    for _ in 0..50 {
+        if f(&link.stats()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: {:?}", link.stats());
+}
+
+/// Sends datagrams to `to` from inside `ns`.
+fn send_junk(ns: &TestNs, to: SocketAddr, datagrams: &[Vec<u8>]) {
+    ns.netns()
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for d in datagrams {
+                s.send_to(d, to).unwrap();
+            }
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_both_ways_over_ipv4_and_ipv6_and_stop_removes_everything() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let w = World::new("w1");
+    let (link_a, link_b) = two_links(&w, "wgping", 31, None).await;
+    // A thread names itself when it starts running.
+    eventually(&link_a, "a's worker running", |s| s.running).await;
+    eventually(&link_b, "b's worker running", |s| s.running).await;
+    assert_eq!(worker_threads("wgping"), 2);
+
+    for (from, to) in [
+        (&w.pod_a, "169.254.31.100"),
+        (&w.pod_b, "169.254.31.101"),
+        (&w.pod_a, "fd00:31::100"),
+        (&w.pod_b, "fd00:31::101"),
+    ] {
+        assert_eq!(ping(from, to).await, 3, "ping {to} from {}", from.name);
+    }
+
+    for (pod, me) in [(&w.pod_a, "101"), (&w.pod_b, "100")] {
+        let link = pod.ip(&["-o", "link", "show", "dev", "wgping"]);
+        assert!(link.contains(&format!("mtu {MTU}")), "{link}");
+        assert!(link.contains("UP"), "{link}");
+        let addrs = pod.ip(&["-o", "addr", "show", "dev", "wgping"]);
+        assert!(addrs.contains(&format!("169.254.31.{me}/32")), "{addrs}");
+        assert!(addrs.contains(&format!("fd00:31::{me}/128")), "{addrs}");
+    }
+    let (a, b) = (link_a.stats(), link_b.stats());
+    assert!(a.handshakes >= 1 && b.handshakes >= 1, "{a:?} {b:?}");
+    assert!(a.tx_packets >= 12 && a.rx_packets >= 12, "{a:?}");
+    assert!(b.tx_packets >= 12 && b.rx_packets >= 12, "{b:?}");
+    assert!(a.running && b.running);
+    assert_eq!(
+        b.peer_endpoint,
+        Some(link_a.local_addr()),
+        "the endpoint side learnt the client's endpoint"
+    );
+
+    // Garbage of every size is dropped and counted; the link keeps working.
+    let junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![1],
+        vec![4; 32],
+        vec![1; 148],
+        vec![2; 92],
+        vec![3; 64],
+        vec![4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+        vec![0xff; 2000],
+    ];
+    let dropped_before = b.dropped;
+    send_junk(&w.node_a, link_b.local_addr(), &junk);
+    eventually(&link_b, "8 junk datagrams dropped", |s| {
+        s.dropped >= dropped_before + 8
+    })
+    .await;
+    assert!(link_b.stats().running);
+    assert_eq!(ping(&w.pod_a, "169.254.31.100").await, 3, "after junk");
+
+    let (local_a, local_b) = (link_a.local_addr(), link_b.local_addr());
+    link_a.stop();
+    link_b.stop();
+    assert!(w.pod_a.links().is_empty(), "{:?}", w.pod_a.links());
+    assert!(w.pod_b.links().is_empty(), "{:?}", w.pod_b.links());
+    assert_eq!(worker_threads("wgping"), 0, "no worker thread left");
+    // The sockets are closed: the same ports can be bound again.
+    TunnelSocket::bind(&w.node_a.netns(), local_a.ip(), local_a.port()).unwrap();
+    TunnelSocket::bind(&w.node_b.netns(), local_b.ip(), local_b.port()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_interface_name_is_refused_and_leaves_nothing() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let w = World::new("w2");
+    w.pod_a.ip(&[
+        "link",
+        "add",
+        "wgtaken",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "wgtaken-p",
+    ]);
+    let before = w.pod_a.links();
+    let sock = TunnelSocket::bind(&w.node_a.netns(), node_ip('a'), 0).unwrap();
+    let port = sock.port();
+    let err = WireguardLink::start(
+        sock,
+        LinkConfig {
+            pod: w.pod_a.netns(),
+            interface: pod_interface("wgtaken", 32, 'a'),
+            key: KeyPair::generate().unwrap(),
+            peer: KeyPair::generate().unwrap().public(),
+            peer_endpoint: Some(SocketAddr::new(node_ip('b'), 51820)),
+            persistent_keepalive: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, WireguardError::NameTaken { name, .. } if name == "wgtaken"),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("\"wgtaken\"") && text.contains(&w.pod_a.name) && text.contains("taken"),
+        "{text}"
+    );
+    assert_eq!(w.pod_a.links(), before, "nothing added to the pod");
+    assert_eq!(worker_threads("wgtaken"), 0);
+    // The socket was closed with the failed start.
+    let again = TunnelSocket::bind(&w.node_a.netns(), node_ip('a'), port).unwrap();
+
+    // A name taken by another running link is refused too, and the first link keeps working.
+    let (link_a, link_b) = two_links(&w, "wgdup", 33, None).await;
+    let err = WireguardLink::start(
+        again,
+        LinkConfig {
+            pod: w.pod_a.netns(),
+            interface: pod_interface("wgdup", 34, 'a'),
+            key: KeyPair::generate().unwrap(),
+            peer: KeyPair::generate().unwrap().public(),
+            peer_endpoint: None,
+            persistent_keepalive: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, WireguardError::NameTaken { .. }), "{err:?}");
+    assert_eq!(ping(&w.pod_a, "169.254.33.100").await, 3);
+    // A name the kernel would refuse never gets that far.
+    let sock = TunnelSocket::bind(&w.node_a.netns(), node_ip('a'), 0).unwrap();
+    let mut bad = pod_interface("sixteen-bytes-xx", 35, 'a');
+    bad.name = "sixteen-bytes-xx".into();
+    let err = WireguardLink::start(
+        sock,
+        LinkConfig {
+            pod: w.pod_a.netns(),
+            interface: bad,
+            key: KeyPair::generate().unwrap(),
+            peer: KeyPair::generate().unwrap().public(),
+            peer_endpoint: None,
+            persistent_keepalive: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, WireguardError::BadInterfaceName { .. }),
+        "{err:?}"
+    );
+    drop((link_a, link_b));
+    assert_eq!(w.pod_a.links(), before);
+    assert!(w.pod_b.links().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_peer_public_key_passes_no_traffic() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let w = World::new("w3");
+    let wrong = KeyPair::generate().unwrap().public();
+    let (link_a, link_b) = two_links(&w, "wgwrong", 36, Some(wrong)).await;
+    let netns = w.pod_a.netns();
+    let replies = tokio::task::spawn_blocking(move || {
+        nsm_dataplane::icmp::ping(
+            Some(&netns),
+            "169.254.36.100".parse().unwrap(),
+            3,
+            Duration::from_millis(500),
+        )
+        .unwrap()
+        .len()
+    })
+    .await
+    .unwrap();
+    assert_eq!(replies, 0);
+    // b refuses a's handshake initiations (they are sealed for another key).
+    eventually(&link_b, "b drops a's initiations", |s| s.dropped >= 1).await;
+    let (a, b) = (link_a.stats(), link_b.stats());
+    assert_eq!((a.handshakes, b.handshakes), (0, 0), "{a:?} {b:?}");
+    assert_eq!((a.rx_packets, b.rx_packets), (0, 0), "{a:?} {b:?}");
+    assert_eq!(
+        b.peer_endpoint, None,
+        "b learnt nothing from refused packets"
+    );
+}
