@@ -85,10 +85,21 @@ async fn two_links(
     n: u8,
     a_thinks_b_is: Option<PublicKey>,
 ) -> (WireguardLink, WireguardLink) {
-    let (key_a, key_b) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
     let sock_a = TunnelSocket::bind(&w.node_a.netns(), node_ip('a'), 0).unwrap();
     let sock_b = TunnelSocket::bind(&w.node_b.netns(), node_ip('b'), 0).unwrap();
     assert_ne!(sock_a.port(), 0, "port 0 is replaced by the picked port");
+    two_links_on(w, (sock_a, sock_b), name, n, a_thinks_b_is).await
+}
+
+/// [`two_links`] on given sockets, with fresh key pairs.
+async fn two_links_on(
+    w: &World,
+    (sock_a, sock_b): (TunnelSocket, TunnelSocket),
+    name: &str,
+    n: u8,
+    a_thinks_b_is: Option<PublicKey>,
+) -> (WireguardLink, WireguardLink) {
+    let (key_a, key_b) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
     let b_endpoint = sock_b.local_addr();
     let link_b = WireguardLink::start(
         sock_b,
@@ -214,12 +225,27 @@ async fn pings_both_ways_over_ipv4_and_ipv6_and_stop_removes_everything() {
     assert_eq!(ping(&w.pod_a, "169.254.31.100").await, 3, "after junk");
 
     let (local_a, local_b) = (link_a.local_addr(), link_b.local_addr());
-    link_a.stop();
-    link_b.stop();
+    let sock_a = link_a.stop().unwrap();
+    let sock_b = link_b.stop().unwrap();
     assert!(w.pod_a.links().is_empty(), "{:?}", w.pod_a.links());
     assert!(w.pod_b.links().is_empty(), "{:?}", w.pod_b.links());
     assert_eq!(worker_threads("wgping"), 0, "no worker thread left");
-    // The sockets are closed: the same ports can be bound again.
+    assert_eq!(
+        (sock_a.local_addr(), sock_b.local_addr()),
+        (local_a, local_b)
+    );
+    assert!(
+        TunnelSocket::bind(&w.node_a.netns(), local_a.ip(), local_a.port()).is_err(),
+        "stop hands the socket back still bound"
+    );
+
+    // A replacement link (new keys, as when the far side's key changed) on the same sockets.
+    let (link_a, link_b) = two_links_on(&w, (sock_a, sock_b), "wgping", 31, None).await;
+    assert_eq!(ping(&w.pod_a, "fd00:31::100").await, 3, "replacement link");
+    drop((link_a, link_b));
+    assert!(w.pod_a.links().is_empty() && w.pod_b.links().is_empty());
+    assert_eq!(worker_threads("wgping"), 0, "no worker thread left");
+    // Dropped links close their sockets: the same ports can be bound again.
     TunnelSocket::bind(&w.node_a.netns(), local_a.ip(), local_a.port()).unwrap();
     TunnelSocket::bind(&w.node_b.netns(), local_b.ip(), local_b.port()).unwrap();
 }
@@ -258,8 +284,13 @@ async fn a_taken_interface_name_is_refused_and_leaves_nothing() {
     .await
     .unwrap_err();
     assert!(
-        matches!(&err, WireguardError::NameTaken { name, .. } if name == "wgtaken"),
+        matches!(&err.error, WireguardError::NameTaken { name, .. } if name == "wgtaken"),
         "{err:?}"
+    );
+    assert_eq!(
+        err.socket.port(),
+        port,
+        "the socket comes back with the error"
     );
     let text = err.to_string();
     assert!(
@@ -268,7 +299,8 @@ async fn a_taken_interface_name_is_refused_and_leaves_nothing() {
     );
     assert_eq!(w.pod_a.links(), before, "nothing added to the pod");
     assert_eq!(worker_threads("wgtaken"), 0);
-    // The socket was closed with the failed start.
+    // Nothing else holds the socket: once the caller drops it, the port is free.
+    drop(err);
     let again = TunnelSocket::bind(&w.node_a.netns(), node_ip('a'), port).unwrap();
 
     // A name taken by another running link is refused too, and the first link keeps working.
@@ -286,7 +318,10 @@ async fn a_taken_interface_name_is_refused_and_leaves_nothing() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, WireguardError::NameTaken { .. }), "{err:?}");
+    assert!(
+        matches!(err.error, WireguardError::NameTaken { .. }),
+        "{err:?}"
+    );
     assert_eq!(ping(&w.pod_a, "169.254.33.100").await, 3);
     // A name the kernel would refuse never gets that far.
     let sock = TunnelSocket::bind(&w.node_a.netns(), node_ip('a'), 0).unwrap();
@@ -306,7 +341,7 @@ async fn a_taken_interface_name_is_refused_and_leaves_nothing() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, WireguardError::BadInterfaceName { .. }),
+        matches!(err.error, WireguardError::BadInterfaceName { .. }),
         "{err:?}"
     );
     drop((link_a, link_b));

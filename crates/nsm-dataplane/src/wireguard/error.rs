@@ -87,3 +87,32 @@ impl WireguardError {
         }
     }
 }
+
+/// A failed [`super::WireguardLink::start`]: the error, and the socket it was given (still bound, so
+/// the caller can retry on the same port, or drop it to free the port). No interface is left.
+#[derive(Debug)]
+pub struct StartError {
+    /// Why the link could not start.
+    pub error: WireguardError,
+    /// The socket, handed back.
+    pub socket: super::TunnelSocket,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl From<StartError> for WireguardError {
+    /// Drops the socket (closing it) and keeps the error.
+    fn from(e: StartError) -> Self {
+        e.error
+    }
+}

@@ -15,12 +15,14 @@
 //! with the given name (refused if the name is taken there), sets MTU and up, adds the addresses and
 //! routes, then starts one worker thread that pumps TUN ↔ UDP through a `Tunn`. The side that knows
 //! the peer's endpoint sends the handshake initiation at once; the other side learns the endpoint
-//! from the first authenticated datagram (as WireGuard roaming does). If any step fails, the TUN and
-//! the socket are closed before the error is returned: nothing is left behind.
+//! from the first authenticated datagram (as WireGuard roaming does). If any step fails, the TUN is
+//! closed before the error is returned, and the socket comes back with the error: nothing else is
+//! left behind.
 //!
 //! **On stop** ([`WireguardLink::stop`] or drop): the worker is woken through an eventfd, returns at
 //! once and is joined; the TUN fd is closed (so the pod interface, its addresses and routes
-//! disappear) and the UDP socket is closed (the port is free again).
+//! disappear). `stop` hands the UDP socket back (a replacement link can reuse the port); drop closes
+//! it (the port is free again). A failed start also hands the socket back, in [`StartError`].
 //!
 //! **State kept:** per link, the worker thread's handle, the wake fd and shared [`LinkStats`]
 //! counters; the worker owns the `Tunn` (sessions, timers), the TUN device, the socket and the
@@ -44,7 +46,7 @@ use std::thread::JoinHandle;
 use boringtun::noise::Tunn;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-pub use error::WireguardError;
+pub use error::{StartError, WireguardError};
 pub use keys::{KeyPair, PublicKey};
 pub use socket::TunnelSocket;
 pub use tun::PodInterface;
@@ -102,18 +104,27 @@ pub struct WireguardLink {
     local: SocketAddr,
     wake: Arc<EventFd>,
     counters: Arc<Counters>,
-    worker: Option<JoinHandle<()>>,
+    worker: Option<JoinHandle<std::net::UdpSocket>>,
 }
 
 impl WireguardLink {
-    /// Makes the pod interface and starts the worker; see the module doc. On error nothing is left:
-    /// the socket is closed and no interface remains.
-    pub async fn start(socket: TunnelSocket, config: LinkConfig) -> Result<Self, WireguardError> {
-        let local = socket.local_addr();
-        let device = tun::create(&config.pod, &config.interface).await?;
-        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(|e| WireguardError::io("eventfd", e.into()))?;
-        let wake = Arc::new(wake);
+    /// Makes the pod interface and starts the worker; see the module doc. On error no interface is
+    /// left and the socket comes back in the [`StartError`].
+    pub async fn start(socket: TunnelSocket, config: LinkConfig) -> Result<Self, StartError> {
+        let wake = match EventFd::from_value_and_flags(
+            0,
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        ) {
+            Ok(wake) => Arc::new(wake),
+            Err(e) => {
+                let error = WireguardError::io("eventfd", e.into());
+                return Err(StartError { error, socket });
+            }
+        };
+        let device = match tun::create(&config.pod, &config.interface).await {
+            Ok(device) => device,
+            Err(error) => return Err(StartError { error, socket }),
+        };
         let counters = Arc::new(Counters::default());
         if let Ok(mut shown) = counters.endpoint.lock() {
             *shown = config.peer_endpoint;
@@ -126,6 +137,16 @@ impl WireguardLink {
             session_index(&config.key),
             None,
         );
+        let local = socket.local_addr();
+        // A second fd on the socket, so that it can be handed back even if the thread cannot start
+        // (the closure, and with it the worker's fd, is dropped then). Closed once the worker runs.
+        let spare = match socket.try_clone() {
+            Ok(spare) => spare,
+            Err(e) => {
+                let error = WireguardError::io("duplicate the UDP socket", e);
+                return Err(StartError { error, socket });
+            }
+        };
         let worker = Worker {
             tunn,
             tun: device,
@@ -134,11 +155,20 @@ impl WireguardLink {
             endpoint: config.peer_endpoint,
             counters: counters.clone(),
         };
-        let name = format!("nsm-wg-{}", config.interface.name);
-        let handle = std::thread::Builder::new()
-            .name(name)
+        let handle = match std::thread::Builder::new()
+            .name(format!("nsm-wg-{}", config.interface.name))
             .spawn(move || worker.run())
-            .map_err(|e| WireguardError::io("start the WireGuard worker thread", e))?;
+        {
+            Ok(handle) => handle,
+            Err(e) => {
+                let error = WireguardError::io("start the WireGuard worker thread", e);
+                return Err(StartError {
+                    error,
+                    socket: spare,
+                });
+            }
+        };
+        drop(spare);
         Ok(Self {
             interface: config.interface.name,
             local,
@@ -175,30 +205,33 @@ impl WireguardLink {
         }
     }
 
-    /// Stops the worker and waits for it; the pod interface and the socket are closed when this
-    /// returns.
-    pub fn stop(mut self) {
-        self.shutdown();
+    /// Stops the worker and waits for it. When this returns the pod interface is gone; the socket
+    /// comes back (drop it to free the port, or start a new link on it). `None` only if the worker
+    /// panicked (the socket was closed then).
+    pub fn stop(mut self) -> Option<TunnelSocket> {
+        self.shutdown()
     }
 
-    fn shutdown(&mut self) {
-        let Some(handle) = self.worker.take() else {
-            return;
-        };
+    fn shutdown(&mut self) -> Option<TunnelSocket> {
+        let handle = self.worker.take()?;
         if let Err(e) = self.wake.write(1) {
             // Cannot happen for a fresh non-blocking eventfd (its counter would have to be near
             // u64::MAX); the worker then stops at its next timer tick instead.
             tracing::warn!("wireguard link {}: wake failed ({e})", self.interface);
         }
-        if handle.join().is_err() {
-            tracing::error!("wireguard link {}: worker panicked", self.interface);
+        match handle.join() {
+            Ok(udp) => Some(TunnelSocket::from_inner(udp, self.local)),
+            Err(_) => {
+                tracing::error!("wireguard link {}: worker panicked", self.interface);
+                None
+            }
         }
     }
 }
 
 impl Drop for WireguardLink {
     fn drop(&mut self) {
-        self.shutdown();
+        drop(self.shutdown());
     }
 }
 

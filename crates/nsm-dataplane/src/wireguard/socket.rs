@@ -2,9 +2,11 @@
 //!
 //! The client-side forwarder must put `src_port` into its offer before the peer exists, so binding is a
 //! step of its own: [`TunnelSocket::bind`] (port 0 picks a free port, [`TunnelSocket::local_addr`]
-//! reads it back), and the socket is later handed to [`super::WireguardLink::start`]. The socket is
-//! made by a thread that entered the node namespace and stays bound there; it can be used from any
-//! thread afterwards. Dropping it closes it (the port is free again at once).
+//! reads it back), and the socket is later handed to [`super::WireguardLink::start`], which gives it
+//! back on failure ([`super::StartError`]) and on [`super::WireguardLink::stop`], so a link can be
+//! replaced (e.g. the peer's key changed) without giving up the port. The socket is made by a thread
+//! that entered the node namespace and stays bound there; it can be used from any thread afterwards.
+//! Dropping it closes it (the port is free again at once).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
@@ -48,5 +50,18 @@ impl TunnelSocket {
 
     pub(crate) fn into_inner(self) -> UdpSocket {
         self.socket
+    }
+
+    /// Another handle on the same socket (a duplicated fd).
+    pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            socket: self.socket.try_clone()?,
+            local: self.local,
+        })
+    }
+
+    /// Wraps a socket a stopped worker handed back.
+    pub(crate) fn from_inner(socket: UdpSocket, local: SocketAddr) -> Self {
+        Self { socket, local }
     }
 }

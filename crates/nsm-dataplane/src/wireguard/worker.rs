@@ -68,8 +68,9 @@ struct Buffers {
 }
 
 impl Worker {
-    /// Runs until the wake fd is written to (or an fd fails for good).
-    pub(crate) fn run(mut self) {
+    /// Runs until the wake fd is written to (or poll fails for good). Closes the TUN and hands the
+    /// socket back.
+    pub(crate) fn run(mut self) -> UdpSocket {
         self.counters.running.store(true, Ordering::Relaxed);
         let mut buf = Buffers {
             src: vec![0; BUF],
@@ -104,6 +105,8 @@ impl Worker {
             self.count_handshake(&mut last_handshake);
         }
         self.counters.running.store(false, Ordering::Relaxed);
+        drop(self.tun);
+        self.udp
     }
 
     /// (TUN readable, UDP readable, stop asked).
