@@ -10,8 +10,15 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
+use nix::sys::socket::{setsockopt, sockopt};
+
 use super::WireguardError;
 use crate::netns::Netns;
+
+/// Socket buffer size asked for. The default (~208 KiB) overflows while a busy worker encrypts or
+/// decrypts a burst: a TCP stream then lost ~11 % of its datagrams at the receiving socket
+/// (BENCHMARKS.md, "WireGuard (userspace, building block)").
+const BUFFER_BYTES: usize = 4 << 20;
 
 /// A UDP socket bound to (tunnel IP, port) in a node namespace.
 #[derive(Debug)]
@@ -35,6 +42,7 @@ impl TunnelSocket {
             .map_err(bind_err)?;
         let local = socket.local_addr().map_err(bind_err)?;
         socket.set_nonblocking(true).map_err(bind_err)?;
+        enlarge_buffers(&socket);
         Ok(Self { socket, local })
     }
 
@@ -63,5 +71,17 @@ impl TunnelSocket {
     /// Wraps a socket a stopped worker handed back.
     pub(crate) fn from_inner(socket: UdpSocket, local: SocketAddr) -> Self {
         Self { socket, local }
+    }
+}
+
+/// Raises the socket's buffers to [`BUFFER_BYTES`], past the machine-wide limits if privileged
+/// (`SO_RCVBUFFORCE`: CAP_NET_ADMIN, which a forwarder has); otherwise up to those limits. Best
+/// effort: a smaller buffer only costs throughput under load.
+fn enlarge_buffers(socket: &UdpSocket) {
+    if setsockopt(socket, sockopt::RcvBufForce, &BUFFER_BYTES).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &BUFFER_BYTES);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &BUFFER_BYTES).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &BUFFER_BYTES);
     }
 }
