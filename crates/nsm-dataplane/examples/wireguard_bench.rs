@@ -115,6 +115,7 @@ async fn links(node_a: &Ns, node_b: &Ns, pod_a: &Ns, pod_b: &Ns) -> (WireguardLi
             peer: ka.public(),
             peer_endpoint: None,
             persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
+            allowed_sources: vec![],
         },
     )
     .await
@@ -128,6 +129,7 @@ async fn links(node_a: &Ns, node_b: &Ns, pod_a: &Ns, pod_b: &Ns) -> (WireguardLi
             peer: kb.public(),
             peer_endpoint: Some(b_at),
             persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
+            allowed_sources: vec![],
         },
     )
     .await
@@ -138,14 +140,25 @@ async fn links(node_a: &Ns, node_b: &Ns, pod_a: &Ns, pod_b: &Ns) -> (WireguardLi
 /// One iperf3 TCP stream from `client` to `server_ip` in `server`, in Gbit/s (receiver side).
 fn iperf(client: &Ns, server: &Ns, server_ip: &str, secs: u64) -> f64 {
     let mut srv = Command::new("ip")
-        .args(["netns", "exec", &server.0, "iperf3", "-s", "-1", "-B", server_ip])
+        .args([
+            "netns", "exec", &server.0, "iperf3", "-s", "-1", "-B", server_ip,
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let out = sh(&[
-        "ip", "netns", "exec", &client.0, "iperf3", "-c", server_ip, "-t", &secs.to_string(),
-        "-f", "g",
+        "ip",
+        "netns",
+        "exec",
+        &client.0,
+        "iperf3",
+        "-c",
+        server_ip,
+        "-t",
+        &secs.to_string(),
+        "-f",
+        "g",
     ]);
     let _ = srv.wait();
     let line = out
@@ -169,8 +182,8 @@ fn cpu_ticks() -> u64 {
 /// Median ICMP echo round trip (µs) from `from` to `dst`, 20 echoes.
 fn rtt(from: &Ns, dst: &str) -> f64 {
     let dst: IpAddr = dst.parse().unwrap();
-    let rtts = nsm_dataplane::icmp::ping(Some(&from.netns()), dst, 20, Duration::from_secs(1))
-        .unwrap();
+    let rtts =
+        nsm_dataplane::icmp::ping(Some(&from.netns()), dst, 20, Duration::from_secs(1)).unwrap();
     assert!(rtts.len() >= 18, "{} of 20 echoes answered", rtts.len());
     let mut us: Vec<f64> = rtts.iter().map(|d| d.as_secs_f64() * 1e6).collect();
     median(&mut us)

@@ -110,6 +110,7 @@ async fn two_links_on(
             peer: key_a.public(),
             peer_endpoint: None,
             persistent_keepalive: Some(10),
+            allowed_sources: vec![],
         },
     )
     .await
@@ -123,6 +124,7 @@ async fn two_links_on(
             peer: a_thinks_b_is.unwrap_or(key_b.public()),
             peer_endpoint: Some(b_endpoint),
             persistent_keepalive: Some(10),
+            allowed_sources: vec![],
         },
     )
     .await
@@ -279,6 +281,7 @@ async fn a_taken_interface_name_is_refused_and_leaves_nothing() {
             peer: KeyPair::generate().unwrap().public(),
             peer_endpoint: Some(SocketAddr::new(node_ip('b'), 51820)),
             persistent_keepalive: None,
+            allowed_sources: vec![],
         },
     )
     .await
@@ -314,6 +317,7 @@ async fn a_taken_interface_name_is_refused_and_leaves_nothing() {
             peer: KeyPair::generate().unwrap().public(),
             peer_endpoint: None,
             persistent_keepalive: None,
+            allowed_sources: vec![],
         },
     )
     .await
@@ -336,6 +340,7 @@ async fn a_taken_interface_name_is_refused_and_leaves_nothing() {
             peer: KeyPair::generate().unwrap().public(),
             peer_endpoint: None,
             persistent_keepalive: None,
+            allowed_sources: vec![],
         },
     )
     .await
@@ -380,5 +385,68 @@ async fn a_wrong_peer_public_key_passes_no_traffic() {
     assert_eq!(
         b.peer_endpoint, None,
         "b learnt nothing from refused packets"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_sources_drop_decrypted_packets_from_elsewhere() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let w = World::new("w4");
+    let (key_a, key_b) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+    let sock_a = TunnelSocket::bind(&w.node_a.netns(), node_ip('a'), 0).unwrap();
+    let sock_b = TunnelSocket::bind(&w.node_b.netns(), node_ip('b'), 0).unwrap();
+    let b_endpoint = sock_b.local_addr();
+    // b accepts a's IPv4 address only, not its IPv6 one.
+    let link_b = WireguardLink::start(
+        sock_b,
+        LinkConfig {
+            pod: w.pod_b.netns(),
+            interface: pod_interface("wgallow", 37, 'b'),
+            key: key_b.clone(),
+            peer: key_a.public(),
+            peer_endpoint: None,
+            persistent_keepalive: None,
+            allowed_sources: vec!["169.254.37.101/32".parse().unwrap()],
+        },
+    )
+    .await
+    .unwrap();
+    let _link_a = WireguardLink::start(
+        sock_a,
+        LinkConfig {
+            pod: w.pod_a.netns(),
+            interface: pod_interface("wgallow", 37, 'a'),
+            key: key_a,
+            peer: key_b.public(),
+            peer_endpoint: Some(b_endpoint),
+            persistent_keepalive: None,
+            allowed_sources: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ping(&w.pod_a, "169.254.37.100").await, 3);
+    let netns = w.pod_a.netns();
+    let v6 = tokio::task::spawn_blocking(move || {
+        nsm_dataplane::icmp::ping(
+            Some(&netns),
+            "fd00:37::100".parse().unwrap(),
+            2,
+            Duration::from_millis(300),
+        )
+        .unwrap()
+        .len()
+    })
+    .await
+    .unwrap();
+    assert_eq!(v6, 0, "IPv6 source not allowed at b");
+    let s = link_b.stats();
+    assert!(s.refused_source >= 2, "{s:?}");
+    assert_eq!(
+        s.rx_packets, 3,
+        "only the IPv4 echoes reached b's pod: {s:?}"
     );
 }

@@ -29,8 +29,8 @@
 //! current peer endpoint. Nothing is persisted: after a crash the TUN disappears with the process.
 //!
 //! Not done here (the forwarder's job): choosing the tunnel IP, port and MTU (NSM: uplink MTU − 80),
-//! filling in the mechanism parameters, and the allowed-IPs check (a point-to-point link has one
-//! peer, so every authenticated packet is written to the pod).
+//! filling in the mechanism parameters, and choosing the allowed sources (NSM: the far pod's
+//! addresses; [`LinkConfig::allowed_sources`]).
 
 mod error;
 mod keys;
@@ -44,6 +44,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use boringtun::noise::Tunn;
+use ipnet::IpNet;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 pub use error::{StartError, WireguardError};
@@ -72,6 +73,10 @@ pub struct LinkConfig {
     pub peer_endpoint: Option<SocketAddr>,
     /// Seconds between keepalives when idle (NSM: [`PERSISTENT_KEEPALIVE`]); `None`: off.
     pub persistent_keepalive: Option<u16>,
+    /// WireGuard's allowed IPs on receive: a decrypted packet whose source is in none of these is
+    /// dropped (counted in [`LinkStats::refused_source`]). Empty: every authenticated packet is
+    /// written to the pod (a point-to-point link has one peer).
+    pub allowed_sources: Vec<IpNet>,
 }
 
 /// A snapshot of a link's counters ("tx": pod → peer, "rx": peer → pod).
@@ -91,6 +96,8 @@ pub struct LinkStats {
     pub dropped: u64,
     /// Packets not sent because the peer's endpoint is not known yet.
     pub no_endpoint: u64,
+    /// Decrypted packets dropped because their source is not in [`LinkConfig::allowed_sources`].
+    pub refused_source: u64,
     /// The peer's endpoint as last learnt (or configured).
     pub peer_endpoint: Option<SocketAddr>,
     /// Whether the worker is running.
@@ -153,6 +160,7 @@ impl WireguardLink {
             udp: socket.into_inner(),
             wake: wake.clone(),
             endpoint: config.peer_endpoint,
+            allowed: config.allowed_sources,
             counters: counters.clone(),
         };
         let handle = match std::thread::Builder::new()
@@ -200,6 +208,7 @@ impl WireguardLink {
             handshakes: get(&c.handshakes),
             dropped: get(&c.dropped),
             no_endpoint: get(&c.no_endpoint),
+            refused_source: get(&c.refused_source),
             peer_endpoint: c.endpoint.lock().ok().and_then(|e| *e),
             running: c.running.load(Ordering::Relaxed),
         }

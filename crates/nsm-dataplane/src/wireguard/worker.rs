@@ -12,13 +12,14 @@
 //! first datagram boringtun accepts, and follows the peer when it roams.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use boringtun::noise::{Tunn, TunnResult};
+use ipnet::IpNet;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
 use tun_rs::SyncDevice;
@@ -42,6 +43,7 @@ pub(crate) struct Counters {
     pub handshakes: AtomicU64,
     pub dropped: AtomicU64,
     pub no_endpoint: AtomicU64,
+    pub refused_source: AtomicU64,
     pub endpoint: std::sync::Mutex<Option<SocketAddr>>,
     pub running: AtomicBool,
 }
@@ -59,6 +61,8 @@ pub(crate) struct Worker {
     pub udp: UdpSocket,
     pub wake: Arc<EventFd>,
     pub endpoint: Option<SocketAddr>,
+    /// Allowed inner source addresses (empty: all).
+    pub allowed: Vec<IpNet>,
     pub counters: Arc<Counters>,
 }
 
@@ -175,13 +179,8 @@ impl Worker {
             }
             self.learn_endpoint(from);
             match r {
-                TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
-                    let len = p.len();
-                    if self.to_pod(p) {
-                        Counters::add(&self.counters.rx_packets, 1);
-                        Counters::add(&self.counters.rx_bytes, len);
-                    }
-                }
+                TunnResult::WriteToTunnelV4(p, src) => self.deliver(p, src.into()),
+                TunnResult::WriteToTunnelV6(p, src) => self.deliver(p, src.into()),
                 TunnResult::WriteToNetwork(_) => {
                     self.to_network(r, Some(from));
                     // A completed handshake releases the packets queued while it ran: boringtun
@@ -230,6 +229,18 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Writes a decrypted packet from `src` into the pod if `src` is allowed, and counts it.
+    fn deliver(&self, packet: &[u8], src: IpAddr) {
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|net| net.contains(&src)) {
+            Counters::add(&self.counters.refused_source, 1);
+            return;
+        }
+        if self.to_pod(packet) {
+            Counters::add(&self.counters.rx_packets, 1);
+            Counters::add(&self.counters.rx_bytes, packet.len());
         }
     }
 
