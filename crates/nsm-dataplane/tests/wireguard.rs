@@ -450,3 +450,23 @@ async fn allowed_sources_drop_decrypted_packets_from_elsewhere() {
         "only the IPv4 echoes reached b's pod: {s:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_pod_interface_stops_the_worker() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let w = World::new("w5");
+    let (link_a, link_b) = two_links(&w, "wggone", 38, None).await;
+    assert_eq!(ping(&w.pod_a, "169.254.38.100").await, 3);
+    w.pod_b.ip(&["link", "del", "wggone"]);
+    eventually(&link_b, "b's worker stops by itself", |s| !s.running).await;
+    assert!(link_a.stats().running, "a is not affected");
+    assert_eq!(worker_threads("wggone"), 1);
+    let sock_b = link_b.stop().expect("the socket comes back");
+    assert_eq!(sock_b.local_addr().ip(), node_ip('b'));
+    drop(link_a);
+    assert!(w.pod_a.links().is_empty() && w.pod_b.links().is_empty());
+    assert_eq!(worker_threads("wggone"), 0);
+}

@@ -24,6 +24,12 @@
 //! disappear). `stop` hands the UDP socket back (a replacement link can reuse the port); drop closes
 //! it (the port is free again). A failed start also hands the socket back, in [`StartError`].
 //!
+//! **Pod namespace lifetime:** the open TUN holds a reference to the pod's namespace (the kernel's
+//! TUN socket does), so a pod namespace deleted while its link runs (`ip netns del`, a pod that
+//! died) lives on, with the interface in it, until the link is stopped: Close must stop the link.
+//! If the pod interface itself is deleted, the worker notices and stops by itself
+//! ([`LinkStats::running`] turns false).
+//!
 //! **State kept:** per link, the worker thread's handle, the wake fd and shared [`LinkStats`]
 //! counters; the worker owns the `Tunn` (sessions, timers), the TUN device, the socket and the
 //! current peer endpoint. Nothing is persisted: after a crash the TUN disappears with the process.

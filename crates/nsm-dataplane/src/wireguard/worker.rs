@@ -6,6 +6,9 @@
 //! (handshake retries, rekeys, keepalives, session expiry) run when the link is idle; they also run
 //! after every wake-up, which costs a clock read.
 //!
+//! If the TUN fails for good (someone deleted the pod interface), the worker stops by itself; the
+//! link then reports `running: false` until it is stopped.
+//!
 //! Each wake-up drains a bounded batch from each readable fd (so one direction cannot starve the
 //! other). A datagram boringtun refuses (garbage, wrong size, wrong key, replay) is counted in
 //! `dropped` and otherwise ignored. The peer's endpoint, if not configured, is learnt from the
@@ -98,8 +101,11 @@ impl Worker {
             if stop {
                 break;
             }
-            if tun_ready {
-                self.outbound(&mut buf);
+            if tun_ready && let Err(e) = self.outbound(&mut buf) {
+                // The pod interface was deleted: nothing left to serve. Stopping here also keeps a
+                // detached TUN fd's endless POLLERR from spinning the loop.
+                tracing::warn!("wireguard worker: TUN read failed ({e}); stopping");
+                break;
             }
             if udp_ready {
                 self.inbound(&mut buf);
@@ -128,28 +134,26 @@ impl Worker {
         }
         let ready = |fd: &PollFd<'_>| {
             fd.revents()
-                .is_some_and(|r| !(r & (PollFlags::POLLIN | PollFlags::POLLERR)).is_empty())
+                .is_some_and(|r| !(r & !PollFlags::POLLOUT).is_empty())
         };
         Ok((ready(&fds[0]), ready(&fds[1]), ready(&fds[2])))
     }
 
     /// Encapsulates a batch of packets from the pod.
-    fn outbound(&mut self, buf: &mut Buffers) {
+    fn outbound(&mut self, buf: &mut Buffers) -> io::Result<()> {
         for _ in 0..BATCH {
             let n = match self.tun.recv(&mut buf.src) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!("wireguard worker: TUN read failed: {e}");
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
             };
             Counters::add(&self.counters.tx_packets, 1);
             Counters::add(&self.counters.tx_bytes, n);
             let r = self.tunn.encapsulate(&buf.src[..n], &mut buf.dst);
             self.to_network(r, None);
         }
+        Ok(())
     }
 
     /// Decapsulates a batch of datagrams from the peer.
