@@ -166,6 +166,8 @@ impl WireguardLink {
             udp: socket.into_inner(),
             wake: wake.clone(),
             endpoint: config.peer_endpoint,
+            // The kernel refused an MTU above 65535 when the TUN was configured.
+            mtu: usize::try_from(config.interface.mtu.min(65_535)).unwrap_or(65_535),
             allowed: config.allowed_sources,
             counters: counters.clone(),
         };

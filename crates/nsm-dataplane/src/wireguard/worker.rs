@@ -25,7 +25,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use ipnet::IpNet;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
-use tun_rs::SyncDevice;
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 /// How often boringtun's timers run on an idle link (its own device layer uses 250 ms).
 pub(crate) const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -64,14 +64,43 @@ pub(crate) struct Worker {
     pub udp: UdpSocket,
     pub wake: Arc<EventFd>,
     pub endpoint: Option<SocketAddr>,
+    /// The pod interface's MTU (the largest packet a super-frame is split into).
+    pub mtu: usize,
     /// Allowed inner source addresses (empty: all).
     pub allowed: Vec<IpNet>,
     pub counters: Arc<Counters>,
 }
 
 struct Buffers {
-    src: Vec<u8>,
+    /// A raw TUN read: virtio-net header + up to a 64 KB super-frame.
+    raw: Vec<u8>,
+    /// The super-frame split into MTU-sized packets, and their sizes.
+    segments: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    /// A UDP datagram received.
+    datagram: Vec<u8>,
+    /// boringtun's output.
     dst: Vec<u8>,
+    /// Decrypted packets waiting to be written to the TUN (each after a header's room), and how
+    /// many of `to_pod` are in use.
+    to_pod: Vec<Vec<u8>>,
+    to_pod_len: usize,
+    gro: GROTable,
+}
+
+impl Buffers {
+    fn new(mtu: usize) -> Self {
+        Self {
+            raw: vec![0; VIRTIO_NET_HDR_LEN + 65_535],
+            segments: vec![vec![0; mtu]; IDEAL_BATCH_SIZE],
+            sizes: vec![0; IDEAL_BATCH_SIZE],
+            datagram: vec![0; BUF],
+            dst: vec![0; BUF],
+            to_pod: Vec::new(),
+            to_pod_len: 0,
+            gro: GROTable::default(),
+        }
+    }
 }
 
 impl Worker {
@@ -79,10 +108,7 @@ impl Worker {
     /// socket back.
     pub(crate) fn run(mut self) -> UdpSocket {
         self.counters.running.store(true, Ordering::Relaxed);
-        let mut buf = Buffers {
-            src: vec![0; BUF],
-            dst: vec![0; BUF],
-        };
+        let mut buf = Buffers::new(self.mtu);
         let mut last_handshake = None;
         // The side that knows where the peer is starts the handshake now, so the first packet from
         // the pod does not wait for it.
@@ -109,6 +135,7 @@ impl Worker {
             }
             if udp_ready {
                 self.inbound(&mut buf);
+                self.flush_to_pod(&mut buf);
             }
             let r = self.tunn.update_timers(&mut buf.dst);
             self.to_network(r, None);
@@ -142,16 +169,28 @@ impl Worker {
     /// Encapsulates a batch of packets from the pod.
     fn outbound(&mut self, buf: &mut Buffers) -> io::Result<()> {
         for _ in 0..BATCH {
-            let n = match self.tun.recv(&mut buf.src) {
-                Ok(n) => n,
+            let count = match self.tun.recv_multiple(
+                &mut buf.raw,
+                &mut buf.segments,
+                &mut buf.sizes,
+                0,
+            ) {
+                Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // A frame tun-rs cannot split (bad virtio header): drop it.
+                    Counters::add(&self.counters.dropped, 1);
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
-            Counters::add(&self.counters.tx_packets, 1);
-            Counters::add(&self.counters.tx_bytes, n);
-            let r = self.tunn.encapsulate(&buf.src[..n], &mut buf.dst);
-            self.to_network(r, None);
+            for (segment, &n) in buf.segments.iter().zip(&buf.sizes).take(count) {
+                Counters::add(&self.counters.tx_packets, 1);
+                Counters::add(&self.counters.tx_bytes, n);
+                let r = self.tunn.encapsulate(&segment[..n], &mut buf.dst);
+                self.to_network(r, None);
+            }
         }
         Ok(())
     }
@@ -159,7 +198,7 @@ impl Worker {
     /// Decapsulates a batch of datagrams from the peer.
     fn inbound(&mut self, buf: &mut Buffers) {
         for _ in 0..BATCH {
-            let (n, from) = match self.udp.recv_from(&mut buf.src) {
+            let (n, from) = match self.udp.recv_from(&mut buf.datagram) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -176,15 +215,19 @@ impl Worker {
             }
             let r = self
                 .tunn
-                .decapsulate(Some(from.ip()), &buf.src[..n], &mut buf.dst);
+                .decapsulate(Some(from.ip()), &buf.datagram[..n], &mut buf.dst);
             if matches!(r, TunnResult::Err(_)) {
                 Counters::add(&self.counters.dropped, 1);
                 continue;
             }
             self.learn_endpoint(from);
             match r {
-                TunnResult::WriteToTunnelV4(p, src) => self.deliver(p, src.into()),
-                TunnResult::WriteToTunnelV6(p, src) => self.deliver(p, src.into()),
+                TunnResult::WriteToTunnelV4(p, src) => {
+                    self.deliver(&mut buf.to_pod, &mut buf.to_pod_len, p, src.into())
+                }
+                TunnResult::WriteToTunnelV6(p, src) => {
+                    self.deliver(&mut buf.to_pod, &mut buf.to_pod_len, p, src.into())
+                }
                 TunnResult::WriteToNetwork(_) => {
                     self.to_network(r, Some(from));
                     // A completed handshake releases the packets queued while it ran: boringtun
@@ -236,29 +279,46 @@ impl Worker {
         }
     }
 
-    /// Writes a decrypted packet from `src` into the pod if `src` is allowed, and counts it.
-    fn deliver(&self, packet: &[u8], src: IpAddr) {
+    /// Queues a decrypted packet from `src` for the pod if `src` is allowed.
+    fn deliver(&self, queue: &mut Vec<Vec<u8>>, used: &mut usize, packet: &[u8], src: IpAddr) {
         if !self.allowed.is_empty() && !self.allowed.iter().any(|net| net.contains(&src)) {
             Counters::add(&self.counters.refused_source, 1);
             return;
         }
-        if self.to_pod(packet) {
-            Counters::add(&self.counters.rx_packets, 1);
-            Counters::add(&self.counters.rx_bytes, packet.len());
+        if *used == queue.len() {
+            queue.push(Vec::with_capacity(VIRTIO_NET_HDR_LEN + packet.len()));
         }
+        let slot = &mut queue[*used];
+        slot.clear();
+        slot.resize(VIRTIO_NET_HDR_LEN, 0);
+        slot.extend_from_slice(packet);
+        *used += 1;
     }
 
-    /// Writes a decrypted packet into the pod; false if it was dropped.
-    fn to_pod(&self, packet: &[u8]) -> bool {
+    /// Writes the queued packets into the pod, TCP segments of one flow coalesced (GRO).
+    fn flush_to_pod(&self, buf: &mut Buffers) {
+        let used = std::mem::take(&mut buf.to_pod_len);
+        if used == 0 {
+            return;
+        }
+        let batch = &mut buf.to_pod[..used];
+        let bytes: usize = batch.iter().map(|p| p.len() - VIRTIO_NET_HDR_LEN).sum();
         loop {
-            match self.tun.send(packet) {
-                Ok(_) => return true,
+            match self
+                .tun
+                .send_multiple(&mut buf.gro, batch, VIRTIO_NET_HDR_LEN)
+            {
+                Ok(_) => {
+                    Counters::add(&self.counters.rx_packets, used);
+                    Counters::add(&self.counters.rx_bytes, bytes);
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && wait_writable(&self.tun) => {}
                 Err(e) => {
                     tracing::debug!("wireguard worker: TUN write: {e}");
-                    Counters::add(&self.counters.dropped, 1);
-                    return false;
+                    Counters::add(&self.counters.dropped, used);
+                    return;
                 }
             }
         }
