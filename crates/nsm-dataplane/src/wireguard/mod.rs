@@ -39,6 +39,7 @@
 //! addresses; [`LinkConfig::allowed_sources`]).
 
 mod error;
+mod gso;
 mod keys;
 mod socket;
 mod tun;
