@@ -52,6 +52,24 @@ pub enum PlanError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A WIREGUARD parameter is missing or malformed.
+    #[error("WIREGUARD mechanism parameter {key}: {reason}")]
+    BadWireguard {
+        /// The parameter key.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The pod interface's MTU is below what its address family needs.
+    #[error("pod interface MTU {mtu} is below {least}, the least {family} works with")]
+    MtuTooSmall {
+        /// The MTU the plan arrived at.
+        mtu: u32,
+        /// The least usable MTU.
+        least: u32,
+        /// IPv4 or IPv6.
+        family: &'static str,
+    },
     /// An address, route or MAC in the connection context is malformed.
     #[error("connection context {field} = {value:?} is malformed")]
     BadContext {
@@ -133,6 +151,12 @@ pub enum ApplyError {
         interface: String,
         /// The namespace.
         netns: String,
+    },
+    /// A WireGuard plan reached an executor that has no WireGuard ends (keys and sockets).
+    #[error("connection {connection}: this data plane has no WireGuard ends configured")]
+    NoWireguard {
+        /// The connection id.
+        connection: String,
     },
     /// Rolling back after a failure failed too; both errors are reported.
     #[error("{cause}; rollback also failed: {rollback}")]

@@ -43,7 +43,7 @@ use rtnetlink::Handle;
 use crate::error::ApplyError;
 use crate::names::LinkAlias;
 use crate::netns::{NetlinkHost, Netns};
-use crate::plan::{Plan, PodInterface, TunnelPlan};
+use crate::plan::{Plan, PodInterface, TunnelPlan, VxlanPlan};
 use node::NodeNetlink;
 pub use node::{DeletionThreads, MAX_DELETION_THREADS};
 use pod::{Pod, PodResult};
@@ -94,6 +94,11 @@ impl Created {
     fn is_tunnel(&self) -> bool {
         !matches!(self, Created::Veth { .. })
     }
+}
+
+/// The VXLAN part of `plan`, if it has one.
+fn vxlan_of(plan: &Plan) -> Option<&VxlanPlan> {
+    plan.tunnel.as_ref().and_then(TunnelPlan::vxlan)
 }
 
 /// Priority of the one redirect filter on a node-side veth.
@@ -189,8 +194,7 @@ impl Executor {
             return Ok(());
         }
         if let Some(old) = applied.take() {
-            self.undo(node, &old.created, old.plan.tunnel.as_ref())
-                .await?;
+            self.undo(node, &old.created, vxlan_of(&old.plan)).await?;
         }
         let pods = pods.into_iter().collect::<Result<Vec<_>, _>>().map_err(
             |(path, interface, source)| ApplyError::Netns {
@@ -208,7 +212,7 @@ impl Executor {
                 });
                 Ok(())
             }
-            Err(cause) => match self.undo(node, &created, plan.tunnel.as_ref()).await {
+            Err(cause) => match self.undo(node, &created, vxlan_of(plan)).await {
                 Ok(()) => Err(cause),
                 Err(rollback) => Err(ApplyError::RollbackFailed {
                     cause: Box::new(cause),
@@ -229,7 +233,7 @@ impl Executor {
         let mut applied = slot.lock().await;
         let result = match applied.take() {
             Some(old) => self
-                .undo(node, &old.created, old.plan.tunnel.as_ref())
+                .undo(node, &old.created, vxlan_of(&old.plan))
                 .await
                 .map(|()| true),
             None => {
@@ -343,14 +347,23 @@ impl Executor {
         pods: &[Pod],
         created: &mut Vec<Created>,
     ) -> Result<(), ApplyError> {
-        if let Some(t) = &plan.tunnel {
+        let tunnel = match &plan.tunnel {
+            None => None,
+            Some(TunnelPlan::Vxlan(t)) => Some(t),
+            Some(TunnelPlan::Wireguard(_)) => {
+                return Err(ApplyError::NoWireguard {
+                    connection: plan.connection_id.clone(),
+                });
+            }
+        };
+        if let Some(t) = tunnel {
             self.check_underlay(node, t).await?;
         }
         let mut node_ends = Vec::new();
         for (want, pod) in plan.pods.iter().zip(pods) {
             node_ends.push(self.build_veth(node, want, pod, created).await?);
         }
-        match (&plan.tunnel, node_ends.as_slice()) {
+        match (tunnel, node_ends.as_slice()) {
             (Some(t), [node_end]) => {
                 let _tunnels = self.tunnels.lock().await;
                 self.build_tunnel(node, t, *node_end, created).await
@@ -496,7 +509,7 @@ impl Executor {
         Ok(node_index)
     }
 
-    async fn check_underlay(&self, node: &Handle, t: &TunnelPlan) -> Result<(), ApplyError> {
+    async fn check_underlay(&self, node: &Handle, t: &VxlanPlan) -> Result<(), ApplyError> {
         let netns = self.node.to_string();
         let addrs = ops::addresses(node)
             .await
@@ -523,7 +536,7 @@ impl Executor {
     async fn build_tunnel(
         &self,
         node: &Handle,
-        t: &TunnelPlan,
+        t: &VxlanPlan,
         node_end: u32,
         created: &mut Vec<Created>,
     ) -> Result<(), ApplyError> {
@@ -575,7 +588,7 @@ impl Executor {
         &self,
         node: &Handle,
         created: &[Created],
-        tunnel: Option<&TunnelPlan>,
+        tunnel: Option<&VxlanPlan>,
     ) -> Result<(), ApplyError> {
         let shared = tunnel.is_some() || created.iter().any(Created::is_tunnel);
         let _tunnels = match shared {
@@ -590,7 +603,7 @@ impl Executor {
         &self,
         node: &Handle,
         created: &[Created],
-        tunnel: Option<&TunnelPlan>,
+        tunnel: Option<&VxlanPlan>,
     ) -> Result<(), ApplyError> {
         let mut first_error = None;
         for c in created.iter().rev() {
@@ -627,7 +640,7 @@ impl Executor {
     async fn delete_tunnel_if_unused(
         &self,
         node: &Handle,
-        t: &TunnelPlan,
+        t: &VxlanPlan,
     ) -> Result<(), ApplyError> {
         let Ok(Some(m)) = ops::link_by_name(node, &t.device).await else {
             return Ok(());

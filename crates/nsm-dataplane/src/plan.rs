@@ -8,6 +8,18 @@
 //! | KERNEL | KERNEL | veth into the client pod + veth into the endpoint pod, node ends cross-connected |
 //! | KERNEL | VXLAN  | veth into the client pod, cross-connected with the VXLAN tunnel to `dst_ip` |
 //! | VXLAN  | KERNEL | VXLAN tunnel from `src_ip`, cross-connected with a veth into the endpoint pod |
+//! | KERNEL | WIREGUARD | a TUN in the client pod, joined by a userspace WireGuard link to `dst_ip:dst_port` |
+//! | WIREGUARD | KERNEL | a TUN in the endpoint pod, joined by a userspace WireGuard link to `src_ip:src_port` |
+//!
+//! Every other pair (WIREGUARD ↔ WIREGUARD, WIREGUARD ↔ VXLAN, …) is [`PlanError::Unsupported`].
+//!
+//! **WireGuard (payload IP, docs/wireguard.md).** The pod gets a layer-3 TUN ([`PodKind::Tun`]): no
+//! node veth, no tc mirred, no MAC, FDB or neighbours; a route's gateway means nothing on a
+//! point-to-point link, so every route is a device route. The link's worker thread is the
+//! cross-connect. Pod MTU = min(context MTU, the mechanism's `MTU` or underlay − 80); below 1280 with
+//! IPv6 addresses (68 with IPv4 only) the plan is refused. The [`WireguardPlan`] carries public data
+//! only (addresses, ports, public keys, allowed sources), so a refresh compares equal and changes
+//! nothing; the key pair and socket are looked up by the executor under `local_public`.
 //!
 //! **Why two veths on one node, not one veth between the pods:** every side owns one interface and the
 //! cross-connect only joins two node-side interfaces (sdk-vpp's structure, reference §2.1), so refresh,
@@ -32,16 +44,18 @@
 //! GSO/GRO are exactly the ones measured in reference §4.3. Unlike `external` + eBPF demux (the other
 //! option), this needs no BPF programs, which cannot be compiled on these machines.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
 use nsm_api::Mechanism;
 use nsm_api::connectioncontext::{ConnectionContext, IpContext};
-use nsm_api::mechanisms::{MechanismType, vxlan};
+use nsm_api::mechanisms::{MechanismType, vxlan, wireguard};
+pub use nsm_core::metadata::Side;
 
 use crate::error::PlanError;
 use crate::names::{self, IFNAME_MAX, LinkAlias, Role};
+use crate::wireguard::{PERSISTENT_KEEPALIVE, PublicKey};
 
 /// Forwarder-wide inputs of the planner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,34 +120,46 @@ pub struct PlanRequest<'a> {
 pub struct Plan {
     /// This forwarder's connection id.
     pub connection_id: String,
-    /// Veths into pods (one or two).
+    /// Interfaces into pods (one or two).
     pub pods: Vec<PodInterface>,
     /// The tunnel, for a remote connection.
     pub tunnel: Option<TunnelPlan>,
 }
 
-/// A veth whose pod end lives in a pod's namespace.
+/// What kind of interface a pod gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodKind {
+    /// A veth whose node end is cross-connected (KERNEL ↔ KERNEL, KERNEL ↔ VXLAN).
+    Veth,
+    /// A layer-3 TUN made by the WireGuard link (KERNEL ↔ WIREGUARD): no node end, no MAC, no
+    /// neighbours, device routes only; the link's worker is the cross-connect.
+    Tun,
+}
+
+/// An interface in a pod's namespace: a veth whose pod end lives there, or a TUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInterface {
     /// Whose pod.
     pub role: Role,
+    /// Veth or TUN.
+    pub kind: PodKind,
     /// The pod's network namespace file.
     pub netns: PathBuf,
     /// Pod-end name (the mechanism's `name`).
     pub name: String,
-    /// Node-end name (derived from owner + connection id + role).
+    /// Node-end name (derived from owner + connection id + role); empty for a TUN.
     pub node_name: String,
-    /// Alias put on both ends.
+    /// Alias put on both ends (on the TUN for a TUN).
     pub alias: LinkAlias,
-    /// Pod-end MAC.
+    /// Pod-end MAC; zero for a TUN.
     pub mac: [u8; 6],
     /// MTU of both ends.
     pub mtu: u32,
     /// Addresses of the pod end.
     pub addresses: Vec<IpNet>,
-    /// Routes in the pod via the pod end.
+    /// Routes in the pod via the pod end (never with a gateway on a TUN).
     pub routes: Vec<RoutePlan>,
-    /// Permanent neighbours in the pod.
+    /// Permanent neighbours in the pod; none on a TUN.
     pub neighbours: Vec<NeighbourPlan>,
 }
 
@@ -155,9 +181,36 @@ pub struct NeighbourPlan {
     pub mac: [u8; 6],
 }
 
+/// The tunnel part of a remote connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelPlan {
+    /// VXLAN (payload ETHERNET).
+    Vxlan(VxlanPlan),
+    /// WireGuard (payload IP).
+    Wireguard(WireguardPlan),
+}
+
+impl TunnelPlan {
+    /// The VXLAN part, if this is a VXLAN tunnel.
+    pub fn vxlan(&self) -> Option<&VxlanPlan> {
+        match self {
+            Self::Vxlan(v) => Some(v),
+            Self::Wireguard(_) => None,
+        }
+    }
+
+    /// The WireGuard part, if this is a WireGuard tunnel.
+    pub fn wireguard(&self) -> Option<&WireguardPlan> {
+        match self {
+            Self::Wireguard(w) => Some(w),
+            Self::Vxlan(_) => None,
+        }
+    }
+}
+
 /// The VXLAN part of a remote connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TunnelPlan {
+pub struct VxlanPlan {
     /// Shared device name (per VNI and port).
     pub device: String,
     /// Its alias.
@@ -180,6 +233,52 @@ pub struct TunnelPlan {
     pub node_interface: String,
 }
 
+/// The WireGuard part of a remote connection: public data only (the key pair and the bound socket
+/// are held by the forwarder's WireGuard ends under `local_public`), so plans compare equal on refresh.
+/// The pod interface (a [`PodKind::Tun`]) is the plan's one pod; its MTU is the link's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardPlan {
+    /// Which end of the tunnel this forwarder is: `Client` when it requested WIREGUARD from the next
+    /// hop (its `src_*`), `Server` when it was asked for it (its `dst_*`).
+    pub side: Side,
+    /// This forwarder's tunnel IP and port.
+    pub local: SocketAddr,
+    /// This forwarder's public key for the connection.
+    pub local_public: PublicKey,
+    /// The far forwarder's tunnel IP and port.
+    pub peer: SocketAddr,
+    /// The far forwarder's public key.
+    pub peer_public: PublicKey,
+    /// Persistent keepalive in seconds (NSM: 10).
+    pub keepalive: u16,
+    /// Sources accepted from the peer: the far pod's addresses and the prefixes routed into the
+    /// tunnel (WireGuard's allowed IPs).
+    pub allowed: Vec<IpNet>,
+}
+
+/// The remote mechanism of a connection, and whether this forwarder serves it (it is the incoming
+/// one).
+#[derive(Clone, Copy)]
+enum Remote<'a> {
+    Vxlan(&'a Mechanism, bool),
+    Wireguard(&'a Mechanism, bool),
+}
+
+impl<'a> Remote<'a> {
+    fn mechanism(self) -> &'a Mechanism {
+        match self {
+            Self::Vxlan(m, _) | Self::Wireguard(m, _) => m,
+        }
+    }
+
+    fn overhead(self) -> u32 {
+        match self {
+            Self::Vxlan(..) => vxlan::OVERHEAD,
+            Self::Wireguard(..) => wireguard::OVERHEAD,
+        }
+    }
+}
+
 /// The tunnel end as seen from this forwarder.
 struct TunnelEnds {
     local: IpAddr,
@@ -194,10 +293,13 @@ pub fn plan(config: &PlanConfig, req: &PlanRequest<'_>) -> Result<Plan, PlanErro
     let (client_mac, endpoint_mac) = pod_macs(req)?;
     let kind = |m: &Mechanism| m.mechanism_type();
     let (incoming, outgoing) = (kind(req.incoming), kind(req.outgoing));
-    let tunnel_mechanism = match (incoming, outgoing) {
-        (Some(MechanismType::Kernel), Some(MechanismType::Kernel)) => None,
-        (Some(MechanismType::Kernel), Some(MechanismType::Vxlan)) => Some((req.outgoing, false)),
-        (Some(MechanismType::Vxlan), Some(MechanismType::Kernel)) => Some((req.incoming, true)),
+    use MechanismType::{Kernel, Vxlan, Wireguard};
+    let remote = match (incoming, outgoing) {
+        (Some(Kernel), Some(Kernel)) => None,
+        (Some(Kernel), Some(Vxlan)) => Some(Remote::Vxlan(req.outgoing, false)),
+        (Some(Vxlan), Some(Kernel)) => Some(Remote::Vxlan(req.incoming, true)),
+        (Some(Kernel), Some(Wireguard)) => Some(Remote::Wireguard(req.outgoing, false)),
+        (Some(Wireguard), Some(Kernel)) => Some(Remote::Wireguard(req.incoming, true)),
         _ => {
             return Err(PlanError::Unsupported {
                 incoming: req.incoming.r#type.clone(),
@@ -205,15 +307,20 @@ pub fn plan(config: &PlanConfig, req: &PlanRequest<'_>) -> Result<Plan, PlanErro
             });
         }
     };
-    let tunnel_mtu = tunnel_mechanism.map(|(m, _)| {
-        m.mtu()
-            .unwrap_or_else(|| config.underlay_mtu.saturating_sub(vxlan::OVERHEAD))
+    let tunnel_mtu = remote.map(|r| {
+        r.mechanism()
+            .mtu()
+            .unwrap_or_else(|| config.underlay_mtu.saturating_sub(r.overhead()))
     });
     let pod_mtu = match (req.context.mtu, tunnel_mtu) {
         (0, None) => config.local_mtu,
         (0, Some(t)) => t,
         (c, None) => c,
         (c, Some(t)) => c.min(t),
+    };
+    let pod_kind = match remote {
+        Some(Remote::Wireguard(..)) => PodKind::Tun,
+        _ => PodKind::Veth,
     };
     let mut pods = Vec::new();
     let sides = [
@@ -235,14 +342,21 @@ pub fn plan(config: &PlanConfig, req: &PlanRequest<'_>) -> Result<Plan, PlanErro
     for (kind, role, m, mac, far_mac) in sides {
         if kind == Some(MechanismType::Kernel) {
             let mut pod = pod_interface(config, req.connection_id, role, m, &ip)?;
-            pod.mac = mac;
             pod.mtu = pod_mtu;
-            pod.neighbours = neighbours(role, &ip, far_mac)?;
+            match pod_kind {
+                PodKind::Veth => {
+                    pod.mac = mac;
+                    pod.neighbours = neighbours(role, &ip, far_mac)?;
+                }
+                PodKind::Tun => into_tun(&mut pod)?,
+            }
             pods.push(pod);
         }
     }
-    let tunnel = match (tunnel_mechanism, tunnel_mtu) {
-        (Some((m, served)), Some(mtu)) => {
+    let tunnel = match remote {
+        None => None,
+        Some(Remote::Vxlan(m, served)) => {
+            let mtu = tunnel_mtu.unwrap_or(pod_mtu);
             let ends = tunnel_ends(m, served)?;
             let port = ends.port.unwrap_or_else(|| config.port());
             let vni = m.vni().filter(|v| *v != 0).ok_or(PlanError::BadVxlan {
@@ -255,7 +369,7 @@ pub fn plan(config: &PlanConfig, req: &PlanRequest<'_>) -> Result<Plan, PlanErro
             } else {
                 (client_mac, endpoint_mac)
             };
-            Some(TunnelPlan {
+            Some(TunnelPlan::Vxlan(VxlanPlan {
                 device: names::vxlan_device_name(vni, port),
                 alias: LinkAlias {
                     owner: config.owner.clone(),
@@ -273,14 +387,115 @@ pub fn plan(config: &PlanConfig, req: &PlanRequest<'_>) -> Result<Plan, PlanErro
                     .first()
                     .map(|p| p.node_name.clone())
                     .unwrap_or_default(),
-            })
+            }))
         }
-        _ => None,
+        Some(Remote::Wireguard(m, served)) => {
+            let pod = pods.first().ok_or(PlanError::Unsupported {
+                incoming: req.incoming.r#type.clone(),
+                outgoing: req.outgoing.r#type.clone(),
+            })?;
+            Some(TunnelPlan::Wireguard(wireguard_plan(m, served, pod, &ip)?))
+        }
     };
     Ok(Plan {
         connection_id: req.connection_id.to_string(),
         pods,
         tunnel,
+    })
+}
+
+/// Turns a planned veth into a TUN: no node end, MAC or neighbours; a gateway means nothing on a
+/// point-to-point layer-3 link, so every route becomes a device route. Checks the MTU against the
+/// pod's address families (IPv6 needs 1280, IPv4 68).
+fn into_tun(pod: &mut PodInterface) -> Result<(), PlanError> {
+    pod.kind = PodKind::Tun;
+    pod.node_name = String::new();
+    pod.mac = [0; 6];
+    pod.neighbours = Vec::new();
+    for r in &mut pod.routes {
+        r.via = None;
+    }
+    let v6 = pod.addresses.iter().any(|a| a.addr().is_ipv6());
+    let least = if v6 { IPV6_MIN_MTU } else { IPV4_MIN_MTU };
+    if pod.mtu < least {
+        return Err(PlanError::MtuTooSmall {
+            mtu: pod.mtu,
+            least,
+            family: if v6 { "IPv6" } else { "IPv4" },
+        });
+    }
+    Ok(())
+}
+
+/// The least MTU IPv6 works with (RFC 8200).
+const IPV6_MIN_MTU: u32 = 1280;
+/// The least MTU IPv4 works with (RFC 791).
+const IPV4_MIN_MTU: u32 = 68;
+
+fn wireguard_plan(
+    m: &Mechanism,
+    served: bool,
+    pod: &PodInterface,
+    ip: &IpContext,
+) -> Result<WireguardPlan, PlanError> {
+    let bad = |key: &'static str, reason: String| PlanError::BadWireguard { key, reason };
+    let addr = |ip_key: &'static str, port_key: &'static str| -> Result<SocketAddr, PlanError> {
+        let v = m.param(ip_key).unwrap_or_default();
+        let ip: IpAddr = v
+            .parse()
+            .map_err(|_| bad(ip_key, format!("{v:?} is not an IP address")))?;
+        let p = m.param(port_key).unwrap_or_default();
+        let port = p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad(port_key, format!("{p:?} is not a port in 1..65535")))?;
+        Ok(SocketAddr::new(ip, port))
+    };
+    let key = |key: &'static str| -> Result<PublicKey, PlanError> {
+        let v = m.param(key).unwrap_or_default();
+        v.parse::<PublicKey>().map_err(|e| bad(key, e.to_string()))
+    };
+    let src = addr(wireguard::SRC_IP, wireguard::SRC_PORT)?;
+    let dst = addr(wireguard::DST_IP, wireguard::DST_PORT)?;
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(bad(
+            wireguard::DST_IP,
+            format!("{} and {} are of different families", src.ip(), dst.ip()),
+        ));
+    }
+    let src_key = key(wireguard::SRC_PUBLIC_KEY)?;
+    let dst_key = key(wireguard::DST_PUBLIC_KEY)?;
+    let (side, local, local_public, peer, peer_public) = if served {
+        (Side::Server, dst, dst_key, src, src_key)
+    } else {
+        (Side::Client, src, src_key, dst, dst_key)
+    };
+    // What the pod routes into the tunnel is what may come out of it: the far pod's addresses and
+    // the prefixes routed to it.
+    let far = match pod.role {
+        Role::Client => &ip.dst_ip_addrs,
+        _ => &ip.src_ip_addrs,
+    };
+    let mut allowed: Vec<IpNet> = Vec::new();
+    let routed = pod.routes.iter().map(|r| r.destination);
+    for net in parse_nets("ip_context (far addresses)", far)?
+        .into_iter()
+        .map(|n| n.trunc())
+        .chain(routed)
+    {
+        if !allowed.contains(&net) {
+            allowed.push(net);
+        }
+    }
+    Ok(WireguardPlan {
+        side,
+        local,
+        local_public,
+        peer,
+        peer_public,
+        keepalive: PERSISTENT_KEEPALIVE,
+        allowed,
     })
 }
 
@@ -407,6 +622,7 @@ fn pod_interface(
     }
     Ok(PodInterface {
         role,
+        kind: PodKind::Veth,
         netns,
         name,
         node_name: names::node_interface_name(&config.owner, connection_id, role),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nsm_core::clock::Clock;
 use nsm_dataplane::executor::{Executor, MAX_DELETION_THREADS};
-use nsm_dataplane::plan::{PlanConfig, PlanRequest, plan};
+use nsm_dataplane::plan::{PlanConfig, PlanRequest, TunnelPlan, plan};
 use nsm_dataplane::{ApplyError, Plan};
 
 fn mk_plan(
@@ -133,7 +133,11 @@ async fn two_nodes_over_vxlan_ping_with_mtu_1450_on_default_and_custom_port() {
             "link",
             "show",
             "dev",
-            &p1.tunnel.as_ref().unwrap().device,
+            &p1.tunnel
+                .as_ref()
+                .and_then(TunnelPlan::vxlan)
+                .unwrap()
+                .device,
         ]);
         assert!(
             vxd.contains(&format!("dstport {port}")) && vxd.contains("id 4242"),

@@ -202,7 +202,7 @@ impl Executor {
                 name: name.clone(),
             });
         }
-        match &plan.tunnel {
+        match super::vxlan_of(plan) {
             Some(t) => {
                 let device = ops::link_by_name(node, &t.device).await.ok()??.header.index;
                 let [(d, prio)] = u.filters.as_slice() else {

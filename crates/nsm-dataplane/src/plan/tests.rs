@@ -1,5 +1,6 @@
 use nsm_api::connectioncontext::{EthernetContext, IpNeighbor, Route};
 use nsm_api::mechanisms::kernel;
+use nsm_api::mechanisms::wireguard;
 
 use super::*;
 
@@ -15,6 +16,34 @@ fn vxlan_mech(src: &str, dst: &str, vni: u32) -> Mechanism {
     m.set_param(vxlan::SRC_IP, src);
     m.set_param(vxlan::DST_IP, dst);
     m.set_param(vxlan::VNI, vni.to_string());
+    m
+}
+
+fn vx(t: Option<TunnelPlan>) -> VxlanPlan {
+    match t {
+        Some(TunnelPlan::Vxlan(v)) => v,
+        other => panic!("a VXLAN tunnel expected: {other:?}"),
+    }
+}
+
+fn wg(t: &Option<TunnelPlan>) -> &WireguardPlan {
+    match t {
+        Some(TunnelPlan::Wireguard(w)) => w,
+        other => panic!("a WireGuard tunnel expected: {other:?}"),
+    }
+}
+
+const KEY_A: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+const KEY_B: &str = "3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08=";
+
+fn wireguard_mech() -> Mechanism {
+    let mut m = MechanismType::Wireguard.mechanism();
+    m.set_param(wireguard::SRC_IP, "169.254.100.1");
+    m.set_param(wireguard::SRC_PORT, "40001");
+    m.set_param(wireguard::SRC_PUBLIC_KEY, KEY_A);
+    m.set_param(wireguard::DST_IP, "169.254.100.2");
+    m.set_param(wireguard::DST_PORT, "40002");
+    m.set_param(wireguard::DST_PUBLIC_KEY, KEY_B);
     m
 }
 
@@ -87,7 +116,7 @@ fn client_side_vxlan_points_at_dst_and_lowers_mtu() {
     let inc = kernel_mech("/var/run/netns/pod", "nsm-1");
     let out = vxlan_mech("169.254.100.1", "169.254.100.2", 4242);
     let p = plan(&PlanConfig::new("fwd1"), &request(&inc, &out, &ctx)).unwrap();
-    let t = p.tunnel.unwrap();
+    let t = vx(p.tunnel.clone());
     assert_eq!(t.local.to_string(), "169.254.100.1");
     assert_eq!(t.remote.to_string(), "169.254.100.2");
     assert_eq!((t.vni, t.port, t.mtu), (4242, 4789, 1450));
@@ -108,7 +137,7 @@ fn server_side_vxlan_swaps_ends_and_uses_its_port_and_mtu_parameter() {
     let mut cfg = PlanConfig::new("fwd2");
     cfg.vxlan_port = 5000;
     let p = plan(&cfg, &request(&inc, &out, &ctx)).unwrap();
-    let t = p.tunnel.unwrap();
+    let t = vx(p.tunnel.clone());
     assert_eq!(
         (t.local.to_string(), t.remote.to_string()),
         ("169.254.100.2".into(), "169.254.100.1".into())
@@ -128,8 +157,8 @@ fn both_forwarders_agree_on_pod_macs() {
     r1.connection_id = "fwd1-conn";
     let mut r2 = request(&v, &k2, &ctx);
     r2.connection_id = "fwd2-conn";
-    let t1 = plan(&PlanConfig::new("fwd1"), &r1).unwrap().tunnel.unwrap();
-    let t2 = plan(&PlanConfig::new("fwd2"), &r2).unwrap().tunnel.unwrap();
+    let t1 = vx(plan(&PlanConfig::new("fwd1"), &r1).unwrap().tunnel);
+    let t2 = vx(plan(&PlanConfig::new("fwd2"), &r2).unwrap().tunnel);
     assert_eq!(t1.far_mac, t2.near_mac);
     assert_eq!(t1.near_mac, t2.far_mac);
     assert_ne!(t1.near_mac, t1.far_mac);
@@ -151,7 +180,7 @@ fn same_vni_to_two_remotes_shares_one_device_but_not_macs() {
     rb.connection_id = "b";
     let cfg = PlanConfig::new("fwd2");
     let (a, b) = (plan(&cfg, &ra).unwrap(), plan(&cfg, &rb).unwrap());
-    let (ta, tb) = (a.tunnel.unwrap(), b.tunnel.unwrap());
+    let (ta, tb) = (vx(a.tunnel.clone()), vx(b.tunnel.clone()));
     assert_eq!(
         ta.device, tb.device,
         "Linux allows one device per VNI and port"
@@ -266,4 +295,178 @@ fn bad_inputs_are_typed_errors() {
         plan(&PlanConfig::new("a:b"), &request(&good, &good, &ctx)).unwrap_err(),
         PlanError::BadOwner(_)
     ));
+}
+
+#[test]
+fn client_side_wireguard_is_one_tun_and_a_link_to_dst() {
+    let mut ctx = p2p_context();
+    ctx.mtu = 9000;
+    let inc = kernel_mech("/proc/1/ns/net", "nsm-1");
+    let out = wireguard_mech();
+    let p = plan(&PlanConfig::new("fwd1"), &request(&inc, &out, &ctx)).unwrap();
+    let [c] = &p.pods[..] else {
+        panic!("one pod expected: {p:?}")
+    };
+    assert_eq!(
+        (c.kind, c.role, c.name.as_str()),
+        (PodKind::Tun, Role::Client, "nsm-1")
+    );
+    assert!(c.node_name.is_empty() && c.neighbours.is_empty() && c.mac == [0; 6]);
+    assert_eq!(c.mtu, 1420, "min(context 9000, underlay 1500 - 80)");
+    assert_eq!(c.alias.to_string(), "nsm:fwd1:conn-1:client");
+    let w = wg(&p.tunnel);
+    assert_eq!(w.side, Side::Client);
+    assert_eq!(w.local.to_string(), "169.254.100.1:40001");
+    assert_eq!(w.peer.to_string(), "169.254.100.2:40002");
+    assert_eq!(w.local_public.to_string(), KEY_A);
+    assert_eq!(w.peer_public.to_string(), KEY_B);
+    assert_eq!(w.keepalive, 10);
+    // The far pod's addresses (the endpoint's: dst_ip_addrs) are what may come out of the tunnel.
+    let allowed: Vec<String> = w.allowed.iter().map(ToString::to_string).collect();
+    assert_eq!(allowed, ["169.254.1.100/32", "fd00::100/128"]);
+}
+
+#[test]
+fn server_side_wireguard_swaps_ends_and_takes_the_mechanism_mtu() {
+    let ctx = p2p_context();
+    let mut inc = wireguard_mech();
+    inc.set_param(wireguard::MTU, "1400");
+    let out = kernel_mech("/proc/2/ns/net", "nse-1");
+    let p = plan(&PlanConfig::new("fwd2"), &request(&inc, &out, &ctx)).unwrap();
+    let [e] = &p.pods[..] else {
+        panic!("one pod expected: {p:?}")
+    };
+    assert_eq!(
+        (e.kind, e.role, e.mtu),
+        (PodKind::Tun, Role::Endpoint, 1400)
+    );
+    let w = wg(&p.tunnel);
+    assert_eq!(w.side, Side::Server);
+    assert_eq!(w.local.to_string(), "169.254.100.2:40002");
+    assert_eq!(w.peer.to_string(), "169.254.100.1:40001");
+    assert_eq!(
+        (w.local_public.to_string(), w.peer_public.to_string()),
+        (KEY_B.into(), KEY_A.into())
+    );
+    let allowed: Vec<String> = w.allowed.iter().map(ToString::to_string).collect();
+    assert_eq!(allowed, ["169.254.1.101/32", "fd00::101/128"]);
+    // Planned twice, the same plan (a refresh changes nothing).
+    assert_eq!(
+        p,
+        plan(&PlanConfig::new("fwd2"), &request(&inc, &out, &ctx)).unwrap()
+    );
+}
+
+#[test]
+fn wireguard_routes_are_device_routes_and_allowed() {
+    let mut ctx = p2p_context();
+    let ip = ctx.ip_context.as_mut().unwrap();
+    ip.src_routes.push(Route {
+        prefix: "169.254.50.0/24".into(),
+        ..Default::default()
+    });
+    ip.src_routes.push(Route {
+        prefix: "169.254.60.0/24".into(),
+        next_hop: "169.254.1.99".into(),
+    });
+    let inc = kernel_mech("/proc/1/ns/net", "nsm-1");
+    let out = wireguard_mech();
+    let p = plan(&PlanConfig::new("f"), &request(&inc, &out, &ctx)).unwrap();
+    let c = &p.pods[0];
+    assert!(c.routes.iter().all(|r| r.via.is_none()), "{:?}", c.routes);
+    let dests: Vec<String> = c.routes.iter().map(|r| r.destination.to_string()).collect();
+    assert_eq!(
+        dests,
+        [
+            "169.254.1.100/32",
+            "fd00::100/128",
+            "169.254.50.0/24",
+            "169.254.60.0/24"
+        ]
+    );
+    let allowed: Vec<String> = wg(&p.tunnel)
+        .allowed
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(allowed, dests);
+}
+
+#[test]
+fn wireguard_mtu_below_what_the_family_needs_is_refused() {
+    let mut ctx = p2p_context();
+    ctx.mtu = 1200;
+    let inc = kernel_mech("/proc/1/ns/net", "nsm-1");
+    let out = wireguard_mech();
+    let cfg = PlanConfig::new("f");
+    assert_eq!(
+        plan(&cfg, &request(&inc, &out, &ctx)).unwrap_err(),
+        PlanError::MtuTooSmall {
+            mtu: 1200,
+            least: 1280,
+            family: "IPv6"
+        }
+    );
+    // IPv4 only: 1200 is fine, 60 is not.
+    let ip = ctx.ip_context.as_mut().unwrap();
+    ip.src_ip_addrs.truncate(1);
+    ip.dst_ip_addrs.truncate(1);
+    assert_eq!(
+        plan(&cfg, &request(&inc, &out, &ctx)).unwrap().pods[0].mtu,
+        1200
+    );
+    ctx.mtu = 60;
+    assert!(matches!(
+        plan(&cfg, &request(&inc, &out, &ctx)).unwrap_err(),
+        PlanError::MtuTooSmall { least: 68, .. }
+    ));
+}
+
+#[test]
+fn bad_wireguard_parameters_name_the_parameter() {
+    let ctx = p2p_context();
+    let inc = kernel_mech("/proc/1/ns/net", "nsm-1");
+    let cfg = PlanConfig::new("f");
+    let cases: [(&str, &str, &str); 8] = [
+        (wireguard::SRC_PUBLIC_KEY, "", "src_public_key"),
+        (wireguard::DST_PUBLIC_KEY, "AAAA", "dst_public_key"),
+        (
+            wireguard::DST_PUBLIC_KEY,
+            "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo=",
+            "dst_public_key",
+        ),
+        (wireguard::SRC_IP, "x", "src_ip"),
+        (wireguard::DST_PORT, "0", "dst_port"),
+        (wireguard::SRC_PORT, "65536", "src_port"),
+        (wireguard::DST_PORT, "x", "dst_port"),
+        (wireguard::DST_IP, "fd00::2", "dst_ip"),
+    ];
+    for (key, value, want) in cases {
+        let mut out = wireguard_mech();
+        out.set_param(key, value);
+        let e = plan(&cfg, &request(&inc, &out, &ctx)).unwrap_err();
+        assert!(
+            matches!(&e, PlanError::BadWireguard { key, .. } if *key == want),
+            "{key}={value:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn other_wireguard_pairs_are_unsupported() {
+    let ctx = p2p_context();
+    let w = wireguard_mech();
+    let v = vxlan_mech("169.254.100.1", "169.254.100.2", 5);
+    let cfg = PlanConfig::new("f");
+    for (inc, out) in [(&w, &w), (&w, &v), (&v, &w)] {
+        assert!(matches!(
+            plan(&cfg, &request(inc, out, &ctx)).unwrap_err(),
+            PlanError::Unsupported { .. }
+        ));
+    }
+    // Local KERNEL <-> KERNEL stays two veths whatever the payload.
+    let k1 = kernel_mech("/proc/1/ns/net", "nsm-1");
+    let k2 = kernel_mech("/proc/2/ns/net", "nse-1");
+    let p = plan(&cfg, &request(&k1, &k2, &ctx)).unwrap();
+    assert!(p.pods.iter().all(|p| p.kind == PodKind::Veth));
 }
