@@ -12,7 +12,10 @@
 //!   forwarder chain.
 //! - [`icmp`]: our own ICMP echo (IPv4 + IPv6), so tests do not depend on iputils.
 //! - [`wireguard`]: a userspace WireGuard point-to-point link (pod TUN ↔ boringtun ↔ UDP in the node
-//!   namespace), the building block for NSM's WIREGUARD mechanism; not wired into the forwarder yet.
+//!   namespace), the building block for NSM's WIREGUARD mechanism.
+//! - [`wireguard_ends`]: per (connection id, side), the key pair and bound UDP socket of this
+//!   forwarder's end of a WireGuard tunnel, from the offer to Close; shared by the WIREGUARD
+//!   mechanism elements and the executor.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +28,7 @@ pub mod names;
 pub mod netns;
 pub mod plan;
 pub mod wireguard;
+pub mod wireguard_ends;
 
 pub use error::{ApplyError, PlanError};
 pub use executor::{Applied, Executor};
