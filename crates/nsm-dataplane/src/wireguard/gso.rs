@@ -1,14 +1,18 @@
 //! Sending a run of equal-sized WireGuard datagrams to one peer with one `sendmsg` (UDP GSO,
 //! `UDP_SEGMENT`): the kernel cuts the buffer into datagrams, so the whole run crosses the UDP/IP
 //! stack (and a veth) as one packet. The pod's TCP hands the worker 64 KB super-frames, which become
-//! runs of full-sized data packets, so this replaces ~45 `sendto`s by one.
+//! runs of full-sized data packets, so this replaces ~45 `sendto`s by one. The receiving socket has
+//! UDP GRO on, so such a run also arrives with one `recvmsg`.
 
 use std::io;
-use std::io::IoSlice;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg, setsockopt,
+    sockopt,
+};
 
 /// Bytes of datagrams one send may carry (a UDP packet's 64 KB less room for headers).
 pub(crate) const MAX_BYTES: usize = 65_000;
@@ -62,5 +66,48 @@ pub(crate) fn send(udp: &UdpSocket, to: SocketAddr, data: &[u8], segment: usize)
             }
             Ok(())
         }
+    }
+}
+
+/// Receives into `buf` what the kernel has for the socket: with UDP GRO on (see
+/// [`enable_gro`]), several datagrams from one sender at once, all `segment` bytes long but the
+/// last. Returns (bytes, sender, segment size).
+pub(crate) fn recv(udp: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(i32);
+    let msg = recvmsg::<SockaddrStorage>(
+        udp.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )?;
+    let n = msg.bytes;
+    let mut segment = n;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::UdpGroSegments(size) = c {
+                segment = usize::try_from(size).unwrap_or(n);
+            }
+        }
+    }
+    let from = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        })
+        .ok_or_else(|| io::Error::other("datagram without an IP sender"))?;
+    Ok((n, from, segment.max(1)))
+}
+
+/// Asks the kernel to hand over runs of datagrams from one sender at once (`UDP_GRO`). Best effort:
+/// without it every datagram comes on its own, which [`recv`] handles too.
+pub(crate) fn enable_gro(udp: &UdpSocket) {
+    if let Err(e) = setsockopt(udp, sockopt::UdpGroSegment, &true) {
+        tracing::debug!("wireguard: UDP GRO not available ({e})");
     }
 }

@@ -43,6 +43,7 @@ impl TunnelSocket {
         let local = socket.local_addr().map_err(bind_err)?;
         socket.set_nonblocking(true).map_err(bind_err)?;
         enlarge_buffers(&socket);
+        super::gso::enable_gro(&socket);
         Ok(Self { socket, local })
     }
 

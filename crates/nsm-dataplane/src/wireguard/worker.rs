@@ -139,7 +139,6 @@ impl Worker {
             }
             if udp_ready {
                 self.inbound(&mut buf);
-                self.flush_to_pod(&mut buf);
             }
             let r = self.tunn.update_timers(&mut buf.dst);
             self.to_network(r, None);
@@ -274,7 +273,7 @@ impl Worker {
     /// Decapsulates a batch of datagrams from the peer.
     fn inbound(&mut self, buf: &mut Buffers) {
         for _ in 0..BATCH {
-            let (n, from) = match self.udp.recv_from(&mut buf.datagram) {
+            let (n, from, segment) = match gso::recv(&self.udp, &mut buf.datagram) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -289,35 +288,46 @@ impl Worker {
                 Counters::add(&self.counters.dropped, 1);
                 continue;
             }
-            let r = self
-                .tunn
-                .decapsulate(Some(from.ip()), &buf.datagram[..n], &mut buf.dst);
-            if matches!(r, TunnResult::Err(_)) {
-                Counters::add(&self.counters.dropped, 1);
-                continue;
+            let mut start = 0;
+            while start < n {
+                let end = (start + segment).min(n);
+                self.datagram(buf, start..end, from);
+                start = end;
             }
-            self.learn_endpoint(from);
-            match r {
-                TunnResult::WriteToTunnelV4(p, src) => {
-                    self.deliver(&mut buf.to_pod, &mut buf.to_pod_len, p, src.into())
-                }
-                TunnResult::WriteToTunnelV6(p, src) => {
-                    self.deliver(&mut buf.to_pod, &mut buf.to_pod_len, p, src.into())
-                }
-                TunnResult::WriteToNetwork(_) => {
-                    self.to_network(r, Some(from));
-                    // A completed handshake releases the packets queued while it ran: boringtun
-                    // hands them out one per call with an empty datagram, until Done.
-                    loop {
-                        let q = self.tunn.decapsulate(None, &[], &mut buf.dst);
-                        if !matches!(q, TunnResult::WriteToNetwork(_)) {
-                            break;
-                        }
-                        self.to_network(q, None);
+            self.flush_to_pod(buf);
+        }
+    }
+
+    /// Handles one datagram, `buf.datagram[range]`, from `from`.
+    fn datagram(&mut self, buf: &mut Buffers, range: std::ops::Range<usize>, from: SocketAddr) {
+        let r = self
+            .tunn
+            .decapsulate(Some(from.ip()), &buf.datagram[range], &mut buf.dst);
+        if matches!(r, TunnResult::Err(_)) {
+            Counters::add(&self.counters.dropped, 1);
+            return;
+        }
+        self.learn_endpoint(from);
+        match r {
+            TunnResult::WriteToTunnelV4(p, src) => {
+                self.deliver(&mut buf.to_pod, &mut buf.to_pod_len, p, src.into())
+            }
+            TunnResult::WriteToTunnelV6(p, src) => {
+                self.deliver(&mut buf.to_pod, &mut buf.to_pod_len, p, src.into())
+            }
+            TunnResult::WriteToNetwork(_) => {
+                self.to_network(r, Some(from));
+                // A completed handshake releases the packets queued while it ran: boringtun
+                // hands them out one per call with an empty datagram, until Done.
+                loop {
+                    let q = self.tunn.decapsulate(None, &[], &mut buf.dst);
+                    if !matches!(q, TunnResult::WriteToNetwork(_)) {
+                        break;
                     }
+                    self.to_network(q, None);
                 }
-                TunnResult::Done | TunnResult::Err(_) => {}
             }
+            TunnResult::Done | TunnResult::Err(_) => {}
         }
     }
 
