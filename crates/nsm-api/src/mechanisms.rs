@@ -2,6 +2,7 @@
 //! accessors over a [`Mechanism`]'s parameter map.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use crate::connection::Mechanism;
@@ -122,6 +123,42 @@ pub mod wireguard {
     pub const DEFAULT_PORT: u16 = 51820;
     /// Bytes of WireGuard encapsulation.
     pub const OVERHEAD: u32 = 80;
+}
+
+/// Which end of a tunnel a parameter describes: `src_*` belongs to the client-side (requesting)
+/// forwarder, `dst_*` to the serving one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TunnelEnd {
+    /// The client-side forwarder (`src_*`).
+    Src,
+    /// The endpoint-side forwarder (`dst_*`).
+    Dst,
+}
+
+impl TunnelEnd {
+    /// The tunnel address key (`src_ip` / `dst_ip`).
+    pub fn ip_key(self) -> &'static str {
+        match self {
+            Self::Src => common::SRC_IP,
+            Self::Dst => common::DST_IP,
+        }
+    }
+
+    /// The tunnel port key (`src_port` / `dst_port`).
+    pub fn port_key(self) -> &'static str {
+        match self {
+            Self::Src => common::SRC_PORT,
+            Self::Dst => common::DST_PORT,
+        }
+    }
+
+    /// The WireGuard public key key (`src_public_key` / `dst_public_key`).
+    pub fn public_key_key(self) -> &'static str {
+        match self {
+            Self::Src => wireguard::SRC_PUBLIC_KEY,
+            Self::Dst => wireguard::DST_PUBLIC_KEY,
+        }
+    }
 }
 
 /// VLAN (REMOTE): a VLAN sub-interface on a host device.
@@ -294,6 +331,43 @@ impl Mechanism {
     pub fn mtu(&self) -> Option<u32> {
         self.param(common::MTU).and_then(|v| v.parse().ok())
     }
+
+    /// Sets the tunnel MTU parameter (`MTU`, decimal).
+    pub fn set_mtu(&mut self, mtu: u32) {
+        self.set_param(common::MTU, mtu.to_string());
+    }
+
+    /// The text of a tunnel end's address (`src_ip` / `dst_ip`), if set and non-empty. Not parsed: the
+    /// element that uses it reports a bad value with the parameter's name.
+    pub fn tunnel_ip(&self, end: TunnelEnd) -> Option<&str> {
+        self.param(end.ip_key())
+    }
+
+    /// Sets a tunnel end's address in Go `net.IP` text form (IPv6 without brackets).
+    pub fn set_tunnel_ip(&mut self, end: TunnelEnd, ip: IpAddr) {
+        self.set_param(end.ip_key(), ip.to_string());
+    }
+
+    /// The text of a tunnel end's port (`src_port` / `dst_port`), if set and non-empty. Not parsed.
+    pub fn tunnel_port(&self, end: TunnelEnd) -> Option<&str> {
+        self.param(end.port_key())
+    }
+
+    /// Sets a tunnel end's port (decimal).
+    pub fn set_tunnel_port(&mut self, end: TunnelEnd, port: u16) {
+        self.set_param(end.port_key(), port.to_string());
+    }
+
+    /// The text of a WIREGUARD end's public key (`src_public_key` / `dst_public_key`), if set and
+    /// non-empty. Not decoded: NSM carries it as standard base64 of 32 bytes, which the user checks.
+    pub fn wireguard_public_key(&self, end: TunnelEnd) -> Option<&str> {
+        self.param(end.public_key_key())
+    }
+
+    /// Sets a WIREGUARD end's public key (standard base64 text, as `wg pubkey` prints it).
+    pub fn set_wireguard_public_key(&mut self, end: TunnelEnd, key: impl Into<String>) {
+        self.set_param(end.public_key_key(), key);
+    }
 }
 
 #[cfg(test)]
@@ -320,5 +394,36 @@ mod tests {
         assert_eq!(m.vni(), Some(42));
         m.set_param(common::INTERFACE_NAME, "");
         assert_eq!(m.interface_name(), None);
+    }
+
+    #[test]
+    fn wireguard_accessors_use_the_go_keys_and_report_missing_as_none() {
+        let mut m = MechanismType::Wireguard.mechanism();
+        for end in [TunnelEnd::Src, TunnelEnd::Dst] {
+            assert_eq!(m.tunnel_ip(end), None);
+            assert_eq!(m.tunnel_port(end), None);
+            assert_eq!(m.wireguard_public_key(end), None);
+        }
+        m.set_tunnel_ip(TunnelEnd::Src, "fd00::1".parse().unwrap());
+        m.set_tunnel_port(TunnelEnd::Dst, 51820);
+        m.set_wireguard_public_key(TunnelEnd::Dst, "k");
+        m.set_mtu(1420);
+        m.set_param(wireguard::SRC_PUBLIC_KEY, "");
+        assert_eq!(m.param("src_ip"), Some("fd00::1"));
+        assert_eq!(m.param("dst_port"), Some("51820"));
+        assert_eq!(m.param("dst_public_key"), Some("k"));
+        assert_eq!(m.param("MTU"), Some("1420"));
+        assert_eq!(m.tunnel_ip(TunnelEnd::Src), Some("fd00::1"));
+        assert_eq!(
+            m.wireguard_public_key(TunnelEnd::Src),
+            None,
+            "empty = missing"
+        );
+        m.set_param(wireguard::DST_PORT, "x");
+        assert_eq!(
+            m.tunnel_port(TunnelEnd::Dst),
+            Some("x"),
+            "raw text, not parsed"
+        );
     }
 }

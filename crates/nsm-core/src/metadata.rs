@@ -7,8 +7,8 @@
 
 use parking_lot::Mutex;
 
-/// Which store an element uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which store an element uses (also the side of a forwarder's cross-connect an element serves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
     /// Server-side elements (timeout, monitor, discoverforwarder…).
     Server,

@@ -11,13 +11,16 @@
 //!
 //! **State**: none. The per-type elements call `next` themselves, so the rest of the chain runs inside
 //! the chosen element. Submodules: [`kernel`] (KERNEL preferences and defaults), [`sendfd`] /
-//! [`recvfd`] (files such as network namespaces passed as fds on unix sockets) and [`vxlan`] (VXLAN
-//! tunnel endpoints and VNI allocation).
+//! [`recvfd`] (files such as network namespaces passed as fds on unix sockets), [`vxlan`] (VXLAN
+//! tunnel endpoints and VNI allocation), [`wireguard`] (WIREGUARD tunnel endpoints and keys, payload
+//! `IP`) and [`mtu`] (the tunnel MTU arithmetic both remote mechanisms share).
 
 pub mod kernel;
+pub mod mtu;
 pub mod recvfd;
 pub mod sendfd;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::collections::BTreeMap;
 

@@ -23,6 +23,8 @@ use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use parking_lot::Mutex;
 
+use crate::mechanisms::mtu::TunnelMtu;
+
 const NAME: &str = "vxlan";
 
 /// Largest 24-bit VNI.
@@ -124,7 +126,7 @@ impl VxlanServer {
 
     /// Sets the `MTU` parameter to `uplink_mtu` minus the VXLAN overhead (50 bytes).
     pub fn with_uplink_mtu(mut self, uplink_mtu: u32) -> Self {
-        self.mtu = Some(uplink_mtu.saturating_sub(vxlan::OVERHEAD));
+        self.mtu = Some(TunnelMtu::from_uplink(uplink_mtu, vxlan::OVERHEAD).get());
         self
     }
 
