@@ -90,11 +90,15 @@ fn selected_mut(request: &mut NetworkServiceRequest) -> Option<&mut Mechanism> {
         .filter(|m| m.is(MechanismType::Wireguard))
 }
 
-fn carries_ip(request: &NetworkServiceRequest) -> bool {
-    request
-        .connection
-        .as_ref()
-        .is_some_and(|c| c.payload == payload::IP)
+/// True if this request may end up on WIREGUARD: payload `IP`, and no other mechanism already selected
+/// (a refresh of a connection that uses another one keeps it, so an offer would be wasted).
+fn wants_wireguard(request: &NetworkServiceRequest) -> bool {
+    request.connection.as_ref().is_some_and(|c| {
+        c.payload == payload::IP
+            && c.mechanism
+                .as_ref()
+                .is_none_or(|m| m.is(MechanismType::Wireguard))
+    })
 }
 
 #[async_trait]
@@ -105,7 +109,7 @@ impl NetworkServiceServer for WireguardClient {
         mut request: NetworkServiceRequest,
         next: Next,
     ) -> Result<Connection> {
-        if !carries_ip(&request) {
+        if !wants_wireguard(&request) {
             return next.request(ctx, request).await;
         }
         let id = request

@@ -9,24 +9,26 @@
 //! path segment id, the id the data plane applies under.
 //!
 //! [`WireguardClient`] (client side, the requesting forwarder):
-//! - **Request**: takes the end reserved for (id, [`Side::Client`]) or reserves one, then offers
-//!   `REMOTE/WIREGUARD` with `src_ip` (own tunnel IP), `src_port`, `src_public_key` and `MTU` (uplink −
-//!   80, lowered only: an existing smaller value stays). A selected WIREGUARD mechanism (refresh) gets
-//!   the same values. After `next`, when the next hop selected WIREGUARD, checks `dst_ip` (same family
-//!   as ours), `dst_port`, `dst_public_key`, `MTU` and that `src_public_key` came back unchanged: each bad
-//!   one is an `InvalidArgument` naming it (Go's reselect quirk can answer with an empty key). When the
-//!   next hop selected another mechanism, the end is released. On any failure of a Request that
-//!   reserved a new end, the end is released (and a downstream connection that was made is closed); a
-//!   failed refresh keeps its end.
+//! - **Request**, unless another mechanism is already selected (a refresh keeps it): takes the end
+//!   reserved for (id, [`Side::Client`]) or reserves one, then offers `REMOTE/WIREGUARD` with `src_ip`
+//!   (own tunnel IP), `src_port`, `src_public_key` and `MTU` (uplink − 80, lowered only: an existing
+//!   smaller value stays). A selected WIREGUARD mechanism (refresh) gets the same values. After `next`,
+//!   when the next hop selected WIREGUARD, checks `dst_ip` (same family as ours), `dst_port`,
+//!   `dst_public_key`, `MTU` and that `src_public_key` came back unchanged: each bad one is an
+//!   `InvalidArgument` naming it (Go's reselect quirk can answer with an empty key). When the next hop
+//!   selected another mechanism, the end is released. On any failure of a Request that reserved a new
+//!   end, the end is released (and a downstream connection that was made is closed); a failed refresh
+//!   keeps its end.
 //! - **Close**: passes on, then releases the end.
 //!
 //! [`WireguardServer`] (server side, the serving forwarder):
-//! - **Request**, when WIREGUARD is selected: checks the far end's `src_ip` (same family as ours),
-//!   `src_port`, `src_public_key` and `MTU` (`InvalidArgument` naming the parameter; nothing reserved);
-//!   sets `MTU` = min(offered, uplink − 80), refusing one too small for the pods (68, or 1280 with IPv6
-//!   pod addresses), and lowers `ConnectionContext.MTU` to it when 0 or larger; sets `dst_ip`; calls
-//!   `next`. Then it takes or reserves the end for (id, [`Side::Server`]) and answers with `dst_port` and
-//!   `dst_public_key`: always the current key, never an empty one. If that fails, it closes downstream.
+//! - **Request**, when WIREGUARD is selected and the payload is `IP`: checks the far end's `src_ip`
+//!   (same family as ours), `src_port`, `src_public_key` and `MTU` (`InvalidArgument` naming the
+//!   parameter; nothing reserved); sets `MTU` = min(offered, uplink − 80), refusing one too small for
+//!   the pods (68, or 1280 with IPv6 pod addresses), and lowers `ConnectionContext.MTU` to it when 0 or
+//!   larger; sets `dst_ip`; calls `next`. Then it takes or reserves the end for (id, [`Side::Server`])
+//!   and answers with `dst_port` and `dst_public_key`: always the current key, never an empty one. If
+//!   that fails, it closes downstream.
 //! - **Close**: passes on, then releases the end.
 //!
 //! **State**: none of their own; the ends live in the shared [`LocalEnds`]. The same (id, side) gives

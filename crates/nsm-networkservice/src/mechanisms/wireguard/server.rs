@@ -87,7 +87,11 @@ impl NetworkServiceServer for WireguardServer {
         let Some(mut m) = conn.mechanism.take_if(|m| m.is(MechanismType::Wireguard)) else {
             return next.request(ctx, request).await;
         };
-        let prepared = self.prepare(&mut m, conn);
+        let prepared = if conn.id.is_empty() {
+            Err(NsmError::invalid(NAME, "connection has no id"))
+        } else {
+            self.prepare(&mut m, conn)
+        };
         conn.mechanism = Some(m);
         prepared?;
         let downstream = next.clone();

@@ -148,7 +148,7 @@ async fn client_refuses(edit: impl Fn(&mut Mechanism) + Send + Sync + 'static, p
     let c = chain(vec![
         client(&client_ends),
         tamper(edit),
-        Arc::new(SelectWireguard),
+        Arc::new(Select(MechanismType::Wireguard)),
         server(&server_ends),
         probe.clone(),
     ]);
