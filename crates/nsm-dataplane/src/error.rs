@@ -158,6 +158,28 @@ pub enum ApplyError {
         /// The connection id.
         connection: String,
     },
+    /// The WireGuard link could not be started (nothing of it is left).
+    #[error("WireGuard link {interface:?} in network namespace {netns:?}: {source}")]
+    Wireguard {
+        /// The pod interface.
+        interface: String,
+        /// The pod namespace.
+        netns: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::wireguard::WireguardError,
+    },
+    /// The plan's WireGuard end (key pair and socket) is not available.
+    #[error("connection {connection}: WireGuard end with public key {public_key}: {source}")]
+    WireguardEnd {
+        /// The connection id.
+        connection: String,
+        /// The plan's local public key.
+        public_key: String,
+        /// Why.
+        #[source]
+        source: crate::wireguard_ends::TakeError,
+    },
     /// Rolling back after a failure failed too; both errors are reported.
     #[error("{cause}; rollback also failed: {rollback}")]
     RollbackFailed {

@@ -13,10 +13,23 @@
 //!   when the kernel announces the link gone, not when it acknowledges (see [`node`]).
 //! - A pod interface is addressed once the kernel reports it operational (see [`pod`]), so the first
 //!   packets of a new connection are not lost.
+//! - **WireGuard** (a plan with [`TunnelPlan::Wireguard`]): apply takes the end's key pair and socket
+//!   from the [`WireguardEnds`] the mechanism elements reserved them in (found by the plan's
+//!   `local_public`), and starts a [`WireguardLink`] with them: the link makes the pod's TUN (MTU,
+//!   addresses, device routes) in the namespace of the mechanism's netns URL and runs one worker
+//!   thread; the executor then puts the connection's alias on the TUN. Recorded: the running link.
+//!   If the start fails, the socket goes back to its end at once (the port stays reserved for the
+//!   retry) and nothing is left (no TUN, no thread); a later failure stops the link again. Remove
+//!   stops the link (thread joined, TUN gone) and puts the socket back; the elements' Close then
+//!   releases the end, which closes the socket. A changed far key or endpoint is a different plan,
+//!   so the link is stopped and started anew on the same socket. A link whose worker stopped by
+//!   itself (its TUN was deleted) is rebuilt by the next apply.
 //! - **Restarts** ([`adopt`] module): [`Executor::adopt`] reads back what an earlier run of this owner
 //!   left and keeps it *unclaimed* per connection id; the first [`Executor::apply`] for such a
 //!   connection takes it over without touching the kernel if it is exactly what the plan asks for, else
-//!   replaces it; [`Executor::sweep_unclaimed`] removes what no request claimed.
+//!   replaces it; [`Executor::sweep_unclaimed`] removes what no request claimed. WireGuard links are
+//!   not adopted: their TUNs and sockets close with the process that held them, so there is nothing
+//!   left to find; heal (or a refresh, which gets new ends) builds them anew.
 //!
 //! **Concurrency.** Operations on one connection id run one at a time (a lock per connection; the
 //! forwarder's `begin` already orders a connection's Request, refreshes and Close); operations on
@@ -43,7 +56,9 @@ use rtnetlink::Handle;
 use crate::error::ApplyError;
 use crate::names::LinkAlias;
 use crate::netns::{NetlinkHost, Netns};
-use crate::plan::{Plan, PodInterface, TunnelPlan, VxlanPlan};
+use crate::plan::{Plan, PodInterface, PodKind, TunnelPlan, VxlanPlan, WireguardPlan};
+use crate::wireguard::{self, LinkConfig, PublicKey, StartError, WireguardError, WireguardLink};
+use crate::wireguard_ends::WireguardEnds;
 use node::NodeNetlink;
 pub use node::{DeletionThreads, MAX_DELETION_THREADS};
 use pod::{Pod, PodResult};
@@ -61,6 +76,8 @@ pub struct Executor {
     adopted: Mutex<HashMap<String, adopt::Unclaimed>>,
     /// Held while shared tunnel devices, their filters or FDB entries change.
     tunnels: tokio::sync::Mutex<()>,
+    /// The WireGuard ends (keys and sockets) links are started with; see [`Executor::use_wireguard`].
+    wireguard: Mutex<Option<Arc<WireguardEnds>>>,
 }
 
 /// A connection's applied state; locked for the whole of an operation on it.
@@ -88,11 +105,36 @@ enum Created {
     },
     /// A shared VXLAN device this connection created; deleted only when no filter uses it any more.
     Vxlan,
+    /// A running WireGuard link (its TUN in the pod, its worker thread, the end's socket). Stopping
+    /// it removes the TUN; the socket goes back to the end with public key `public`.
+    Wireguard {
+        link: Arc<Mutex<Option<WireguardLink>>>,
+        public: PublicKey,
+    },
 }
 
 impl Created {
+    /// Whether it is (on) a shared VXLAN device, changed under the tunnel lock.
     fn is_tunnel(&self) -> bool {
-        !matches!(self, Created::Veth { .. })
+        matches!(
+            self,
+            Created::TunnelFilter { .. } | Created::Fdb { .. } | Created::Vxlan
+        )
+    }
+}
+
+/// A link that could not start, as an apply error (a taken name is [`ApplyError::NameTaken`]).
+fn wireguard_error(want: &PodInterface, error: WireguardError) -> ApplyError {
+    match error {
+        WireguardError::NameTaken { name, .. } => ApplyError::NameTaken {
+            name,
+            netns: want.netns.clone(),
+        },
+        source => ApplyError::Wireguard {
+            interface: want.name.clone(),
+            netns: want.netns.clone(),
+            source,
+        },
     }
 }
 
@@ -121,7 +163,18 @@ impl Executor {
             conns: Mutex::default(),
             adopted: Mutex::default(),
             tunnels: tokio::sync::Mutex::default(),
+            wireguard: Mutex::default(),
         })
+    }
+
+    /// Starts WireGuard links with the keys and sockets of `ends` (the table the WIREGUARD mechanism
+    /// elements reserve in). Without it, a WireGuard plan fails with [`ApplyError::NoWireguard`].
+    pub fn use_wireguard(&self, ends: Arc<WireguardEnds>) {
+        *lock(&self.wireguard) = Some(ends);
+    }
+
+    fn wireguard_ends(&self) -> Option<Arc<WireguardEnds>> {
+        lock(&self.wireguard).clone()
     }
 
     /// The node namespace.
@@ -300,12 +353,18 @@ impl Executor {
     }
 
     async fn still_there(&self, node: &Handle, applied: &Applied) -> bool {
-        for pod in &applied.plan.pods {
+        for pod in applied.plan.pods.iter().filter(|p| p.kind == PodKind::Veth) {
             if !matches!(ops::link_by_name(node, &pod.node_name).await, Ok(Some(_))) {
                 return false;
             }
         }
-        true
+        // A link whose worker stopped by itself (its TUN was deleted) is rebuilt.
+        applied.created.iter().all(|c| match c {
+            Created::Wireguard { link, .. } => {
+                lock(link).as_ref().is_some_and(|l| l.stats().running)
+            }
+            _ => true,
+        })
     }
 
     /// The alias of link `m` if it names this owner.
@@ -350,14 +409,12 @@ impl Executor {
         let tunnel = match &plan.tunnel {
             None => None,
             Some(TunnelPlan::Vxlan(t)) => Some(t),
-            Some(TunnelPlan::Wireguard(_)) => {
-                return Err(ApplyError::NoWireguard {
-                    connection: plan.connection_id.clone(),
-                });
+            Some(TunnelPlan::Wireguard(w)) => {
+                return self.build_wireguard(node, plan, w, pods, created).await;
             }
         };
         if let Some(t) = tunnel {
-            self.check_underlay(node, t).await?;
+            self.check_underlay(node, t.local, t.remote).await?;
         }
         let mut node_ends = Vec::new();
         for (want, pod) in plan.pods.iter().zip(pods) {
@@ -509,27 +566,117 @@ impl Executor {
         Ok(node_index)
     }
 
-    async fn check_underlay(&self, node: &Handle, t: &VxlanPlan) -> Result<(), ApplyError> {
+    async fn check_underlay(
+        &self,
+        node: &Handle,
+        local: IpAddr,
+        remote: IpAddr,
+    ) -> Result<(), ApplyError> {
         let netns = self.node.to_string();
         let addrs = ops::addresses(node)
             .await
             .map_err(|e| self.nl("dump addresses", "*", e))?;
-        if !addrs.contains(&t.local) {
-            return Err(ApplyError::TunnelSourceMissing {
-                local: t.local,
-                netns,
-            });
+        if !addrs.contains(&local) {
+            return Err(ApplyError::TunnelSourceMissing { local, netns });
         }
-        let routes = ops::unicast_routes(node, t.remote.is_ipv4())
+        let routes = ops::unicast_routes(node, remote.is_ipv4())
             .await
             .map_err(|e| self.nl("dump routes", "*", e))?;
-        if !routes.iter().any(|r: &IpNet| r.contains(&t.remote)) {
-            return Err(ApplyError::TunnelUnreachable {
-                remote: t.remote,
-                netns,
-            });
+        if !routes.iter().any(|r: &IpNet| r.contains(&remote)) {
+            return Err(ApplyError::TunnelUnreachable { remote, netns });
         }
         Ok(())
+    }
+
+    /// Starts the WireGuard link of `plan` (its one pod interface is a TUN): takes the reserved
+    /// end's key and socket, starts the link (TUN in the pod with MTU, addresses and device routes;
+    /// the worker), puts the connection's alias on the TUN and waits until it is operational. If the
+    /// start fails, the socket goes back to the end at once; a later failure is undone by the
+    /// caller (stopping the link puts it back).
+    async fn build_wireguard(
+        &self,
+        node: &Handle,
+        plan: &Plan,
+        w: &WireguardPlan,
+        pods: &[Pod],
+        created: &mut Vec<Created>,
+    ) -> Result<(), ApplyError> {
+        let (Some(want), Some(pod)) = (plan.pods.first(), pods.first()) else {
+            return Err(ApplyError::LinkMissing {
+                interface: "the pod TUN of a WireGuard plan".to_string(),
+                netns: plan.connection_id.clone(),
+            });
+        };
+        let ends = self
+            .wireguard_ends()
+            .ok_or_else(|| ApplyError::NoWireguard {
+                connection: plan.connection_id.clone(),
+            })?;
+        self.check_underlay(node, w.local.ip(), w.peer.ip()).await?;
+        let pod_ns = pod.ns.try_clone().map_err(|source| ApplyError::Netns {
+            path: want.netns.clone(),
+            interface: want.name.clone(),
+            source,
+        })?;
+        let (key, socket) =
+            ends.take(&w.local_public)
+                .map_err(|source| ApplyError::WireguardEnd {
+                    connection: plan.connection_id.clone(),
+                    public_key: w.local_public.to_string(),
+                    source,
+                })?;
+        let config = LinkConfig {
+            pod: pod_ns,
+            interface: wireguard::PodInterface {
+                name: want.name.clone(),
+                mtu: want.mtu,
+                addresses: want.addresses.clone(),
+                routes: want.routes.iter().map(|r| r.destination).collect(),
+            },
+            key,
+            peer: w.peer_public,
+            peer_endpoint: Some(w.peer),
+            persistent_keepalive: Some(w.keepalive),
+            allowed_sources: w.allowed.clone(),
+        };
+        match WireguardLink::start(socket, config).await {
+            Ok(link) => created.push(Created::Wireguard {
+                link: Arc::new(Mutex::new(Some(link))),
+                public: w.local_public,
+            }),
+            Err(StartError { error, socket }) => {
+                ends.put_back(&w.local_public, socket);
+                return Err(wireguard_error(want, error));
+            }
+        }
+        // The alias marks the TUN as this connection's (a later connection asking for the same
+        // interface in the same pod replaces this one, as with veths).
+        let h = &pod.handle;
+        let index = self.index_of(h, &pod.ns, &want.name).await?;
+        ops::set_alias_up(h, index, &want.alias.to_string())
+            .await
+            .map_err(|source| ApplyError::Netlink {
+                op: "set alias/up",
+                interface: want.name.clone(),
+                netns: pod.ns.to_string(),
+                source,
+            })?;
+        pod.operational(index).await;
+        Ok(())
+    }
+
+    /// Stops a link and puts its socket back to its end (if the end is still reserved).
+    async fn stop_link(&self, link: &Mutex<Option<WireguardLink>>, public: PublicKey) {
+        let Some(link) = lock(link).take() else {
+            return;
+        };
+        // Joins the worker thread: it returns at once when woken, but it is still a join.
+        let socket = tokio::task::spawn_blocking(move || link.stop()).await;
+        match (socket, self.wireguard_ends()) {
+            (Ok(Some(socket)), Some(ends)) => ends.put_back(&public, socket),
+            (Ok(_), _) => {}
+            (Err(e), _) => tracing::error!("executor: stopping a WireGuard link failed: {e}"),
+        }
     }
 
     /// Connects `node_end` to the shared VXLAN device. The caller holds the tunnel lock.
@@ -622,6 +769,10 @@ impl Executor {
                     .or_else(ops::ignore_missing)
                     .map_err(|e| self.nl("delete fdb entry", "vxlan", e)),
                 Created::Vxlan => Ok(()), // deleted below once unused
+                Created::Wireguard { link, public } => {
+                    self.stop_link(link, *public).await;
+                    Ok(())
+                }
             };
             if let Err(e) = r {
                 first_error.get_or_insert(e);

@@ -104,14 +104,20 @@ impl WireguardEnds {
     }
 
     /// The end of (`connection_id`, `side`): the one it has, else a new key pair and a newly bound
-    /// socket. Blocks briefly (the bind runs on a thread inside the node namespace).
-    pub fn reserve(&self, connection_id: &str, side: Side) -> Result<ReservedEnd, WireguardError> {
+    /// socket; and whether it is new. Blocks briefly (the bind runs on a thread inside the node
+    /// namespace).
+    pub fn reserve(
+        &self,
+        connection_id: &str,
+        side: Side,
+    ) -> Result<(ReservedEnd, bool), WireguardError> {
         let id = (connection_id.to_string(), SideKey::from(side));
         if let Some(end) = lock(&self.ends).get(&id) {
-            return Ok(ReservedEnd {
+            let have = ReservedEnd {
                 local: end.local,
                 public_key: end.key.public(),
-            });
+            };
+            return Ok((have, false));
         }
         // Made outside the lock: binding enters the node namespace on a thread of its own.
         let key = KeyPair::generate()?;
@@ -120,15 +126,20 @@ impl WireguardEnds {
         let mut ends = lock(&self.ends);
         // `begin` orders one connection's events, so nobody reserved this id meanwhile; should it
         // happen anyway, the first end wins and ours is dropped (closing its socket).
-        let end = ends.entry(id).or_insert(End {
-            key,
-            socket: Some(socket),
-            local,
+        let mut new = false;
+        let end = ends.entry(id).or_insert_with(|| {
+            new = true;
+            End {
+                key,
+                socket: Some(socket),
+                local,
+            }
         });
-        Ok(ReservedEnd {
+        let end = ReservedEnd {
             local: end.local,
             public_key: end.key.public(),
-        })
+        };
+        Ok((end, new))
     }
 
     /// The end of (`connection_id`, `side`), if reserved.
@@ -185,6 +196,34 @@ impl WireguardEnds {
     }
 }
 
+/// The mechanism elements' view (`WireguardClient` / `WireguardServer` reserve and release here).
+#[cfg(feature = "forwarder")]
+impl nsm_networkservice::mechanisms::wireguard::LocalEnds for WireguardEnds {
+    fn reserve(
+        &self,
+        connection_id: &str,
+        side: Side,
+    ) -> Result<
+        nsm_networkservice::mechanisms::wireguard::Reserved,
+        nsm_networkservice::mechanisms::wireguard::LocalEndsError,
+    > {
+        use nsm_networkservice::mechanisms::wireguard::{LocalEnd, LocalEndsError, Reserved};
+        let (end, new) = WireguardEnds::reserve(self, connection_id, side)
+            .map_err(|e| LocalEndsError::Failed(Box::new(e)))?;
+        Ok(Reserved {
+            end: LocalEnd {
+                port: end.local.port(),
+                public_key: end.public_key.to_string(),
+            },
+            new,
+        })
+    }
+
+    fn release(&self, connection_id: &str, side: Side) {
+        WireguardEnds::release(self, connection_id, side);
+    }
+}
+
 /// Why [`WireguardEnds::take`] has nothing to give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TakeError {
@@ -224,13 +263,14 @@ mod tests {
             return;
         }
         let e = ends();
-        let a = e.reserve("c1", Side::Client).unwrap();
+        let (a, new) = e.reserve("c1", Side::Client).unwrap();
+        assert!(new);
         assert_eq!(
             e.reserve("c1", Side::Client).unwrap(),
-            a,
+            (a, false),
             "refresh: same end"
         );
-        let b = e.reserve("c1", Side::Server).unwrap();
+        let b = e.reserve("c1", Side::Server).unwrap().0;
         assert_ne!(a.public_key, b.public_key);
         assert_ne!(a.local.port(), b.local.port());
         assert_eq!(e.get("c1", Side::Server), Some(b));
@@ -238,7 +278,7 @@ mod tests {
         assert!(!e.release("c1", Side::Client));
         // The port is free again: binding it succeeds.
         std::net::UdpSocket::bind(a.local).unwrap();
-        let again = e.reserve("c1", Side::Client).unwrap();
+        let again = e.reserve("c1", Side::Client).unwrap().0;
         assert_ne!(again.public_key, a.public_key, "after Close: a new key");
         assert_eq!(e.len(), 2);
     }
@@ -249,7 +289,7 @@ mod tests {
             return;
         }
         let e = ends();
-        let a = e.reserve("c1", Side::Server).unwrap();
+        let a = e.reserve("c1", Side::Server).unwrap().0;
         let (key, socket) = e.take(&a.public_key).unwrap();
         assert_eq!(key.public(), a.public_key);
         assert_eq!(socket.local_addr(), a.local);
@@ -261,6 +301,23 @@ mod tests {
         e.put_back(&a.public_key, socket);
         assert_eq!(e.take(&a.public_key).unwrap_err(), TakeError::NotReserved);
         std::net::UdpSocket::bind(a.local).unwrap();
+        assert!(e.is_empty());
+    }
+
+    #[cfg(feature = "forwarder")]
+    #[test]
+    fn the_elements_see_the_port_and_nsm_text_key() {
+        use nsm_networkservice::mechanisms::wireguard::{LocalEnds, check_public_key};
+        if !privileged() {
+            return;
+        }
+        let e = ends();
+        let r = LocalEnds::reserve(&e, "c1", Side::Client).unwrap();
+        assert!(r.new && r.end.port != 0);
+        check_public_key(&r.end.public_key).unwrap();
+        let again = LocalEnds::reserve(&e, "c1", Side::Client).unwrap();
+        assert_eq!((again.end, again.new), (r.end, false));
+        LocalEnds::release(&e, "c1", Side::Client);
         assert!(e.is_empty());
     }
 }
