@@ -123,13 +123,13 @@ impl NetworkServiceServer for WireguardClient {
             .reserve(&id, Side::Client)
             .map_err(reserve_error)?;
         // Undoes a Request that reserved the end; a refresh keeps what the connection already had.
-        let undo = |ends: &dyn LocalEnds| {
+        let undo = || {
             if reserved.new {
-                ends.release(&id, Side::Client);
+                self.ends.release(&id, Side::Client);
             }
         };
         if let Err(e) = check_local_end(&reserved.end) {
-            undo(self.ends.as_ref());
+            undo();
             return Err(e);
         }
         self.offer(&mut request, &reserved.end);
@@ -137,7 +137,7 @@ impl NetworkServiceServer for WireguardClient {
         let conn = match next.request(ctx, request).await {
             Ok(conn) => conn,
             Err(e) => {
-                undo(self.ends.as_ref());
+                undo();
                 return Err(e);
             }
         };
@@ -154,7 +154,7 @@ impl NetworkServiceServer for WireguardClient {
             if reserved.new {
                 let mut close_ctx = ctx.postpone();
                 let _ = downstream.close(&mut close_ctx, conn).await;
-                undo(self.ends.as_ref());
+                undo();
             }
             return Err(e);
         }
