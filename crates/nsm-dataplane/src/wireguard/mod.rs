@@ -11,7 +11,8 @@
 //! - [`WireguardLink::start`] takes the socket, the key pair, the peer's public key and (if known) its
 //!   endpoint, and the wanted pod interface.
 //!
-//! **On start:** it creates a TUN device (layer 3, no packet information) inside the pod namespace
+//! **On start:** it creates a TUN device (layer 3, no packet information, virtio-net headers with
+//! TSO/checksum offload) inside the pod namespace
 //! with the given name (refused if the name is taken there), sets MTU and up, adds the addresses and
 //! routes, then starts one worker thread that pumps TUN ↔ UDP through a `Tunn`. The side that knows
 //! the peer's endpoint sends the handshake initiation at once; the other side learns the endpoint

@@ -9,6 +9,13 @@
 //! If the TUN fails for good (someone deleted the pod interface), the worker stops by itself; the
 //! link then reports `running: false` until it is stopped.
 //!
+//! Batching, because a syscall per packet made the link CPU-bound at ~1 Gbit/s (BENCHMARKS.md):
+//! the TUN has virtio-net headers and TSO offload, so one read can bring a 64 KB TCP super-frame,
+//! which tun-rs splits into MTU-sized packets; their encryptions form a run of equal-sized datagrams
+//! sent with one `sendmsg` (UDP GSO, [`super::gso`]); the socket has UDP GRO on, so such a run also
+//! arrives with one `recvmsg`; and the decrypted packets of a receive are written to the TUN
+//! together, TCP segments coalesced (tun-rs's GRO table).
+//!
 //! Each wake-up drains a bounded batch from each readable fd (so one direction cannot starve the
 //! other). A datagram boringtun refuses (garbage, wrong size, wrong key, replay) is counted in
 //! `dropped` and otherwise ignored. The peer's endpoint, if not configured, is learnt from the
