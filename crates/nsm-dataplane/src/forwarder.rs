@@ -8,12 +8,25 @@
 //!    removes exactly what was applied, then closes downstream. **State**: the executor's record per
 //!    connection id.
 //! 2. `mechanisms` for the incoming side: KERNEL (the client pod passes its netns URL and interface name;
-//!    nothing to add) and VXLAN (`VxlanServer`: `dst_ip`/`dst_port`, the VNI, MTU = underlay − 50).
+//!    nothing to add), VXLAN (`VxlanServer`: `dst_ip`/`dst_port`, the VNI, MTU = underlay − 50; only for
+//!    payload ETHERNET) and WIREGUARD (`WireguardServer`: `dst_ip`, MTU = underlay − 80, then
+//!    `dst_port`/`dst_public_key` of this forwarder's end; only for payload IP).
 //!
 //! Client side (after mechanismtranslation): `xconnect` ([`XConnectClient`]: fills the pods' MACs in the
 //! `EthernetContext` if empty, so both forwarders of a remote connection agree on them, and records the
 //! outgoing mechanism the next hop selected), `kernel` (offer KERNEL), `vxlan` (offer VXLAN from this
-//! forwarder's tunnel IP), `filtermechanisms` (LOCAL to a unix URL, REMOTE to a TCP one).
+//! forwarder's tunnel IP; payload ETHERNET only), `wireguard` (offer WIREGUARD with this forwarder's
+//! end; payload IP only), `filtermechanisms` (LOCAL to a unix URL, REMOTE to a TCP one). Go's order.
+//!
+//! **Payload picks the remote mechanism** (docs/wireguard.md §1): ETHERNET ⇒ VXLAN, IP ⇒ WIREGUARD,
+//! anything else ⇒ no remote offer. The VXLAN elements are gated here ([`EthernetOnly`]: a Request
+//! with another payload passes them untouched), the WIREGUARD ones gate themselves. A service
+//! registered without a payload gets IP from the registry; `nsm nse` registers ETHERNET by default.
+//!
+//! **WireGuard ends**: one [`WireguardEnds`] is shared by `WireguardClient`, `WireguardServer` (which
+//! reserve and release a key pair and bound socket per connection and side) and the executor (which
+//! starts the link with them on apply and stops it on remove). On Close the executor stops the link
+//! first (xconnect is first in the chain), then the elements release the end, closing the socket.
 //!
 //! The NSC and NSE need nothing from this crate: their `kernel` elements only pass their netns URL and
 //! the interface name; the forwarder creates, addresses and removes the interfaces from the outside.
@@ -33,11 +46,13 @@ use nsm_networkservice::filtermechanisms::FilterMechanismsClient;
 use nsm_networkservice::mechanisms::MechanismsServer;
 use nsm_networkservice::mechanisms::kernel::KernelClient;
 use nsm_networkservice::mechanisms::vxlan::{VxlanClient, VxlanServer};
+use nsm_networkservice::mechanisms::wireguard::{WireguardClient, WireguardServer};
 
 use crate::error::{ApplyError, PlanError};
 use crate::executor::Executor;
 use crate::names;
 use crate::plan::{PlanConfig, PlanRequest, plan};
+use crate::wireguard_ends::WireguardEnds;
 
 const NAME: &str = "xconnect";
 
@@ -47,20 +62,40 @@ pub struct KernelDataplane {
     config: PlanConfig,
     tunnel_ip: IpAddr,
     vxlan: Arc<VxlanServer>,
+    wireguard: Arc<WireguardEnds>,
 }
 
 impl KernelDataplane {
     /// A data plane applying through `executor`, with tunnels from `tunnel_ip` (`NSM_TUNNEL_IP`).
-    pub fn new(executor: Arc<Executor>, config: PlanConfig, tunnel_ip: IpAddr) -> Self {
+    /// WireGuard ends are bound on `tunnel_ip` in the executor's node namespace, each on a free port
+    /// (docs/wireguard.md phase 1); the executor is set to start links with them. Fails only if the
+    /// node namespace handle cannot be duplicated.
+    pub fn new(
+        executor: Arc<Executor>,
+        config: PlanConfig,
+        tunnel_ip: IpAddr,
+    ) -> std::io::Result<Self> {
         let vxlan = Arc::new(
             VxlanServer::new(tunnel_ip, config.vxlan_port).with_uplink_mtu(config.underlay_mtu),
         );
-        Self {
+        let wireguard = Arc::new(WireguardEnds::new(
+            executor.node().try_clone()?,
+            tunnel_ip,
+            0,
+        ));
+        executor.use_wireguard(wireguard.clone());
+        Ok(Self {
             executor,
             config,
             tunnel_ip,
             vxlan,
-        }
+            wireguard,
+        })
+    }
+
+    /// The WireGuard ends (shared by the elements and the executor).
+    pub fn wireguard_ends(&self) -> &Arc<WireguardEnds> {
+        &self.wireguard
     }
 }
 
@@ -73,7 +108,15 @@ impl Dataplane for KernelDataplane {
             ),
             (
                 MechanismType::Vxlan.to_string(),
-                self.vxlan.clone() as Element,
+                Arc::new(EthernetOnly(self.vxlan.clone())) as Element,
+            ),
+            (
+                MechanismType::Wireguard.to_string(),
+                Arc::new(WireguardServer::new(
+                    self.tunnel_ip,
+                    self.config.underlay_mtu,
+                    self.wireguard.clone(),
+                )) as Element,
             ),
         ]
         .into();
@@ -90,7 +133,15 @@ impl Dataplane for KernelDataplane {
         vec![
             Arc::new(XConnectClient),
             Arc::new(KernelClient::new(None)),
-            Arc::new(VxlanClient::new(self.tunnel_ip, self.config.vxlan_port)),
+            Arc::new(EthernetOnly(Arc::new(VxlanClient::new(
+                self.tunnel_ip,
+                self.config.vxlan_port,
+            )))),
+            Arc::new(WireguardClient::new(
+                self.tunnel_ip,
+                self.config.underlay_mtu,
+                self.wireguard.clone(),
+            )),
             Arc::new(FilterMechanismsClient::new()),
         ]
     }
@@ -114,6 +165,10 @@ fn apply_error(e: ApplyError) -> NsmError {
     match e {
         ApplyError::Netns { .. }
         | ApplyError::NameTaken { .. }
+        | ApplyError::Wireguard {
+            source: crate::wireguard::WireguardError::BadInterfaceName { .. },
+            ..
+        }
         | ApplyError::TunnelSourceMissing { .. }
         | ApplyError::TunnelUnreachable { .. } => NsmError::invalid(NAME, e.to_string()),
         other => NsmError::internal(NAME, other.to_string()),
@@ -261,5 +316,39 @@ impl NetworkServiceServer for IncomingKernel {
 
     fn name(&self) -> &'static str {
         "kernel"
+    }
+}
+
+/// Runs `0` (a VXLAN element) only for connections with payload ETHERNET, as Go's VXLAN elements
+/// gate themselves; a Request with any other payload passes it untouched (so an IP connection gets
+/// no VXLAN offer and a VXLAN mechanism is not answered). Close always reaches it: it only releases
+/// what its Request took, which is nothing for another payload.
+struct EthernetOnly(Element);
+
+#[async_trait]
+impl NetworkServiceServer for EthernetOnly {
+    async fn request(
+        &self,
+        ctx: &mut Ctx,
+        request: NetworkServiceRequest,
+        next: Next,
+    ) -> Result<Connection> {
+        let ethernet = request
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.payload == nsm_api::payload::ETHERNET);
+        if ethernet {
+            self.0.request(ctx, request, next).await
+        } else {
+            next.request(ctx, request).await
+        }
+    }
+
+    async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
+        self.0.close(ctx, conn, next).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.0.name()
     }
 }

@@ -1,5 +1,5 @@
 //! Issue 6 acceptance: real `nsm registry | nsmgr | forwarder | nse | nsc` processes, one network
-//! namespace per node and per pod, the kernel data plane (veth + VXLAN + tc cross-connect), our own ICMP
+//! namespace per node and per pod, the kernel data plane (veth + VXLAN + tc cross-connect; pod TUN + userspace WireGuard for an IP-payload service), our own ICMP
 //! echo. As root; skipped with a message otherwise (failing under CI=true). Every test uses its own run id,
 //! removes everything it made (also on failure) and checks the root namespace is unchanged.
 
@@ -424,4 +424,145 @@ fn interface_name_over_15_bytes_is_refused_by_the_url_parser() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("NSM_NETWORK_SERVICES"), "{err}");
+}
+
+/// The IP-payload service (WireGuard across nodes); its NSE registers it with `NSM_PAYLOAD=IP`.
+const WG_SERVICE: &str = "icmp-ip";
+const WG_SVC: &str = "kernel://icmp-ip/nsm-1";
+
+/// A mesh of `nodes` nodes with an icmp-responder `icmp-ip` (payload IP) in pod `e1` on `nse_node`.
+fn mesh_with_ip_nse(nodes: usize, nse_node: usize, cidr: &str) -> (Testbed, String) {
+    let mut tb = Testbed::mesh(opts(), nodes, &[]).unwrap();
+    let e = tb.add_pod("e1").unwrap();
+    tb.start_nse(
+        "icmp-ip",
+        &e,
+        nse_node,
+        &[
+            ("NSM_CIDR_PREFIX", cidr),
+            ("NSM_PAYLOAD", "IP"),
+            ("NSM_SERVICE_NAMES", WG_SERVICE),
+        ],
+    )
+    .unwrap();
+    (tb, e)
+}
+
+/// UDP sockets in each node namespace (`ss -Huan`): the forwarders' WireGuard sockets live there.
+fn node_udp_sockets(tb: &Testbed) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in &tb.nodes {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &n.ns, "ss", "-Huan"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ss in {}", n.ns);
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            out.push(format!(
+                "{}: {}",
+                n.ns,
+                l.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
+    }
+    out
+}
+
+/// Threads named `nsm-wg-*` (WireGuard workers) in every forwarder process.
+fn wireguard_workers(tb: &mut Testbed) -> usize {
+    let names: Vec<String> = tb.nodes.iter().map(|n| n.forwarder.clone()).collect();
+    let mut count = 0;
+    for name in names {
+        let pid = tb.pid(&name).unwrap();
+        count += std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.starts_with("nsm-wg-"))
+            .count();
+    }
+    count
+}
+
+/// Waits (bounded) until no WireGuard worker runs and the node namespaces have the UDP sockets of
+/// `before` again (the ends were released).
+fn assert_wireguard_clean(tb: &mut Testbed, before: &[String]) {
+    let mut last = (0, Vec::new());
+    for _ in 0..200 {
+        last = (wireguard_workers(tb), node_udp_sockets(tb));
+        if last.0 == 0 && last.1 == before {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "WireGuard left behind: {} workers, UDP sockets {:?} (before: {before:?})",
+        last.0, last.1
+    );
+}
+
+/// A Kernel2Wireguard2Kernel connection from pod `c1` on node 1 to the IP-payload NSE on node 2:
+/// pings both ways, both pod interfaces are TUNs with MTU underlay − 80, no node veth or VXLAN device,
+/// one WireGuard worker and socket per forwarder; everything is gone after the client closes.
+fn kernel2wireguard2kernel(cidr: &str) {
+    let _root = RootGuard::new();
+    let (mut tb, e) = mesh_with_ip_nse(2, 2, cidr);
+    let udp_before = node_udp_sockets(&tb);
+    let c = tb.add_pod("c1").unwrap();
+    tb.spawn_nsc("nsc", &c, 1, WG_SVC, &[], false).unwrap();
+    let conn = tb.wait_connected("nsc", CONNECT).unwrap();
+    assert_eq!(
+        conn.path,
+        [
+            "nsc",
+            "nsmgr-1",
+            "forwarder-1",
+            "nsmgr-2",
+            "forwarder-2",
+            "icmp-ip"
+        ]
+    );
+    assert_eq!(conn.interface, "nsm-1");
+    check_interfaces(&conn, &c, &e, cidr, Some(1420));
+    for pod in [&c, &e] {
+        let l = links(pod).unwrap();
+        assert_eq!(l[0].kind, "tun", "{pod}: {l:?}");
+        assert!(l[0].alias.starts_with("nsm:forwarder-"), "{pod}: {l:?}");
+    }
+    let sys_type = std::process::Command::new("ip")
+        .args(["netns", "exec", &c, "cat", "/sys/class/net/nsm-1/type"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&sys_type.stdout).trim(), "65534");
+    assert!(
+        forwarder_links(&tb).is_empty(),
+        "no node veth or VXLAN device: {:?}",
+        forwarder_links(&tb)
+    );
+    assert_eq!(wireguard_workers(&mut tb), 2, "one link per forwarder");
+    assert_eq!(
+        node_udp_sockets(&tb).len(),
+        udp_before.len() + 2,
+        "one socket per forwarder: {:?}",
+        node_udp_sockets(&tb)
+    );
+    ping_both_ways(&tb, &conn, &c, &e);
+    close_client(&mut tb, "nsc");
+    assert_clean(&tb, &[&c, &e]);
+    assert_wireguard_clean(&mut tb, &udp_before);
+}
+
+#[test]
+fn kernel2wireguard2kernel_across_two_nodes() {
+    if !privileged() {
+        return;
+    }
+    kernel2wireguard2kernel(CIDR);
+}
+
+#[test]
+fn kernel2wireguard2kernel_with_ipv6_addressing() {
+    if !privileged() {
+        return;
+    }
+    kernel2wireguard2kernel("fd00:201::/120");
 }

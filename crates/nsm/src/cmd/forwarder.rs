@@ -239,7 +239,8 @@ async fn kernel_dataplane(name: &str, cfg: &ForwarderConfig) -> Result<KernelDat
     plan.vxlan_port = cfg.vxlan_port;
     plan.underlay_mtu = underlay_mtu(tunnel_ip).unwrap_or(1500);
     tracing::info!(%tunnel_ip, underlay_mtu = plan.underlay_mtu, vxlan_port = cfg.vxlan_port, "forwarder: kernel data plane");
-    Ok(KernelDataplane::new(executor, plan, tunnel_ip))
+    KernelDataplane::new(executor, plan, tunnel_ip)
+        .map_err(|e| format!("cannot set up the data plane: {e}"))
 }
 
 /// The source address the kernel would use for the default route (no packet is sent).
