@@ -1,7 +1,8 @@
 //! Issue 6 acceptance: real `nsm registry | nsmgr | forwarder | nse | nsc` processes, one network
-//! namespace per node and per pod, the kernel data plane (veth + VXLAN + tc cross-connect; pod TUN + userspace WireGuard for an IP-payload service), our own ICMP
-//! echo. As root; skipped with a message otherwise (failing under CI=true). Every test uses its own run id,
-//! removes everything it made (also on failure) and checks the root namespace is unchanged.
+//! namespace per node and per pod, the kernel data plane (veth + VXLAN + tc cross-connect; a pod TUN
+//! and a userspace WireGuard link for an IP-payload service), our own ICMP echo. As root; skipped
+//! with a message otherwise (failing under CI=true). Every test uses its own run id, removes
+//! everything it made (also on failure) and checks the root namespace is unchanged.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -565,4 +566,88 @@ fn kernel2wireguard2kernel_with_ipv6_addressing() {
         return;
     }
     kernel2wireguard2kernel("fd00:201::/120");
+}
+
+#[test]
+fn wireguard_taken_name_gives_a_clear_error_and_both_forwarders_roll_back() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let (mut tb, e) = mesh_with_ip_nse(2, 2, CIDR);
+    let udp_before = node_udp_sockets(&tb);
+    let c = tb.add_pod("c1").unwrap();
+    nsm_testbed::ip(&[
+        "-n", &c, "link", "add", "nsm-1", "type", "veth", "peer", "name", "other",
+    ])
+    .unwrap();
+    let (code, log) = nsc_once(&mut tb, "nsc-taken", &c, WG_SVC);
+    assert_eq!(code, 1, "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains("\"nsm-1\" is already taken"), "{log}");
+    let mut left = names(&c);
+    left.sort();
+    assert_eq!(left, ["nsm-1", "other"], "the pod's own links stay");
+    // The endpoint side was built first (downstream) and is rolled back: no TUN, no worker, no
+    // socket, in either forwarder.
+    assert_clean(&tb, &[&e]);
+    assert_wireguard_clean(&mut tb, &udp_before);
+}
+
+/// `ip -o link show` in `pod`: its one interface, ifindex first.
+fn pod_link_line(pod: &str) -> String {
+    nsm_testbed::ip(&["-n", pod, "-o", "link", "show"])
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains(": lo:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn wireguard_refresh_keeps_the_link_its_keys_and_ports() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    // Short token lifetimes: the client refreshes every ~2 s.
+    let mut o = opts();
+    o.env.push(("NSM_MAX_TOKEN_LIFETIME".into(), "6s".into()));
+    let mut tb = Testbed::mesh(o, 2, &[]).unwrap();
+    let e = tb.add_pod("e1").unwrap();
+    tb.start_nse(
+        "icmp-ip",
+        &e,
+        2,
+        &[
+            ("NSM_CIDR_PREFIX", CIDR),
+            ("NSM_PAYLOAD", "IP"),
+            ("NSM_SERVICE_NAMES", WG_SERVICE),
+        ],
+    )
+    .unwrap();
+    let udp_before = node_udp_sockets(&tb);
+    let c = tb.add_pod("c1").unwrap();
+    tb.spawn_nsc("nsc", &c, 1, WG_SVC, &[("NSM_LOG_LEVEL", "debug")], false)
+        .unwrap();
+    let conn = tb.wait_connected("nsc", CONNECT).unwrap();
+    ping_both_ways(&tb, &conn, &c, &e);
+    let (tun_c, tun_e, sockets) = (pod_link_line(&c), pod_link_line(&e), node_udp_sockets(&tb));
+    // Three refreshes or so: the same plan each time, so nothing is rebuilt.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(pod_link_line(&c), tun_c, "client TUN rebuilt by a refresh");
+    assert_eq!(
+        pod_link_line(&e),
+        tun_e,
+        "endpoint TUN rebuilt by a refresh"
+    );
+    assert_eq!(node_udp_sockets(&tb), sockets, "ports changed on refresh");
+    // The client did refresh meanwhile (its refresh element logs each next schedule at debug).
+    let log = tb.log("nsc");
+    assert!(log.matches("next refresh in").count() >= 3, "{log}");
+    assert_eq!(wireguard_workers(&mut tb), 2);
+    ping_both_ways(&tb, &conn, &c, &e);
+    close_client(&mut tb, "nsc");
+    assert_clean(&tb, &[&c, &e]);
+    assert_wireguard_clean(&mut tb, &udp_before);
 }
