@@ -651,3 +651,67 @@ fn wireguard_refresh_keeps_the_link_its_keys_and_ports() {
     assert_clean(&tb, &[&c, &e]);
     assert_wireguard_clean(&mut tb, &udp_before);
 }
+
+#[test]
+fn wireguard_forwarder_killed_and_restarted_comes_back_with_new_keys() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    // Short token lifetimes: the client refreshes every ~2 s, and the first refresh through the
+    // restarted forwarder rebuilds both ends.
+    let mut o = opts();
+    o.env.push(("NSM_MAX_TOKEN_LIFETIME".into(), "6s".into()));
+    let mut tb = Testbed::mesh(o, 2, &[]).unwrap();
+    let e = tb.add_pod("e1").unwrap();
+    tb.start_nse(
+        "icmp-ip",
+        &e,
+        2,
+        &[
+            ("NSM_CIDR_PREFIX", CIDR),
+            ("NSM_PAYLOAD", "IP"),
+            ("NSM_SERVICE_NAMES", WG_SERVICE),
+        ],
+    )
+    .unwrap();
+    let udp_before = node_udp_sockets(&tb);
+    let c = tb.add_pod("c1").unwrap();
+    tb.spawn_nsc("nsc", &c, 1, WG_SVC, &[], false).unwrap();
+    let conn = tb.wait_connected("nsc", CONNECT).unwrap();
+    ping_both_ways(&tb, &conn, &c, &e);
+    let sockets = node_udp_sockets(&tb);
+    tb.kill("forwarder-1").unwrap();
+    // The TUN and the socket die with the process: nothing of forwarder-1 is left to adopt.
+    let start = now();
+    while !names(&c).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", names(&c));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tb.start_forwarder(1, &[]).unwrap();
+    let start = now();
+    let back = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no echo reply through the restarted forwarder within 30 s"
+        );
+        if tb
+            .ping(&c, conn.dst_ip().unwrap(), 1, Duration::from_millis(200))
+            .is_ok_and(|r| !r.is_empty())
+        {
+            break start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("ping works again {back:?} after the restart");
+    ping_both_ways(&tb, &conn, &c, &e);
+    // One link per forwarder (forwarder-2 rebuilt its link for the new key, not a second one); the
+    // restarted forwarder has a new port.
+    assert_eq!(wireguard_workers(&mut tb), 2);
+    let now_sockets = node_udp_sockets(&tb);
+    assert_eq!(now_sockets.len(), sockets.len(), "{now_sockets:?}");
+    assert_ne!(now_sockets, sockets, "forwarder-1 bound a new end");
+    close_client(&mut tb, "nsc");
+    assert_clean(&tb, &[&c, &e]);
+    assert_wireguard_clean(&mut tb, &udp_before);
+}
