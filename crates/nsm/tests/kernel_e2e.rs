@@ -715,3 +715,55 @@ fn wireguard_forwarder_killed_and_restarted_comes_back_with_new_keys() {
     assert_clean(&tb, &[&c, &e]);
     assert_wireguard_clean(&mut tb, &udp_before);
 }
+
+#[test]
+fn mixed_mesh_ethernet_over_vxlan_and_ip_over_wireguard_at_once() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let (mut tb, e_ip) = mesh_with_ip_nse(2, 2, CIDR);
+    let e_eth = tb.add_pod("e2").unwrap();
+    tb.start_nse(
+        "icmp-server",
+        &e_eth,
+        2,
+        &[("NSM_CIDR_PREFIX", "169.254.202.0/28")],
+    )
+    .unwrap();
+    let udp_before = node_udp_sockets(&tb);
+    let (c_eth, conn_eth) = connect(&mut tb, "nsc-eth", "c1", 1);
+    let c_ip = tb.add_pod("c2").unwrap();
+    tb.spawn_nsc("nsc-ip", &c_ip, 1, WG_SVC, &[], false)
+        .unwrap();
+    let conn_ip = tb.wait_connected("nsc-ip", CONNECT).unwrap();
+    assert_eq!(links(&c_eth).unwrap()[0].kind, "veth", "ETHERNET => VXLAN");
+    assert_eq!(links(&c_ip).unwrap()[0].kind, "tun", "IP => WIREGUARD");
+    for n in &tb.nodes {
+        let kinds: Vec<_> = links(&n.ns)
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.name != "ul")
+            .map(|l| l.kind)
+            .collect();
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "vxlan").count(),
+            1,
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "veth").count(),
+            1,
+            "{kinds:?}"
+        );
+    }
+    assert_eq!(wireguard_workers(&mut tb), 2);
+    ping_both_ways(&tb, &conn_eth, &c_eth, &e_eth);
+    ping_both_ways(&tb, &conn_ip, &c_ip, &e_ip);
+    close_client(&mut tb, "nsc-ip");
+    // The VXLAN connection is untouched by the WireGuard one's Close.
+    ping_both_ways(&tb, &conn_eth, &c_eth, &e_eth);
+    close_client(&mut tb, "nsc-eth");
+    assert_clean(&tb, &[&c_eth, &c_ip, &e_eth, &e_ip]);
+    assert_wireguard_clean(&mut tb, &udp_before);
+}
