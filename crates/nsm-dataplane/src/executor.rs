@@ -303,6 +303,7 @@ impl Executor {
     }
 
     /// Forgets every applied connection without touching the kernel (what a crash does; for tests).
+    /// WireGuard links are stopped and their sockets closed, as a crash would close them.
     pub fn forget_all(&self) {
         lock(&self.conns).clear();
     }

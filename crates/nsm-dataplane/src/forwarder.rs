@@ -19,7 +19,7 @@
 //! end; payload IP only), `filtermechanisms` (LOCAL to a unix URL, REMOTE to a TCP one). Go's order.
 //!
 //! **Payload picks the remote mechanism** (docs/wireguard.md §1): ETHERNET ⇒ VXLAN, IP ⇒ WIREGUARD,
-//! anything else ⇒ no remote offer. The VXLAN elements are gated here ([`EthernetOnly`]: a Request
+//! anything else ⇒ no remote offer. The VXLAN elements are gated here (`EthernetOnly`: a Request
 //! with another payload passes them untouched), the WIREGUARD ones gate themselves. A service
 //! registered without a payload gets IP from the registry; `nsm nse` registers ETHERNET by default.
 //!
