@@ -767,3 +767,50 @@ fn mixed_mesh_ethernet_over_vxlan_and_ip_over_wireguard_at_once() {
     assert_clean(&tb, &[&c_eth, &c_ip, &e_eth, &e_ip]);
     assert_wireguard_clean(&mut tb, &udp_before);
 }
+
+#[test]
+fn two_wireguard_connections_between_the_same_nodes_are_separate_links() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let (mut tb, e) = mesh_with_ip_nse(2, 2, CIDR);
+    let udp_before = node_udp_sockets(&tb);
+    let mut clients = Vec::new();
+    for (name, tag) in [("nsc-1", "c1"), ("nsc-2", "c2")] {
+        let c = tb.add_pod(tag).unwrap();
+        tb.spawn_nsc(name, &c, 1, WG_SVC, &[], false).unwrap();
+        clients.push((name, c));
+    }
+    let mut conns = Vec::new();
+    for (name, _) in &clients {
+        conns.push(tb.wait_connected(name, CONNECT).unwrap());
+    }
+    assert_ne!(conns[0].src, conns[1].src, "two clients, two address pairs");
+    assert_eq!(links(&e).unwrap().len(), 2, "one TUN per client");
+    // A link (worker and socket on its own port) per connection and forwarder.
+    assert_eq!(wireguard_workers(&mut tb), 4);
+    assert_eq!(node_udp_sockets(&tb).len(), udp_before.len() + 4);
+    for ((_, c), conn) in clients.iter().zip(&conns) {
+        tb.first_ping(c, conn.dst_ip().unwrap(), Duration::from_secs(5))
+            .unwrap_or_else(|err| panic!("{c}: {err}"));
+        let r = tb
+            .ping(&e, conn.src_ip().unwrap(), 3, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(r.len(), 3, "endpoint → {c}");
+    }
+    close_client(&mut tb, "nsc-1");
+    let r = tb
+        .ping(
+            &clients[1].1,
+            conns[1].dst_ip().unwrap(),
+            2,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    assert_eq!(r.len(), 2, "nsc-2 after nsc-1 closed");
+    assert_eq!(wireguard_workers(&mut tb), 2);
+    close_client(&mut tb, "nsc-2");
+    assert_clean(&tb, &[&clients[0].1, &clients[1].1, &e]);
+    assert_wireguard_clean(&mut tb, &udp_before);
+}
