@@ -433,7 +433,17 @@ const WG_SVC: &str = "kernel://icmp-ip/nsm-1";
 
 /// A mesh of `nodes` nodes with an icmp-responder `icmp-ip` (payload IP) in pod `e1` on `nse_node`.
 fn mesh_with_ip_nse(nodes: usize, nse_node: usize, cidr: &str) -> (Testbed, String) {
-    let mut tb = Testbed::mesh(opts(), nodes, &[]).unwrap();
+    mesh_with_ip_nse_over(opts(), nodes, nse_node, cidr)
+}
+
+/// [`mesh_with_ip_nse`] with testbed options `o`.
+fn mesh_with_ip_nse_over(
+    o: nsm_testbed::TestbedOptions,
+    nodes: usize,
+    nse_node: usize,
+    cidr: &str,
+) -> (Testbed, String) {
+    let mut tb = Testbed::mesh(o, nodes, &[]).unwrap();
     let e = tb.add_pod("e1").unwrap();
     tb.start_nse(
         "icmp-ip",
@@ -504,9 +514,11 @@ fn assert_wireguard_clean(tb: &mut Testbed, before: &[String]) {
 /// A Kernel2Wireguard2Kernel connection from pod `c1` on node 1 to the IP-payload NSE on node 2:
 /// pings both ways, both pod interfaces are TUNs with MTU underlay − 80, no node veth or VXLAN device,
 /// one WireGuard worker and socket per forwarder; everything is gone after the client closes.
-fn kernel2wireguard2kernel(cidr: &str) {
+fn kernel2wireguard2kernel(cidr: &str, underlay_v6: bool) {
     let _root = RootGuard::new();
-    let (mut tb, e) = mesh_with_ip_nse(2, 2, cidr);
+    let mut o = opts();
+    o.underlay_v6 = underlay_v6;
+    let (mut tb, e) = mesh_with_ip_nse_over(o, 2, 2, cidr);
     let udp_before = node_udp_sockets(&tb);
     let c = tb.add_pod("c1").unwrap();
     tb.spawn_nsc("nsc", &c, 1, WG_SVC, &[], false).unwrap();
@@ -557,7 +569,7 @@ fn kernel2wireguard2kernel_across_two_nodes() {
     if !privileged() {
         return;
     }
-    kernel2wireguard2kernel(CIDR);
+    kernel2wireguard2kernel(CIDR, false);
 }
 
 #[test]
@@ -565,7 +577,16 @@ fn kernel2wireguard2kernel_with_ipv6_addressing() {
     if !privileged() {
         return;
     }
-    kernel2wireguard2kernel("fd00:201::/120");
+    kernel2wireguard2kernel("fd00:201::/120", false);
+}
+
+#[test]
+fn kernel2wireguard2kernel_over_ipv6_underlay() {
+    if !privileged() {
+        return;
+    }
+    // The overhead is 80 bytes whatever the underlay family, so the MTU is still underlay − 80.
+    kernel2wireguard2kernel(CIDR, true);
 }
 
 #[test]
