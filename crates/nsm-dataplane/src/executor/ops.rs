@@ -101,11 +101,13 @@ pub fn mtu(m: &LinkMessage) -> Option<u32> {
     })
 }
 
-/// Whether a link is operationally up.
+/// Whether a link is operationally up, as the kernel itself judges it (`netif_oper_up`): `UP`, or
+/// `UNKNOWN` for devices that do not track an operational state — a TUN with its queue attached
+/// reports `UNKNOWN` for good, and IPv6 treats it as up.
 pub fn oper_up(m: &LinkMessage) -> bool {
     m.attributes
         .iter()
-        .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+        .any(|a| matches!(a, LinkAttribute::OperState(State::Up | State::Unknown)))
 }
 
 /// The name of a link.
