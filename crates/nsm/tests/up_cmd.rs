@@ -91,6 +91,44 @@ fn out_pid(stdout: &str) -> String {
 }
 
 #[test]
+fn up_once_with_ip_payload_goes_over_wireguard() {
+    if !privileged() {
+        return;
+    }
+    let _root = RootGuard::new();
+    let dir = state_dir("ip");
+    let _cleanup = Cleanup {
+        child: None,
+        dir: dir.clone(),
+    };
+    let out = nsm()
+        .args(["up", "--once", "--payload", "IP", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Both pods get a TUN with MTU underlay (1500) - 80, and each forwarder hop names its link.
+    for want in [
+        "(payload IP)",
+        "tun nsm-1 mtu 1420",
+        "node 1: userspace WireGuard link",
+        "node 2: userspace WireGuard link",
+        "end-to-end connectivity verified",
+        "removed 5 namespace(s)",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?}:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("vxlan"),
+        "no VXLAN for payload IP:\n{stdout}"
+    );
+    let pid = out_pid(&stdout);
+    assert!(namespaces_with(&format!("nsmup{pid}-")).is_empty());
+}
+
+#[test]
 fn up_rejects_other_mechanisms_with_a_reason() {
     let out = nsm().args(["up", "--mechanism", "memif"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -29,9 +29,14 @@ pub struct UpArgs {
     /// Endpoint pods (icmp-responder `nsm nse`), placed on the last node, the one before, …; 1–16.
     #[arg(long, default_value_t = 1)]
     pub endpoints: usize,
-    /// Mechanism the clients request. Only `kernel` (veth into the pod; VXLAN between nodes) exists so far.
+    /// Mechanism the clients request. Only `kernel` exists so far (a veth into the pod for payload
+    /// ETHERNET, a TUN for payload IP).
     #[arg(long, default_value = "kernel")]
     pub mechanism: String,
+    /// Payload of the service (NSM_PAYLOAD of the endpoints): `ETHERNET` goes over VXLAN between nodes,
+    /// `IP` over a userspace WireGuard link.
+    #[arg(long, default_value = "ETHERNET")]
+    pub payload: String,
     /// Network service the endpoints provide and the clients request.
     #[arg(long, default_value = "icmp-responder")]
     pub service: String,
@@ -119,8 +124,8 @@ pub fn run(args: &UpArgs) -> ExitCode {
 fn check_args(a: &UpArgs) -> Result<(), String> {
     if a.mechanism != "kernel" {
         return Err(format!(
-            "--mechanism {:?}: only `kernel` is supported for now (veth into the pod, VXLAN between nodes); \
-             memif, vfio and wireguard are not implemented",
+            "--mechanism {:?}: only `kernel` is supported for now (a veth or TUN into the pod); \
+             memif and vfio are not implemented",
             a.mechanism
         ));
     }
@@ -137,6 +142,12 @@ fn check_args(a: &UpArgs) -> Result<(), String> {
         return Err(format!(
             "--service {:?}: not a network service name",
             a.service
+        ));
+    }
+    if !matches!(a.payload.as_str(), "ETHERNET" | "IP") {
+        return Err(format!(
+            "--payload {:?}: must be ETHERNET (VXLAN between nodes) or IP (WireGuard)",
+            a.payload
         ));
     }
     if a.count == 0 {
@@ -206,8 +217,8 @@ fn up(args: &UpArgs, cancel: &Arc<AtomicBool>) -> ExitCode {
         })
     };
     println!(
-        "nsm up: run {id}: {} node(s), {} endpoint(s), {} client(s), mechanism {}, service {}",
-        args.nodes, args.endpoints, args.clients, args.mechanism, args.service
+        "nsm up: run {id}: {} node(s), {} endpoint(s), {} client(s), mechanism {}, service {} (payload {})",
+        args.nodes, args.endpoints, args.clients, args.mechanism, args.service, args.payload
     );
     println!("  state, logs and sockets in {}", tb.dir.display());
     let result = build_and_run(args, &mut tb, cancel);
@@ -353,6 +364,7 @@ fn build_and_run(args: &UpArgs, tb: &mut Testbed, cancel: &AtomicBool) -> std::i
             &[
                 ("NSM_CIDR_PREFIX", &cidr),
                 ("NSM_SERVICE_NAMES", &args.service),
+                ("NSM_PAYLOAD", &args.payload),
             ],
         )?;
         step(
@@ -487,6 +499,18 @@ fn print_connection(tb: &Testbed, c: &Client, endpoints: &[Endpoint]) {
                         if l.kind == "vxlan" {
                             parts.push(describe_link(&l, &n.ns));
                         }
+                    }
+                    // A pod TUN has no node end: the forwarder's WireGuard link is the cross-connect.
+                    let tun_here = here
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .any(|l| l.kind == "tun");
+                    if tun_here {
+                        parts.push(format!(
+                            "userspace WireGuard link (pod TUN <-> encrypted UDP from {})",
+                            n.ip
+                        ));
                     }
                     format!("node {}: {}", n.index, parts.join(" <-> "))
                 }
@@ -688,6 +712,7 @@ mod tests {
             clients: 1,
             endpoints: 1,
             mechanism: "kernel".into(),
+            payload: "ETHERNET".into(),
             service: "icmp-responder".into(),
             once: true,
             count: 3,
@@ -707,6 +732,19 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("only `kernel`"), "{e}");
         assert!(check_args(&UpArgs { nodes: 0, ..args() }).is_err());
+        assert!(
+            check_args(&UpArgs {
+                payload: "IP".into(),
+                ..args()
+            })
+            .is_ok()
+        );
+        let e = check_args(&UpArgs {
+            payload: "ip".into(),
+            ..args()
+        })
+        .unwrap_err();
+        assert!(e.starts_with("--payload \"ip\""), "{e}");
         assert!(
             check_args(&UpArgs {
                 service: "a/b".into(),
