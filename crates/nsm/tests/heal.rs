@@ -7,6 +7,10 @@
 //! between echo replies) and the **heal time** (failure → first reply from the healed path). The kernel
 //! data plane outlives a dead forwarder or NSMgr, so for those the outage is often zero.
 //!
+//! The `_ip` cases are Go's `-ip` examples: the service's payload is IP, so the forwarders join the
+//! nodes with a userspace WireGuard link and the pod interfaces are TUNs. A TUN dies with the
+//! forwarder that made it, so those heals rebuild the data path instead of adopting it.
+//!
 //! The restart matrix runs `NSM_HEAL_CYCLES` cycles per combination (default 20 as the issue asks — about five minutes for this file; each cycle waits 1.5 s of steady traffic); the
 //! benchmark is the same test with more cycles, see BENCHMARKS.md "Healing and restarts (issue 7)".
 
@@ -62,21 +66,23 @@ impl Pinger {
         }
     }
 
-    /// Stops; returns the longest gap between replies after `from` (counting from `from`), and the
-    /// first reply at or after `after`.
-    fn finish(mut self, from: Instant, after: Instant) -> (Duration, Option<Instant>) {
+    /// Stops; returns the longest gap between replies after `from` (counting from `from`) and the
+    /// reply that ended it (`from` if none came), and the first reply at or after `after`.
+    fn finish(mut self, from: Instant, after: Instant) -> (Duration, Instant, Option<Instant>) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
         }
         let r = self.replies.lock();
-        let mut gap = Duration::ZERO;
+        let (mut gap, mut gap_end) = (Duration::ZERO, from);
         let mut last = from;
         for t in r.iter().filter(|t| **t >= from) {
-            gap = gap.max(t.duration_since(last));
+            if t.duration_since(last) > gap {
+                (gap, gap_end) = (t.duration_since(last), *t);
+            }
             last = *t;
         }
-        (gap, r.iter().find(|t| **t >= after).copied())
+        (gap, gap_end, r.iter().find(|t| **t >= after).copied())
     }
 }
 
@@ -296,13 +302,90 @@ fn ping_back(tb: &Testbed, e: &str, states: &[(Vec<String>, IpAddr)]) {
     }
 }
 
-fn nse_env(cidr: &str) -> Vec<(&str, &str)> {
-    vec![("NSM_CIDR_PREFIX", cidr)]
+/// What the endpoint's service carries: ETHERNET is VXLAN between the nodes and veth pod interfaces;
+/// IP is a userspace WireGuard link between the forwarders and TUN pod interfaces (the Go examples'
+/// `-ip` variants).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Payload {
+    Ethernet,
+    Ip,
 }
 
-/// A mesh of `nodes` nodes, an endpoint `icmp-server` on `nse_node`, and one client per entry of
-/// `client_nodes` (`nsc-<k>` in pod `c<k>`), all connected.
+impl Payload {
+    /// The service the endpoints register (IP has its own name, as in kernel_e2e).
+    fn service(self) -> &'static str {
+        match self {
+            Payload::Ethernet => "icmp-responder",
+            Payload::Ip => "icmp-ip",
+        }
+    }
+
+    /// The client's network service URL.
+    fn svc(self) -> &'static str {
+        match self {
+            Payload::Ethernet => SVC,
+            Payload::Ip => "kernel://icmp-ip/nsm-1",
+        }
+    }
+
+    /// Appended to a case's name in the heal-time lines.
+    fn tag(self) -> &'static str {
+        match self {
+            Payload::Ethernet => "",
+            Payload::Ip => " (payload IP)",
+        }
+    }
+}
+
+/// Starts the icmp-responder `name` in `pod` on `node`, handing out `cidr`, for `payload`.
+fn start_nse(tb: &mut Testbed, payload: Payload, name: &str, pod: &str, node: usize, cidr: &str) {
+    let mut env = vec![("NSM_CIDR_PREFIX", cidr)];
+    if payload == Payload::Ip {
+        env.extend([
+            ("NSM_PAYLOAD", "IP"),
+            ("NSM_SERVICE_NAMES", payload.service()),
+        ]);
+    }
+    tb.start_nse(name, pod, node, &env).unwrap();
+}
+
+/// For IP: both pod interfaces are TUNs (`/sys/class/net/<if>/type` 65534) made by a forwarder, and
+/// the forwarders run one WireGuard worker and one UDP socket each (a healed connection's old end
+/// was released). Nothing to check for ETHERNET.
+fn assert_tuns(tb: &mut Testbed, payload: Payload, pods: &[&str]) {
+    if payload != Payload::Ip {
+        return;
+    }
+    for pod in pods {
+        let l = links(pod).unwrap();
+        assert!(
+            l.len() == 1 && l[0].kind == "tun" && l[0].alias.starts_with("nsm:forwarder-"),
+            "{pod}: {l:?}"
+        );
+        let ty = std::process::Command::new("ip")
+            .args(["netns", "exec", pod])
+            .args(["cat", &format!("/sys/class/net/{}/type", l[0].name)])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&ty.stdout).trim(), "65534", "{pod}");
+    }
+    assert_eq!(wireguard_workers(tb), 2, "one WireGuard link per forwarder");
+    let udp = node_udp_sockets(tb);
+    assert_eq!(udp.len(), 2, "one WireGuard socket per forwarder: {udp:?}");
+}
+
+/// For IP: no WireGuard worker thread in any forwarder and no UDP socket in any node namespace
+/// (an IP-only mesh has none before the first connection). Call after the clients closed.
+fn assert_wireguard_gone(tb: &mut Testbed, payload: Payload) {
+    if payload == Payload::Ip {
+        assert_wireguard_clean(tb, &[]);
+    }
+}
+
+/// A mesh of `nodes` nodes, an endpoint `icmp-server` on `nse_node` for `payload`, and one client
+/// per entry of `client_nodes` (`nsc-<k>` in pod `c<k>`), all connected.
 fn setup(
+    payload: Payload,
     nodes: usize,
     nse_node: usize,
     client_nodes: &[usize],
@@ -313,13 +396,16 @@ fn setup(
     o.env.push(("NSM_INSECURE".into(), "true".into()));
     let mut tb = Testbed::mesh(o, nodes, &[]).unwrap();
     let e = tb.add_pod("e1").unwrap();
-    tb.start_nse("icmp-server", &e, nse_node, &nse_env(CIDR))
-        .unwrap();
+    start_nse(&mut tb, payload, "icmp-server", &e, nse_node, CIDR);
+    if payload == Payload::Ip {
+        let udp = node_udp_sockets(&tb);
+        assert!(udp.is_empty(), "UDP sockets before any connection: {udp:?}");
+    }
     let mut clients = Vec::new();
     for (k, node) in client_nodes.iter().enumerate() {
         let name = format!("nsc-{}", k + 1);
         let pod = tb.add_pod(&format!("c{}", k + 1)).unwrap();
-        tb.spawn_nsc(&name, &pod, *node, SVC, nsc_env, false)
+        tb.spawn_nsc(&name, &pod, *node, payload.svc(), nsc_env, false)
             .unwrap();
         tb.wait_connected(&name, CONNECT).unwrap();
         clients.push(Client { name, pod });
@@ -333,11 +419,11 @@ fn all_namespaces(tb: &Testbed, pods: &[&str]) -> Vec<String> {
     v
 }
 
-fn finish(mut tb: Testbed, clients: &[Client], pods: &[&str]) {
+fn finish(tb: &mut Testbed, clients: &[Client], pods: &[&str]) {
     for c in clients {
-        close_client(&mut tb, &c.name);
+        close_client(tb, &c.name);
     }
-    assert_clean(&tb, pods);
+    assert_clean(tb, pods);
 }
 
 // ----- the v1.1 heal examples -------------------------------------------------------------------
@@ -358,32 +444,41 @@ fn kill_and_measure(
     restart(tb);
     let up = now();
     let (_, healed) = settle_stable(tb, std::slice::from_ref(client), CIDR, &pinger, failed);
-    let (gap, _) = pinger.finish(failed, up);
+    let (gap, gap_end, _) = pinger.finish(failed, up);
     eprintln!(
-        "{what}: outage {} (longest gap between replies); new process up after {}; traffic steady from {} after that",
+        "{what}: outage {} (longest gap between replies); heal {} (failure → the reply that ended it); new process up after {}; traffic steady from {} after that",
         ms(gap),
+        ms(gap_end - failed),
         ms(up - failed),
         ms(healed.saturating_duration_since(up)),
     );
 }
 
-fn restart_case(what: &str, victim: impl Fn(&Testbed) -> String, node_of_nse: usize) {
+/// Kills `victim` (SIGKILL) and starts it again at once; the client ends with its old addresses,
+/// pings both ways, every namespace has its old link/address/route counts (for IP: TUNs again), and
+/// nothing is left after the client closes.
+fn restart_case(payload: Payload, what: &str, victim: &str, node_of_nse: usize) {
     if !privileged() {
         return;
     }
     let _root = RootGuard::new();
-    let (mut tb, e, clients) = setup(2, node_of_nse, &[1], &[]);
+    let what = format!("{what}{}", payload.tag());
+    let (mut tb, e, clients) = setup(payload, 2, node_of_nse, &[1], &[]);
     let before = settle(&tb, &clients, CIDR);
     ping_back(&tb, &e, &before);
     let pods: Vec<&str> = vec![&clients[0].pod, &e];
+    assert_tuns(&mut tb, payload, &pods);
     let ns_before = snapshot(&all_namespaces(&tb, &pods));
-    let v = victim(&tb);
-    kill_and_measure(&mut tb, what, &clients[0], &v, |tb| restart_named(tb, &v));
+    kill_and_measure(&mut tb, &what, &clients[0], victim, |tb| {
+        restart_named(tb, victim)
+    });
     let after = settle(&tb, &clients, CIDR);
     assert_eq!(after, before, "same addresses after {what}");
     ping_back(&tb, &e, &after);
-    assert_counts(&all_namespaces(&tb, &pods), &ns_before, what);
-    finish(tb, &clients, &pods);
+    assert_counts(&all_namespaces(&tb, &pods), &ns_before, &what);
+    assert_tuns(&mut tb, payload, &pods);
+    finish(&mut tb, &clients, &pods);
+    assert_wireguard_gone(&mut tb, payload);
 }
 
 /// Starts component `name` again with its usual settings.
@@ -401,37 +496,79 @@ fn restart_named(tb: &mut Testbed, name: &str) {
 
 #[test]
 fn local_forwarder_death() {
-    restart_case("local forwarder restart", |_| "forwarder-1".into(), 2);
+    restart_case(
+        Payload::Ethernet,
+        "local forwarder restart",
+        "forwarder-1",
+        2,
+    );
+}
+
+/// The client's TUN dies with its forwarder (userspace WireGuard: no kernel state outlives it); heal
+/// through the restarted forwarder makes a new one with the old addresses.
+#[test]
+fn local_forwarder_death_ip() {
+    restart_case(Payload::Ip, "local forwarder restart", "forwarder-1", 2);
 }
 
 #[test]
 fn remote_forwarder_death() {
-    restart_case("remote forwarder restart", |_| "forwarder-2".into(), 2);
+    restart_case(
+        Payload::Ethernet,
+        "remote forwarder restart",
+        "forwarder-2",
+        2,
+    );
+}
+
+/// Go's remote-forwarder-death-ip: the endpoint's TUN and the far WireGuard end die with forwarder-2.
+#[test]
+fn remote_forwarder_death_ip() {
+    restart_case(Payload::Ip, "remote forwarder restart", "forwarder-2", 2);
 }
 
 #[test]
 fn local_nsmgr_restart() {
-    restart_case("local NSMgr restart", |_| "nsmgr-1".into(), 2);
+    restart_case(Payload::Ethernet, "local NSMgr restart", "nsmgr-1", 2);
 }
 
 #[test]
 fn remote_nsmgr_restart() {
-    restart_case("remote NSMgr restart", |_| "nsmgr-2".into(), 2);
+    restart_case(Payload::Ethernet, "remote NSMgr restart", "nsmgr-2", 2);
+}
+
+/// Go's remote-nsmgr-restart-ip.
+#[test]
+fn remote_nsmgr_restart_ip() {
+    restart_case(Payload::Ip, "remote NSMgr restart", "nsmgr-2", 2);
 }
 
 /// An endpoint with another CIDR is registered, then the one in use dies: the client heals to it,
 /// gets addresses from the new CIDR, and nothing of the old connection is left.
-fn endpoint_death_case(what: &str, nse_node: usize, kill: &str, replacement_node: usize) {
+fn endpoint_death_case(
+    payload: Payload,
+    what: &str,
+    nse_node: usize,
+    kill: &str,
+    replacement_node: usize,
+) {
     if !privileged() {
         return;
     }
     let _root = RootGuard::new();
-    let (mut tb, e, clients) = setup(2, nse_node, &[1], &[]);
+    let what = format!("{what}{}", payload.tag());
+    let (mut tb, e, clients) = setup(payload, 2, nse_node, &[1], &[]);
     let before = settle(&tb, &clients, CIDR);
     ping_back(&tb, &e, &before);
     let e2 = tb.add_pod("e2").unwrap();
-    tb.start_nse("icmp-server-2", &e2, replacement_node, &nse_env(CIDR_B))
-        .unwrap();
+    start_nse(
+        &mut tb,
+        payload,
+        "icmp-server-2",
+        &e2,
+        replacement_node,
+        CIDR_B,
+    );
     let failed = now();
     tb.kill(kill).unwrap();
     let (after, at) = settle_at(&tb, &clients, CIDR_B);
@@ -446,6 +583,7 @@ fn endpoint_death_case(what: &str, nse_node: usize, kill: &str, replacement_node
         1,
         "one interface in the new endpoint"
     );
+    assert_tuns(&mut tb, payload, &[&clients[0].pod, &e2]);
     // The old endpoint pod keeps nothing (its NSMgr or the forwarder removed the interface), unless
     // its node lost the NSMgr that knew it (remote NSMgr death): then the grace sweep would.
     if kill.starts_with("icmp-server") {
@@ -470,21 +608,40 @@ fn endpoint_death_case(what: &str, nse_node: usize, kill: &str, replacement_node
             assert!(names(p).is_empty(), "{p}: {:?}", names(p));
         }
     }
+    assert_wireguard_gone(&mut tb, payload);
 }
 
 #[test]
 fn local_endpoint_death_heals_to_another_cidr() {
-    endpoint_death_case("local endpoint death", 1, "icmp-server", 1);
+    endpoint_death_case(
+        Payload::Ethernet,
+        "local endpoint death",
+        1,
+        "icmp-server",
+        1,
+    );
 }
 
 #[test]
 fn remote_endpoint_death_heals_to_another_cidr() {
-    endpoint_death_case("remote endpoint death", 2, "icmp-server", 2);
+    endpoint_death_case(
+        Payload::Ethernet,
+        "remote endpoint death",
+        2,
+        "icmp-server",
+        2,
+    );
+}
+
+/// Go's remote-nse-death-ip: heals over a new WireGuard link to the replacement's CIDR.
+#[test]
+fn remote_endpoint_death_ip_heals_to_another_cidr() {
+    endpoint_death_case(Payload::Ip, "remote endpoint death", 2, "icmp-server", 2);
 }
 
 #[test]
 fn remote_nsmgr_death_heals_to_an_endpoint_on_the_client_node() {
-    endpoint_death_case("remote NSMgr death", 2, "nsmgr-2", 1);
+    endpoint_death_case(Payload::Ethernet, "remote NSMgr death", 2, "nsmgr-2", 1);
 }
 
 #[test]
@@ -493,7 +650,7 @@ fn registry_restart_then_a_new_client_connects() {
         return;
     }
     let _root = RootGuard::new();
-    let (mut tb, e, clients) = setup(2, 2, &[1], &[]);
+    let (mut tb, e, clients) = setup(Payload::Ethernet, 2, 2, &[1], &[]);
     let before = settle(&tb, &clients, CIDR);
     let failed = now();
     tb.kill("registry").unwrap();
@@ -519,7 +676,7 @@ fn registry_restart_then_a_new_client_connects() {
     let after = settle(&tb, &all, CIDR);
     assert_eq!(after[0], before[0], "the first client kept its connection");
     ping_back(&tb, &e, &after);
-    finish(tb, &all, &[&clients[0].pod, &c2, &e]);
+    finish(&mut tb, &all, &[&clients[0].pod, &c2, &e]);
 }
 
 /// A data path that dies while every process is healthy (the endpoint's node-side veth is deleted
@@ -534,7 +691,7 @@ fn liveness_check_heals_a_dead_data_path() {
         ("NSM_LIVENESS_CHECK_INTERVAL", "200ms"),
         ("NSM_LIVENESS_CHECK_THRESHOLD", "2"),
     ];
-    let (mut tb, e, clients) = setup(2, 2, &[1], &env);
+    let (mut tb, e, clients) = setup(Payload::Ethernet, 2, 2, &[1], &env);
     let before = settle(&tb, &clients, CIDR);
     let node2 = tb.node(2).unwrap();
     let veth = links(&node2.ns)
@@ -556,7 +713,7 @@ fn liveness_check_heals_a_dead_data_path() {
         "{}",
         tb.log("nsc-1")
     );
-    finish(tb, &clients, &[&clients[0].pod, &e]);
+    finish(&mut tb, &clients, &[&clients[0].pod, &e]);
 }
 
 // ----- restart matrix ---------------------------------------------------------------------------
@@ -581,7 +738,7 @@ fn kill_component(tb: &mut Testbed, name: &str) {
 
 fn start_component(tb: &mut Testbed, name: &str, e: &str, clients: &[Client]) {
     match name {
-        "icmp-server" => tb.start_nse("icmp-server", e, 2, &nse_env(CIDR)).unwrap(),
+        "icmp-server" => start_nse(tb, Payload::Ethernet, "icmp-server", e, 2, CIDR),
         n if n.starts_with("nsc-") => {
             let c = clients.iter().find(|c| c.name == n).unwrap();
             let node = if n == "nsc-1" { 1 } else { 2 };
@@ -619,7 +776,7 @@ fn restart_matrix() {
         return;
     }
     let _root = RootGuard::new();
-    let (mut tb, e, clients) = setup(2, 2, &[1, 2], &[]);
+    let (mut tb, e, clients) = setup(Payload::Ethernet, 2, 2, &[1, 2], &[]);
     let baseline = settle(&tb, &clients, CIDR);
     ping_back(&tb, &e, &baseline);
     let pods: Vec<&str> = vec![&clients[0].pod, &clients[1].pod, &e];
@@ -662,7 +819,7 @@ fn restart_matrix() {
             }
             let up = now();
             let (state, settled) = settle_stable(&tb, &clients, CIDR, &pinger, failed);
-            let (gap, _) = pinger.finish(failed, up);
+            let (gap, _, _) = pinger.finish(failed, up);
             assert_eq!(state, baseline, "{label} cycle {cycle}: addresses changed");
             ping_back(&tb, &e, &state);
             outage.push(gap);
@@ -699,5 +856,5 @@ fn restart_matrix() {
         summary.push(line);
     }
     eprintln!("restart matrix summary:\n{}", summary.join("\n"));
-    finish(tb, &clients, &pods);
+    finish(&mut tb, &clients, &pods);
 }

@@ -459,58 +459,6 @@ fn mesh_with_ip_nse_over(
     (tb, e)
 }
 
-/// UDP sockets in each node namespace (`ss -Huan`): the forwarders' WireGuard sockets live there.
-fn node_udp_sockets(tb: &Testbed) -> Vec<String> {
-    let mut out = Vec::new();
-    for n in &tb.nodes {
-        let o = std::process::Command::new("ip")
-            .args(["netns", "exec", &n.ns, "ss", "-Huan"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "ss in {}", n.ns);
-        for l in String::from_utf8_lossy(&o.stdout).lines() {
-            out.push(format!(
-                "{}: {}",
-                n.ns,
-                l.split_whitespace().collect::<Vec<_>>().join(" ")
-            ));
-        }
-    }
-    out
-}
-
-/// Threads named `nsm-wg-*` (WireGuard workers) in every forwarder process.
-fn wireguard_workers(tb: &mut Testbed) -> usize {
-    let names: Vec<String> = tb.nodes.iter().map(|n| n.forwarder.clone()).collect();
-    let mut count = 0;
-    for name in names {
-        let pid = tb.pid(&name).unwrap();
-        count += std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|comm| comm.starts_with("nsm-wg-"))
-            .count();
-    }
-    count
-}
-
-/// Waits (bounded) until no WireGuard worker runs and the node namespaces have the UDP sockets of
-/// `before` again (the ends were released).
-fn assert_wireguard_clean(tb: &mut Testbed, before: &[String]) {
-    let mut last = (0, Vec::new());
-    for _ in 0..200 {
-        last = (wireguard_workers(tb), node_udp_sockets(tb));
-        if last.0 == 0 && last.1 == before {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "WireGuard left behind: {} workers, UDP sockets {:?} (before: {before:?})",
-        last.0, last.1
-    );
-}
-
 /// A Kernel2Wireguard2Kernel connection from pod `c1` on node 1 to the IP-payload NSE on node 2:
 /// pings both ways, both pod interfaces are TUNs with MTU underlay − 80, no node veth or VXLAN device,
 /// one WireGuard worker and socket per forwarder; everything is gone after the client closes.
