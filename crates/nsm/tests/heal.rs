@@ -445,10 +445,15 @@ fn kill_and_measure(
     let up = now();
     let (_, healed) = settle_stable(tb, std::slice::from_ref(client), CIDR, &pinger, failed);
     let (gap, gap_end, _) = pinger.finish(failed, up);
+    // Heal time: failure → the reply that ended the outage; none if no gap was longer than `GAP`.
+    let heal = if gap > GAP {
+        ms(gap_end - failed)
+    } else {
+        "none (no outage)".into()
+    };
     eprintln!(
-        "{what}: outage {} (longest gap between replies); heal {} (failure → the reply that ended it); new process up after {}; traffic steady from {} after that",
+        "{what}: outage {} (longest gap between replies); heal {heal} (failure → the reply that ended it); new process up after {}; traffic steady from {} after that",
         ms(gap),
-        ms(gap_end - failed),
         ms(up - failed),
         ms(healed.saturating_duration_since(up)),
     );
