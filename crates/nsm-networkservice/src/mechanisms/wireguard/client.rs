@@ -8,7 +8,9 @@ use nsm_api::mechanisms::{MechanismType, TunnelEnd, wireguard};
 use nsm_api::{Connection, Mechanism, NetworkServiceRequest, payload};
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 
-use super::{LocalEnd, LocalEnds, NAME, Side, check_local_end, params, reserve_error};
+use super::{
+    LocalEnd, LocalEnds, NAME, Side, check_local_end, close_then_release, params, reserve_error,
+};
 use crate::mechanisms::mtu::TunnelMtu;
 
 /// Client side: offers a WIREGUARD tunnel from this forwarder for connections with payload `IP`.
@@ -162,10 +164,7 @@ impl NetworkServiceServer for WireguardClient {
     }
 
     async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
-        let id = conn.id.clone();
-        let result = next.close(ctx, conn).await;
-        self.ends.release(&id, Side::Client);
-        result
+        close_then_release(&*self.ends, Side::Client, ctx, conn, next).await
     }
 
     fn name(&self) -> &'static str {

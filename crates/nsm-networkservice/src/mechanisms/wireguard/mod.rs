@@ -43,7 +43,8 @@ pub use nsm_core::metadata::Side;
 pub use params::check_public_key;
 pub use server::WireguardServer;
 
-use nsm_core::NsmError;
+use nsm_api::Connection;
+use nsm_core::{Ctx, Next, NsmError};
 
 const NAME: &str = "wireguard";
 
@@ -99,6 +100,21 @@ fn reserve_error(e: LocalEndsError) -> NsmError {
         },
         other @ LocalEndsError::Failed(_) => NsmError::internal(NAME, other.to_string()),
     }
+}
+
+/// Close for both elements: passes on, then releases the end of (the connection's id, `side`), also
+/// when a later element failed (its result is returned).
+async fn close_then_release(
+    ends: &dyn LocalEnds,
+    side: Side,
+    ctx: &mut Ctx,
+    conn: Connection,
+    next: Next,
+) -> nsm_core::Result<()> {
+    let id = conn.id.clone();
+    let result = next.close(ctx, conn).await;
+    ends.release(&id, side);
+    result
 }
 
 /// Checks that an end from [`LocalEnds`] can go on the wire (an implementation bug otherwise).

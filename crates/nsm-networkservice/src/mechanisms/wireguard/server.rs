@@ -9,7 +9,7 @@ use nsm_api::mechanisms::{MechanismType, TunnelEnd, wireguard};
 use nsm_api::{Connection, Mechanism, NetworkServiceRequest, payload};
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 
-use super::{LocalEnds, NAME, Side, check_local_end, params, reserve_error};
+use super::{LocalEnds, NAME, Side, check_local_end, close_then_release, params, reserve_error};
 use crate::mechanisms::mtu::{TunnelMtu, lower_context_mtu};
 
 /// Server side: answers a WIREGUARD mechanism (payload `IP`) with this forwarder's end.
@@ -105,10 +105,7 @@ impl NetworkServiceServer for WireguardServer {
     }
 
     async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
-        let id = conn.id.clone();
-        let result = next.close(ctx, conn).await;
-        self.ends.release(&id, Side::Server);
-        result
+        close_then_release(&*self.ends, Side::Server, ctx, conn, next).await
     }
 
     fn name(&self) -> &'static str {
