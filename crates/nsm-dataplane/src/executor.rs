@@ -40,7 +40,7 @@
 
 mod adopt;
 mod node;
-mod ops;
+pub(crate) mod ops;
 mod pod;
 
 use std::collections::HashMap;

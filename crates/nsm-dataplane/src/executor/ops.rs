@@ -1,4 +1,4 @@
-//! Netlink primitives the executor is built from. Each returns `rtnetlink::Error`; the executor adds the
+//! Netlink primitives the executor (and the WireGuard pod TUN, `wireguard::tun`) is built from. Each
 //! interface/namespace context.
 //!
 //! Links are created with `NLM_F_ECHO`: the kernel then sends the new link's `RTM_NEWLINK` back to the

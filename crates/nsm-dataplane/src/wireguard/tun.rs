@@ -6,16 +6,13 @@
 //! [`SyncDevice`] removes the interface (with its addresses and routes). A failure after the device
 //! was created drops it, so nothing is left behind.
 
-use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
-use netlink_packet_route::route::RouteScope;
 use nix::errno::Errno;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
-use std::net::IpAddr;
+use rtnetlink::{Handle, LinkUnspec};
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 use super::WireguardError;
+use crate::executor::ops;
 use crate::netns::Netns;
 
 /// Linux's `IFNAMSIZ` less the terminating NUL.
@@ -70,7 +67,7 @@ pub(crate) async fn create(pod: &Netns, want: &PodInterface) -> Result<SyncDevic
         name: want.name.clone(),
         netns: netns.clone(),
     };
-    if link_index(&handle, &want.name)
+    if ops::link_by_name(&handle, &want.name)
         .await
         .map_err(|e| configure_err(want, &netns, "look up the name", e))?
         .is_some()
@@ -119,9 +116,10 @@ async fn open_tun(pod: &Netns, name: &str) -> std::io::Result<SyncDevice> {
 }
 
 async fn configure(h: &Handle, want: &PodInterface, netns: &str) -> Result<(), WireguardError> {
-    let index = link_index(h, &want.name)
+    let index = ops::link_by_name(h, &want.name)
         .await
         .map_err(|e| configure_err(want, netns, "look up the new device", e))?
+        .map(|link| link.header.index)
         .ok_or_else(|| WireguardError::Tun {
             name: want.name.clone(),
             netns: netns.to_string(),
@@ -134,12 +132,13 @@ async fn configure(h: &Handle, want: &PodInterface, netns: &str) -> Result<(), W
         .await
         .map_err(|e| configure_err(want, netns, &format!("set MTU {} and up", want.mtu), e))?;
     for net in &want.addresses {
-        add_address(h, index, *net)
+        ops::add_address(h, index, *net)
             .await
             .map_err(|e| configure_err(want, netns, &format!("add address {net}"), e))?;
     }
     for net in &want.routes {
-        add_route(h, index, *net)
+        // Scope link without a gateway: a TUN has no neighbours.
+        ops::add_route(h, index, *net, None)
             .await
             .map_err(|e| configure_err(want, netns, &format!("add route {net}"), e))?;
     }
@@ -158,46 +157,6 @@ fn configure_err(
         step: step.to_string(),
         source: Box::new(source),
     }
-}
-
-async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
-    match h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(link) => Ok(link.map(|l| l.header.index)),
-        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -(Errno::ENODEV as i32) => {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Adds `net` (IPv6 without duplicate address detection, so it is usable at once).
-async fn add_address(h: &Handle, index: u32, net: IpNet) -> Result<(), rtnetlink::Error> {
-    let mut req = h.address().add(index, net.addr(), net.prefix_len());
-    if net.addr().is_ipv6() {
-        let m = req.message_mut();
-        m.header.flags |= AddressHeaderFlags::Nodad | AddressHeaderFlags::Permanent;
-        m.attributes
-            .retain(|a| !matches!(a, AddressAttribute::Flags(_)));
-    }
-    req.execute().await
-}
-
-/// Routes `dst` into link `index` (scope link: a TUN has no neighbours, so no gateway).
-async fn add_route(h: &Handle, index: u32, dst: IpNet) -> Result<(), rtnetlink::Error> {
-    let msg = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(dst.addr(), dst.prefix_len())
-        .map_err(|e| rtnetlink::Error::InvalidNla(format!("{e:?}")))?
-        .output_interface(index)
-        .scope(RouteScope::Link)
-        .build();
-    h.route().add(msg).replace().execute().await
 }
 
 #[cfg(test)]
