@@ -39,17 +39,6 @@ fn mk_plan(
     .unwrap()
 }
 
-async fn ping_both_ways(c: &TestNs, e: &TestNs, n: u8) {
-    for (from, to) in [
-        (c, format!("169.254.{n}.100")),
-        (e, format!("169.254.{n}.101")),
-        (c, format!("fd00:{n}::100")),
-        (e, format!("fd00:{n}::101")),
-    ] {
-        assert_eq!(ping(from, &to).await, 3, "ping {to} from {}", from.name);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_node_kernel_to_kernel_pings_and_removes_cleanly() {
     if !privileged() {

@@ -79,12 +79,7 @@ impl World {
 
     /// Threads of this process running a worker for this world's links.
     fn workers(&self) -> usize {
-        let want = format!("nsm-wg-{}", self.name);
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|comm| comm.trim_end() == want)
-            .count()
+        wireguard_workers(&self.name)
     }
 
     /// The TUN's `ip -d link` line in `pod`.
@@ -113,6 +108,29 @@ impl World {
         let p2 = mk_plan("fwd2", "b", &wg, &kernel_mech(&self.e, &self.name), ctx);
         (p1, p2, client, server)
     }
+
+    /// Applies node 2's plan, then node 1's (the server side is up before the client's packets come).
+    async fn apply_both(&self, p1: &Plan, p2: &Plan) {
+        self.f2.apply(p2).await.unwrap();
+        self.f1.apply(p1).await.unwrap();
+    }
+
+    /// Plans connection `n` (on [`p2p`]`(n)` addresses), applies both sides and checks that pings pass
+    /// both ways.
+    async fn connect(&self, n: u8) -> (Plan, Plan, ReservedEnd, ReservedEnd) {
+        let (p1, p2, client, server) = self.plans(&p2p(n));
+        self.apply_both(&p1, &p2).await;
+        ping_both_ways(&self.c, &self.e, n).await;
+        (p1, p2, client, server)
+    }
+
+    /// Removes connection `a` on node 1 and `b` on node 2 (both applied) and checks that no worker
+    /// thread is left.
+    async fn remove_both(&self) {
+        assert!(self.f1.remove("a").await.unwrap());
+        assert!(self.f2.remove("b").await.unwrap());
+        assert_eq!(self.workers(), 0, "no worker thread left");
+    }
 }
 
 fn mk_plan(
@@ -133,17 +151,6 @@ fn mk_plan(
         },
     )
     .unwrap()
-}
-
-async fn ping_both_ways(c: &TestNs, e: &TestNs, n: u8) {
-    for (from, to) in [
-        (c, format!("169.254.{n}.100")),
-        (e, format!("169.254.{n}.101")),
-        (c, format!("fd00:{n}::100")),
-        (e, format!("fd00:{n}::101")),
-    ] {
-        assert_eq!(ping(from, &to).await, 3, "ping {to} from {}", from.name);
-    }
 }
 
 /// Whether `addr` can be bound in `node` (the port is free there). Retries for up to a second
@@ -180,8 +187,7 @@ async fn two_nodes_over_wireguard_ping_refresh_and_remove_leaves_nothing() {
         ctx.mtu = 9000;
         let (p1, p2, client, server) = w.plans(&ctx);
         assert_eq!(p1.pods[0].mtu, 1420, "underlay 1500 - 80");
-        w.f2.apply(&p2).await.unwrap();
-        w.f1.apply(&p1).await.unwrap();
+        w.apply_both(&p1, &p2).await;
         for pod in [&w.c, &w.e] {
             let line = w.tun_line(pod);
             assert!(
@@ -198,10 +204,8 @@ async fn two_nodes_over_wireguard_ping_refresh_and_remove_leaves_nothing() {
         assert_eq!(w.c.ip(&["-o", "link", "show", "dev", &w.name]), index);
         assert_eq!(w.workers(), 2);
         // Remove: no TUN, no thread; the socket is back with its end until release.
-        assert!(w.f1.remove("a").await.unwrap());
-        assert!(w.f2.remove("b").await.unwrap());
+        w.remove_both().await;
         assert!(w.c.links().is_empty() && w.e.links().is_empty());
-        assert_eq!(w.workers(), 0);
         assert!(port_taken(&w.n1, client.local), "reserved until Close");
         assert!(w.ends1.release("a", Side::Client));
         assert!(w.ends2.release("b", Side::Server));
@@ -238,9 +242,7 @@ async fn a_taken_name_fails_name_taken_leaves_nothing_and_the_port_is_reused() {
     w.f1.apply(&p1).await.unwrap();
     assert_eq!(w.ends1.get("a", Side::Client).unwrap(), client);
     ping_both_ways(&w.c, &w.e, 12).await;
-    w.f1.remove("a").await.unwrap();
-    w.f2.remove("b").await.unwrap();
-    assert_eq!(w.workers(), 0);
+    w.remove_both().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,27 +253,20 @@ async fn a_far_key_change_rebuilds_the_link_and_traffic_resumes() {
     let _root = RootGuard::new();
     let w = World::new("wk", false);
 
-    let ctx = p2p(13);
-    let (p1, p2, client, old_server) = w.plans(&ctx);
-    w.f2.apply(&p2).await.unwrap();
-    w.f1.apply(&p1).await.unwrap();
-    ping_both_ways(&w.c, &w.e, 13).await;
+    let (p1, _, client, old_server) = w.connect(13).await;
     // Node 2's forwarder lost its end (a restart): it answers a refresh with a new key and port.
     w.f2.remove("b").await.unwrap();
     w.ends2.release("b", Side::Server);
     assert!(port_free(&w.n2, old_server.local));
-    let (q1, q2, same_client, new_server) = w.plans(&ctx);
+    let (q1, q2, same_client, new_server) = w.plans(&p2p(13));
     assert_eq!(same_client, client, "the client keeps its end");
     assert_ne!(new_server.public_key, old_server.public_key);
     assert_ne!(q1, p1, "the far key changed");
-    w.f2.apply(&q2).await.unwrap();
-    w.f1.apply(&q1).await.unwrap();
+    w.apply_both(&q1, &q2).await;
     assert_eq!(w.f1.applied("a").await.unwrap(), q1);
     ping_both_ways(&w.c, &w.e, 13).await;
     assert_eq!(w.workers(), 2, "the old link is gone");
-    w.f1.remove("a").await.unwrap();
-    w.f2.remove("b").await.unwrap();
-    assert_eq!(w.workers(), 0);
+    w.remove_both().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,10 +277,7 @@ async fn a_restart_leaves_no_tun_and_frees_the_ports() {
     let _root = RootGuard::new();
     let w = World::new("wr", false);
 
-    let (p1, p2, client, server) = w.plans(&p2p(14));
-    w.f2.apply(&p2).await.unwrap();
-    w.f1.apply(&p1).await.unwrap();
-    ping_both_ways(&w.c, &w.e, 14).await;
+    let (_, _, client, server) = w.connect(14).await;
     // The forwarder processes die: executors and ends go, with every link, TUN and socket.
     let World {
         n1,
@@ -301,12 +293,7 @@ async fn a_restart_leaves_no_tun_and_frees_the_ports() {
     } = w;
     drop((f1, f2, ends1, ends2));
     assert!(c.links().is_empty() && e.links().is_empty());
-    let workers = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end() == format!("nsm-wg-{name}"))
-        .count();
-    assert_eq!(workers, 0);
+    assert_eq!(wireguard_workers(&name), 0);
     assert!(port_free(&n1, client.local) && port_free(&n2, server.local));
     // A new run finds nothing of ours to adopt.
     let f1 = Executor::new(n1.netns(), "fwd1").unwrap();

@@ -192,13 +192,43 @@ pub fn p2p(n: u8) -> ConnectionContext {
 
 /// Pings `dst` from `ns` with our ICMP library; returns the number of replies out of 3.
 pub async fn ping(ns: &TestNs, dst: &str) -> usize {
+    ping_n(ns, dst, 3, std::time::Duration::from_secs(1)).await
+}
+
+/// Sends `count` echo requests to `dst` from `ns`, waiting up to `timeout` for each reply; returns the
+/// number of replies.
+pub async fn ping_n(ns: &TestNs, dst: &str, count: u16, timeout: std::time::Duration) -> usize {
     let netns = ns.netns();
     let dst: std::net::IpAddr = dst.parse().unwrap();
     tokio::task::spawn_blocking(move || {
-        nsm_dataplane::icmp::ping(Some(&netns), dst, 3, std::time::Duration::from_secs(1))
+        nsm_dataplane::icmp::ping(Some(&netns), dst, count, timeout)
             .unwrap()
             .len()
     })
     .await
     .unwrap()
+}
+
+/// Pings from client pod `c` to endpoint pod `e` and back, over IPv4 and IPv6, on [`p2p`]`(n)`
+/// addresses: every ping gets its 3 replies.
+pub async fn ping_both_ways(c: &TestNs, e: &TestNs, n: u8) {
+    for (from, to) in [
+        (c, format!("169.254.{n}.100")),
+        (e, format!("169.254.{n}.101")),
+        (c, format!("fd00:{n}::100")),
+        (e, format!("fd00:{n}::101")),
+    ] {
+        assert_eq!(ping(from, &to).await, 3, "ping {to} from {}", from.name);
+    }
+}
+
+/// Threads of this process running the WireGuard worker of pod interface `interface` (thread names
+/// are cut at 15 bytes).
+pub fn wireguard_workers(interface: &str) -> usize {
+    let want = format!("nsm-wg-{interface}");
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| want.starts_with(comm.trim_end()) && !comm.trim_end().is_empty())
+        .count()
 }
