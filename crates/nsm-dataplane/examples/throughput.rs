@@ -12,6 +12,10 @@
     missing_docs
 )]
 
+mod bench;
+
+use bench::{Ns, receiver_gbits, sh};
+
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,49 +24,7 @@ use nsm_api::Mechanism;
 use nsm_api::connectioncontext::{ConnectionContext, IpContext, Route};
 use nsm_api::mechanisms::{MechanismType, kernel, vxlan};
 use nsm_dataplane::executor::Executor;
-use nsm_dataplane::netns::Netns;
 use nsm_dataplane::plan::{PlanConfig, PlanRequest, plan};
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Ns(String);
-impl Ns {
-    fn new(tag: &str) -> Self {
-        let n = format!("nsmb{}-{tag}", std::process::id());
-        sh(&["ip", "netns", "add", &n]);
-        sh(&["ip", "-n", &n, "link", "set", "lo", "up"]);
-        Ns(n)
-    }
-    fn ip(&self, a: &[&str]) {
-        let mut v = vec!["ip", "-n", &self.0];
-        v.extend_from_slice(a);
-        sh(&v);
-    }
-    fn exec(&self, a: &[&str]) -> String {
-        let mut v = vec!["ip", "netns", "exec", &self.0];
-        v.extend_from_slice(a);
-        sh(&v)
-    }
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-}
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// Appendix A, verbatim in spirit: tc mirred xconnect, MTU 1450, /32 addresses and link routes.
 fn hand_built(c: &Ns, n1: &Ns, n2: &Ns, e: &Ns) {
@@ -152,7 +114,7 @@ fn context(n: u8) -> ConnectionContext {
 }
 
 fn first_reply(ns: &Ns, dst: &str) -> Duration {
-    let netns = Netns::open(std::path::Path::new(&ns.path())).unwrap();
+    let netns = ns.netns();
     let dst: IpAddr = dst.parse().unwrap();
     for _ in 0..200 {
         if !nsm_dataplane::icmp::ping(Some(&netns), dst, 1, Duration::from_millis(50))
@@ -181,16 +143,8 @@ async fn ours(c: &Ns, n1: &Ns, n2: &Ns, e: &Ns) -> Duration {
     vx.set_param(vxlan::DST_IP, "169.254.100.2");
     vx.set_param(vxlan::VNI, "100");
     let start = Instant::now();
-    let f1 = Executor::new(
-        Netns::open(std::path::Path::new(&n1.path())).unwrap(),
-        "bench1",
-    )
-    .unwrap();
-    let f2 = Executor::new(
-        Netns::open(std::path::Path::new(&n2.path())).unwrap(),
-        "bench2",
-    )
-    .unwrap();
+    let f1 = Executor::new(n1.netns(), "bench1").unwrap();
+    let f2 = Executor::new(n2.netns(), "bench2").unwrap();
     let (kc, ke) = (kernel_mech(c, "nsm-1"), kernel_mech(e, "nsm-1"));
     let req = |id, inc, out| PlanRequest {
         connection_id: id,
@@ -216,11 +170,7 @@ async fn local_setup() -> Duration {
     let (node, c, e) = (Ns::new("ln"), Ns::new("lc"), Ns::new("le"));
     let ctx = context(2);
     let start = Instant::now();
-    let f = Executor::new(
-        Netns::open(std::path::Path::new(&node.path())).unwrap(),
-        "benchl",
-    )
-    .unwrap();
+    let f = Executor::new(node.netns(), "benchl").unwrap();
     let p = plan(
         &PlanConfig::new("benchl"),
         &PlanRequest {
@@ -265,12 +215,7 @@ fn iperf(c: &Ns, e: &Ns, secs: u32) -> f64 {
     ]);
     let mut server = server;
     let _ = server.wait();
-    let line = out
-        .lines()
-        .find(|l| l.contains("receiver"))
-        .expect("iperf3 receiver line");
-    let idx = line.find(" Gbits/sec").unwrap();
-    line[..idx].rsplit(' ').next().unwrap().parse().unwrap()
+    receiver_gbits(&out)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

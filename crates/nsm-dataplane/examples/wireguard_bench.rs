@@ -6,7 +6,7 @@
 //!
 //! `cargo build --release -p nsm-dataplane --example wireguard_bench &&
 //!  target/release/examples/wireguard_bench [seconds] [rounds]` as root (defaults 5 s, 3 rounds).
-//! Everything lives in namespaces named `nsmwgb<pid>-…` with link-local / fd00::/8 addresses; all
+//! Everything lives in namespaces named `nsmb<pid>-…` with link-local / fd00::/8 addresses; all
 //! are deleted at the end (also on panic).
 
 #![allow(
@@ -16,52 +16,17 @@
     missing_docs
 )]
 
+mod bench;
+
+use bench::{Ns, receiver_gbits, sh};
+
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nsm_dataplane::netns::Netns;
 use nsm_dataplane::wireguard::{
     KeyPair, LinkConfig, PERSISTENT_KEEPALIVE, PodInterface, TunnelSocket, WireguardLink,
 };
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Self {
-        let n = format!("nsmwgb{}-{tag}", std::process::id());
-        sh(&["ip", "netns", "add", &n]);
-        sh(&["ip", "-n", &n, "link", "set", "lo", "up"]);
-        Ns(n)
-    }
-    fn ip(&self, a: &[&str]) {
-        let mut v = vec!["ip", "-n", &self.0];
-        v.extend_from_slice(a);
-        sh(&v);
-    }
-    fn netns(&self) -> Netns {
-        Netns::open(format!("/var/run/netns/{}", self.0).as_ref()).unwrap()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// Node A and B joined by a veth (169.254.77.0/24), a VXLAN over it (169.254.78.0/24, MTU 1450).
 fn nodes(a: &Ns, b: &Ns) {
@@ -161,12 +126,7 @@ fn iperf(client: &Ns, server: &Ns, server_ip: &str, secs: u64) -> f64 {
         "g",
     ]);
     let _ = srv.wait();
-    let line = out
-        .lines()
-        .find(|l| l.contains("receiver"))
-        .expect("iperf3 receiver line");
-    let idx = line.find(" Gbits/sec").unwrap();
-    line[..idx].rsplit(' ').next().unwrap().parse().unwrap()
+    receiver_gbits(&out)
 }
 
 /// This process's CPU time (user + system), in clock ticks: the link workers are its only busy
