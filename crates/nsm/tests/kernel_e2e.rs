@@ -459,6 +459,45 @@ fn mesh_with_ip_nse_over(
     (tb, e)
 }
 
+/// One Kernel2Wireguard2Kernel connection on a 2-node mesh with testbed options `o`.
+struct WgConnected {
+    tb: Testbed,
+    /// The endpoint pod (node 2) and the client pod (node 1).
+    e: String,
+    c: String,
+    conn: nsm_testbed::Connected,
+    /// The node UDP sockets before the connection (for [`assert_wireguard_clean`]).
+    udp_before: Vec<String>,
+}
+
+/// Client `nsc` (environment `nsc_env`) in pod `c1` on node 1, connected to the IP-payload NSE on
+/// node 2.
+fn wireguard_connected(
+    o: nsm_testbed::TestbedOptions,
+    cidr: &str,
+    nsc_env: &[(&str, &str)],
+) -> WgConnected {
+    let (mut tb, e) = mesh_with_ip_nse_over(o, 2, 2, cidr);
+    let udp_before = node_udp_sockets(&tb);
+    let c = tb.add_pod("c1").unwrap();
+    tb.spawn_nsc("nsc", &c, 1, WG_SVC, nsc_env, false).unwrap();
+    let conn = tb.wait_connected("nsc", CONNECT).unwrap();
+    WgConnected {
+        tb,
+        e,
+        c,
+        conn,
+        udp_before,
+    }
+}
+
+/// Testbed options whose tokens live 6 s: clients refresh every ~2 s.
+fn short_tokens() -> nsm_testbed::TestbedOptions {
+    let mut o = opts();
+    o.env.push(("NSM_MAX_TOKEN_LIFETIME".into(), "6s".into()));
+    o
+}
+
 /// A Kernel2Wireguard2Kernel connection from pod `c1` on node 1 to the IP-payload NSE on node 2:
 /// pings both ways, both pod interfaces are TUNs with MTU underlay − 80, no node veth or VXLAN device,
 /// one WireGuard worker and socket per forwarder; everything is gone after the client closes.
@@ -466,11 +505,13 @@ fn kernel2wireguard2kernel(cidr: &str, underlay_v6: bool) {
     let _root = RootGuard::new();
     let mut o = opts();
     o.underlay_v6 = underlay_v6;
-    let (mut tb, e) = mesh_with_ip_nse_over(o, 2, 2, cidr);
-    let udp_before = node_udp_sockets(&tb);
-    let c = tb.add_pod("c1").unwrap();
-    tb.spawn_nsc("nsc", &c, 1, WG_SVC, &[], false).unwrap();
-    let conn = tb.wait_connected("nsc", CONNECT).unwrap();
+    let WgConnected {
+        mut tb,
+        e,
+        c,
+        conn,
+        udp_before,
+    } = wireguard_connected(o, cidr, &[]);
     assert_eq!(
         conn.path,
         [
@@ -579,27 +620,13 @@ fn wireguard_refresh_keeps_the_link_its_keys_and_ports() {
         return;
     }
     let _root = RootGuard::new();
-    // Short token lifetimes: the client refreshes every ~2 s.
-    let mut o = opts();
-    o.env.push(("NSM_MAX_TOKEN_LIFETIME".into(), "6s".into()));
-    let mut tb = Testbed::mesh(o, 2, &[]).unwrap();
-    let e = tb.add_pod("e1").unwrap();
-    tb.start_nse(
-        "icmp-ip",
-        &e,
-        2,
-        &[
-            ("NSM_CIDR_PREFIX", CIDR),
-            ("NSM_PAYLOAD", "IP"),
-            ("NSM_SERVICE_NAMES", WG_SERVICE),
-        ],
-    )
-    .unwrap();
-    let udp_before = node_udp_sockets(&tb);
-    let c = tb.add_pod("c1").unwrap();
-    tb.spawn_nsc("nsc", &c, 1, WG_SVC, &[("NSM_LOG_LEVEL", "debug")], false)
-        .unwrap();
-    let conn = tb.wait_connected("nsc", CONNECT).unwrap();
+    let WgConnected {
+        mut tb,
+        e,
+        c,
+        conn,
+        udp_before,
+    } = wireguard_connected(short_tokens(), CIDR, &[("NSM_LOG_LEVEL", "debug")]);
     ping_both_ways(&tb, &conn, &c, &e);
     let (tun_c, tun_e, sockets) = (pod_link_line(&c), pod_link_line(&e), node_udp_sockets(&tb));
     // Three refreshes or so: the same plan each time, so nothing is rebuilt.
@@ -627,27 +654,14 @@ fn wireguard_forwarder_killed_and_restarted_comes_back_with_new_keys() {
         return;
     }
     let _root = RootGuard::new();
-    // Short token lifetimes: the client refreshes every ~2 s, and the first refresh through the
-    // restarted forwarder rebuilds both ends.
-    let mut o = opts();
-    o.env.push(("NSM_MAX_TOKEN_LIFETIME".into(), "6s".into()));
-    let mut tb = Testbed::mesh(o, 2, &[]).unwrap();
-    let e = tb.add_pod("e1").unwrap();
-    tb.start_nse(
-        "icmp-ip",
-        &e,
-        2,
-        &[
-            ("NSM_CIDR_PREFIX", CIDR),
-            ("NSM_PAYLOAD", "IP"),
-            ("NSM_SERVICE_NAMES", WG_SERVICE),
-        ],
-    )
-    .unwrap();
-    let udp_before = node_udp_sockets(&tb);
-    let c = tb.add_pod("c1").unwrap();
-    tb.spawn_nsc("nsc", &c, 1, WG_SVC, &[], false).unwrap();
-    let conn = tb.wait_connected("nsc", CONNECT).unwrap();
+    // The first refresh through the restarted forwarder rebuilds both ends.
+    let WgConnected {
+        mut tb,
+        e,
+        c,
+        conn,
+        udp_before,
+    } = wireguard_connected(short_tokens(), CIDR, &[]);
     ping_both_ways(&tb, &conn, &c, &e);
     let sockets = node_udp_sockets(&tb);
     tb.kill("forwarder-1").unwrap();
