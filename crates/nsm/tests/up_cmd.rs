@@ -30,25 +30,34 @@ fn namespaces_with(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs `nsm up --once <args>` in a state directory of its own (`tag`), asserts it succeeded and
+/// returns its stdout and the directory (with its cleanup guard).
+fn up_once(tag: &str, args: &[&str]) -> (String, std::path::PathBuf, Cleanup) {
+    let dir = state_dir(tag);
+    let cleanup = Cleanup {
+        child: None,
+        dir: dir.clone(),
+    };
+    let out = nsm()
+        .args(["up", "--once"])
+        .args(args)
+        .arg("--state-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, dir, cleanup)
+}
+
 #[test]
 fn up_once_verifies_connectivity_and_cleans_up() {
     if !privileged() {
         return;
     }
     let _root = RootGuard::new();
-    let dir = state_dir("once");
-    let _cleanup = Cleanup {
-        child: None,
-        dir: dir.clone(),
-    };
-    let out = nsm()
-        .args(["up", "--once", "--state-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, dir, _cleanup) = up_once("once", &[]);
     for want in [
         "\u{2713} forwarder-2",
         "6 hops",
@@ -96,19 +105,7 @@ fn up_once_with_ip_payload_goes_over_wireguard() {
         return;
     }
     let _root = RootGuard::new();
-    let dir = state_dir("ip");
-    let _cleanup = Cleanup {
-        child: None,
-        dir: dir.clone(),
-    };
-    let out = nsm()
-        .args(["up", "--once", "--payload", "IP", "--state-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, _dir, _cleanup) = up_once("ip", &["--payload", "IP"]);
     // Both pods get a TUN with MTU underlay (1500) - 80, and each forwarder hop names its link.
     for want in [
         "(payload IP)",
