@@ -2,13 +2,13 @@
 //! `core/next`, `core/chain`, `utils/metadata`, `tools/clock` and error handling.
 //!
 //! What lives here:
-//! - [`chain`]: the [`NetworkServiceServer`](chain::NetworkServiceServer) element trait (servers and
-//!   clients alike), the owned [`Next`](chain::Next) cursor and [`Chain`](chain::Chain), which nests;
+//! - [`chain`]: the [`NetworkServiceServer`] element trait (servers and
+//!   clients alike), the owned [`Next`] cursor and [`Chain`], which nests;
 //! - [`registry`]: the same for the two registries (Register, streaming Find, Unregister);
 //! - [`ctx`]: the per-call context: typed values, deadline, clock;
 //! - [`metadata`]: per-connection state, one store for the server side and one for the client side;
 //! - [`clock`]: the injected clock every timer goes through (tokio time, so tests can pause it);
-//! - [`error`]: [`NsmError`](error::NsmError) and its single mapping to `tonic::Status`.
+//! - [`error`]: [`NsmError`] and its single mapping to `tonic::Status`.
 
 #![forbid(unsafe_code)]
 

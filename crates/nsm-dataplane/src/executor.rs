@@ -4,14 +4,14 @@
 //!   refresh); a different plan replaces the old state. A node-side link left over under the derived name
 //!   is deleted first, so an interface is never duplicated (it is looked for only when the creation
 //!   reports a name taken; otherwise the kernel's echo of the new link gives both veth ends' indexes,
-//!   see [`ops`]).
+//!   see `ops`).
 //! - Every created object is **recorded** ([`Applied`]); if a step fails, the recorded objects are removed
 //!   in reverse order before the error is returned, so a failed apply leaves nothing behind.
 //! - **Remove** deletes the recorded objects. Deleting a node-side veth end deletes its pod end (and the
 //!   addresses, routes, neighbours and tc filters on either end). The VXLAN device is shared per
 //!   (VNI, port): it is deleted when the last connection's receive filter is gone. A deletion is done
-//!   when the kernel announces the link gone, not when it acknowledges (see [`node`]).
-//! - A pod interface is addressed once the kernel reports it operational (see [`pod`]), so the first
+//!   when the kernel announces the link gone, not when it acknowledges (see `node`).
+//! - A pod interface is addressed once the kernel reports it operational (see `pod`), so the first
 //!   packets of a new connection are not lost.
 //! - **WireGuard** (a plan with [`TunnelPlan::Wireguard`]): apply takes the end's key pair and socket
 //!   from the [`WireguardEnds`] the mechanism elements reserved them in (found by the plan's
@@ -24,7 +24,7 @@
 //!   releases the end, which closes the socket. A changed far key or endpoint is a different plan,
 //!   so the link is stopped and started anew on the same socket. A link whose worker stopped by
 //!   itself (its TUN was deleted) is rebuilt by the next apply.
-//! - **Restarts** ([`adopt`] module): [`Executor::adopt`] reads back what an earlier run of this owner
+//! - **Restarts** (`adopt` module): [`Executor::adopt`] reads back what an earlier run of this owner
 //!   left and keeps it *unclaimed* per connection id; the first [`Executor::apply`] for such a
 //!   connection takes it over without touching the kernel if it is exactly what the plan asks for, else
 //!   replaces it; [`Executor::sweep_unclaimed`] removes what no request claimed. WireGuard links are
@@ -35,7 +35,7 @@
 //! forwarder's `begin` already orders a connection's Request, refreshes and Close); operations on
 //! different connections run concurrently, each on netlink sockets of its own. What connections share — the VXLAN devices, their receive-filter priorities and FDB — is
 //! changed under one tunnel lock, which local (kernel ↔ kernel) connections never take. The node
-//! socket is driven by a thread of its own ([`node`]); the pod sockets of all operations by one other
+//! socket is driven by a thread of its own (`node`); the pod sockets of all operations by one other
 //! thread ([`NetlinkHost`]); link deletions by short-lived threads of their own.
 
 mod adopt;
@@ -184,7 +184,7 @@ impl Executor {
 
     /// Its link-deletion threads, counted: running now, the most at once (at most
     /// [`MAX_DELETION_THREADS`]) and how many were started. A link deletion is done for the caller at
-    /// the kernel's announcement; its thread runs on until the kernel acknowledges (see [`node`]).
+    /// the kernel's announcement; its thread runs on until the kernel acknowledges (see `node`).
     pub fn deletion_threads(&self) -> DeletionThreads {
         self.netlink.deletion_threads()
     }

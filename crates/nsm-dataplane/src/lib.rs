@@ -1,7 +1,7 @@
 //! The kernel data plane of nsm-rs.
 //!
 //! What lives here:
-//! - [`plan`]: a pure function from the selected mechanisms + connection context to the kernel state one
+//! - [`plan`](mod@plan): a pure function from the selected mechanisms + connection context to the kernel state one
 //!   connection needs (veths into pods, addresses, routes, neighbours, the VXLAN tunnel, the cross-connect);
 //!   unit-tested without root. Its module doc explains the design choices (tc mirred cross-connect, one
 //!   VXLAN device per VNI with MAC demultiplexing for the "same VNI, two remotes" case).

@@ -3,7 +3,7 @@
 //! A [`Testbed`] owns everything one run creates:
 //! - an **underlay** namespace `<id>-u` with a bridge `br0` (169.254.100.254/24, the registry's address);
 //! - **node** namespaces `<id>-n<i>`, each joined to the bridge by a veth created directly inside the
-//!   namespaces (`ul` in the node, 169.254.100.<i>/24, optionally fd00:100::<i>/64);
+//!   namespaces (`ul` in the node, `169.254.100.<i>/24`, optionally `fd00:100::<i>/64`);
 //! - **pod** namespaces (`<id>-c<k>` client pods, `<id>-e<k>` endpoint pods);
 //! - `nsm` **processes** started with `ip netns exec <ns> <nsm> <subcommand>` in their own process group
 //!   (a terminal's Ctrl-C reaches only the owner, which tears down in order), stdout+stderr to

@@ -45,7 +45,7 @@ pub struct IssueArgs {
     /// The SPIFFE ID, `spiffe://<trust domain>/<path>`, in the CA's trust domain.
     #[arg(long)]
     pub spiffe_id: String,
-    /// Where to write svid.pem, svid.key and bundle.pem (default: <dir>/svids/<path>).
+    /// Where to write svid.pem, svid.key and bundle.pem (default: `<dir>/svids/<path>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Lifetime of the SVID (Go duration).
