@@ -8,9 +8,7 @@ use nsm_api::mechanisms::{MechanismType, TunnelEnd, wireguard};
 use nsm_api::{Connection, Mechanism, NetworkServiceRequest, payload};
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 
-use super::{
-    LocalEnd, LocalEnds, NAME, Side, check_local_end, close_then_release, params, reserve_error,
-};
+use super::{LocalEnd, LocalEnds, NAME, Side, close_then_release, params, reserve_checked};
 use crate::mechanisms::mtu::TunnelMtu;
 
 /// Client side: offers a WIREGUARD tunnel from this forwarder for connections with payload `IP`.
@@ -120,20 +118,13 @@ impl NetworkServiceServer for WireguardClient {
             .map(|c| c.id.clone())
             .filter(|id| !id.is_empty())
             .ok_or_else(|| NsmError::invalid(NAME, "connection has no id"))?;
-        let reserved = self
-            .ends
-            .reserve(&id, Side::Client)
-            .map_err(reserve_error)?;
+        let reserved = reserve_checked(&*self.ends, &id, Side::Client)?;
         // Undoes a Request that reserved the end; a refresh keeps what the connection already had.
         let undo = || {
             if reserved.new {
                 self.ends.release(&id, Side::Client);
             }
         };
-        if let Err(e) = check_local_end(&reserved.end) {
-            undo();
-            return Err(e);
-        }
         self.offer(&mut request, &reserved.end);
         let downstream = next.clone();
         let conn = match next.request(ctx, request).await {

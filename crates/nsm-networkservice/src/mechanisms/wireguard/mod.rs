@@ -117,6 +117,23 @@ async fn close_then_release(
     result
 }
 
+/// The end of (`connection_id`, `side`), reserved now or kept from an earlier Request, checked for the
+/// wire; a newly reserved end that fails the check is released again.
+fn reserve_checked(
+    ends: &dyn LocalEnds,
+    connection_id: &str,
+    side: Side,
+) -> nsm_core::Result<Reserved> {
+    let reserved = ends.reserve(connection_id, side).map_err(reserve_error)?;
+    if let Err(e) = check_local_end(&reserved.end) {
+        if reserved.new {
+            ends.release(connection_id, side);
+        }
+        return Err(e);
+    }
+    Ok(reserved)
+}
+
 /// Checks that an end from [`LocalEnds`] can go on the wire (an implementation bug otherwise).
 fn check_local_end(end: &LocalEnd) -> Result<(), NsmError> {
     if end.port == 0 {

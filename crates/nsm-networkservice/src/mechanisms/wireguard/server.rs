@@ -9,7 +9,7 @@ use nsm_api::mechanisms::{MechanismType, TunnelEnd, wireguard};
 use nsm_api::{Connection, Mechanism, NetworkServiceRequest, payload};
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 
-use super::{LocalEnds, NAME, Side, check_local_end, close_then_release, params, reserve_error};
+use super::{LocalEnds, NAME, Side, close_then_release, params, reserve_checked};
 use crate::mechanisms::mtu::{TunnelMtu, lower_context_mtu};
 
 /// Server side: answers a WIREGUARD mechanism (payload `IP`) with this forwarder's end.
@@ -52,16 +52,7 @@ impl WireguardServer {
             .ok_or_else(|| {
                 NsmError::internal(NAME, "the answer lost its WIREGUARD mechanism downstream")
             })?;
-        let reserved = self
-            .ends
-            .reserve(&conn.id, Side::Server)
-            .map_err(reserve_error)?;
-        if let Err(e) = check_local_end(&reserved.end) {
-            if reserved.new {
-                self.ends.release(&conn.id, Side::Server);
-            }
-            return Err(e);
-        }
+        let reserved = reserve_checked(&*self.ends, &conn.id, Side::Server)?;
         m.set_tunnel_ip(TunnelEnd::Dst, self.tunnel_ip);
         m.set_tunnel_port(TunnelEnd::Dst, reserved.end.port);
         m.set_wireguard_public_key(TunnelEnd::Dst, reserved.end.public_key);
