@@ -34,11 +34,7 @@ impl WireguardClient {
         m.set_tunnel_ip(TunnelEnd::Src, self.tunnel_ip);
         m.set_tunnel_port(TunnelEnd::Src, end.port);
         m.set_wireguard_public_key(TunnelEnd::Src, end.public_key.clone());
-        if m.mtu()
-            .is_none_or(|offered| offered == 0 || offered > self.mtu.get())
-        {
-            m.set_mtu(self.mtu.get());
-        }
+        m.set_mtu(self.mtu.agree(m.mtu()));
     }
 
     /// Offers our end: on the WIREGUARD preferences already there (or a new one), and on a selected
