@@ -97,9 +97,9 @@ def page_spans(binary, pages_file):
     return spans
 
 
-def map_input_sections(map_file, output):
-    """(address, size, file, section) of the input sections of `output` in an lld `-Map` file."""
-    sections, current = [], None
+def map_input_sections(map_file):
+    """The input sections of an lld `-Map` file, (address, size, file, section), by output section."""
+    sections, current = {}, None
     line_re = re.compile(r"^\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+( +)(\S.*)$")
     with open(map_file) as f:
         for line in f:
@@ -109,9 +109,10 @@ def map_input_sections(map_file, output):
             indent, rest = len(m.group(3)), m.group(4)
             if indent == 1:
                 current = rest
-            elif indent == 9 and current == output and rest.endswith(")"):
+            elif indent == 9 and current is not None and rest.endswith(")"):
                 file, _, section = rest.rpartition(":(")
-                sections.append((int(m.group(1), 16), int(m.group(2), 16), file, section[:-1]))
+                entry = (int(m.group(1), 16), int(m.group(2), 16), file, section[:-1])
+                sections.setdefault(current, []).append(entry)
     return sections
 
 
@@ -205,9 +206,10 @@ def refresh(binary, map_file, pages_file, script):
     no profile, so it also catches up with code that changed since the last one."""
     select = selector(symbols(binary))
     spans = page_spans(binary, pages_file)
+    inputs = map_input_sections(map_file)
 
     def on_pages(output, kind):
-        secs = sorted(map_input_sections(map_file, output))
+        secs = sorted(inputs.get(output, []))
         starts, found = [s[0] for s in secs], []
         for lo, hi in spans:
             k = max(bisect.bisect_right(starts, lo) - 1, 0)
