@@ -722,9 +722,9 @@ pub fn invalid_interface_name(name: &str) -> Option<&'static str> {
         Some("reserved name")
     } else if name
         .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
     {
-        Some("contains '/', ':' or whitespace")
+        Some("contains '/', ':', a NUL or a blank")
     } else {
         None
     }

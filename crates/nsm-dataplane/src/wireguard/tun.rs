@@ -15,9 +15,6 @@ use super::WireguardError;
 use crate::executor::ops;
 use crate::netns::Netns;
 
-/// Linux's `IFNAMSIZ` less the terminating NUL.
-const MAX_NAME: usize = 15;
-
 /// What the pod interface should look like.
 #[derive(Debug, Clone)]
 pub struct PodInterface {
@@ -31,23 +28,9 @@ pub struct PodInterface {
     pub routes: Vec<IpNet>,
 }
 
-/// Refuses names the kernel would refuse, with a reason.
+/// Refuses names the kernel would refuse, with a reason (the plan's check).
 pub(crate) fn check_name(name: &str) -> Result<(), WireguardError> {
-    let reason = if name.is_empty() {
-        Some("empty")
-    } else if name.len() > MAX_NAME {
-        Some("longer than 15 bytes")
-    } else if name == "." || name == ".." {
-        Some("reserved")
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
-    {
-        Some("contains '/', ':', a NUL or a blank")
-    } else {
-        None
-    };
-    match reason {
+    match crate::plan::invalid_interface_name(name) {
         Some(reason) => Err(WireguardError::BadInterfaceName {
             name: name.to_string(),
             reason,
