@@ -775,12 +775,7 @@ fn two_wireguard_connections_between_the_same_nodes_are_separate_links() {
     assert_eq!(wireguard_workers(&mut tb), 4);
     assert_eq!(node_udp_sockets(&tb).len(), udp_before.len() + 4);
     for ((_, c), conn) in clients.iter().zip(&conns) {
-        tb.first_ping(c, conn.dst_ip().unwrap(), Duration::from_secs(5))
-            .unwrap_or_else(|err| panic!("{c}: {err}"));
-        let r = tb
-            .ping(&e, conn.src_ip().unwrap(), 3, Duration::from_secs(1))
-            .unwrap();
-        assert_eq!(r.len(), 3, "endpoint → {c}");
+        ping_both_ways(&tb, conn, c, &e);
     }
     close_client(&mut tb, "nsc-1");
     let r = tb
