@@ -260,8 +260,10 @@ mod tests {
     async fn a_last_try_cut_short_by_the_deadline_still_shows_why_the_tries_failed() {
         // Three quick failures, then a try that hangs until the caller's deadline cuts it short.
         let flaky = Arc::new(Flaky {
+            fails: 3,
+            hang: false,
             then_hang: true,
-            ..Arc::into_inner(Flaky::new(3, false)).unwrap()
+            calls: AtomicUsize::new(0),
         });
         let mut ctx = Ctx::new(Clock::system()).with_timeout(Duration::from_millis(450));
         let err = retry(flaky.clone())
