@@ -209,14 +209,7 @@ async fn pings_both_ways_over_ipv4_and_ipv6_and_stop_removes_everything() {
     eventually(&link_b, "b's worker running", |s| s.running).await;
     assert_eq!(wireguard_workers("wgping"), 2);
 
-    for (from, to) in [
-        (&w.pod_a, "169.254.31.100"),
-        (&w.pod_b, "169.254.31.101"),
-        (&w.pod_a, "fd00:31::100"),
-        (&w.pod_b, "fd00:31::101"),
-    ] {
-        assert_eq!(ping(from, to).await, 3, "ping {to} from {}", from.name);
-    }
+    ping_both_ways(&w.pod_a, &w.pod_b, 31).await;
 
     for (pod, me) in [(&w.pod_a, "101"), (&w.pod_b, "100")] {
         let link = pod.ip(&["-o", "link", "show", "dev", "wgping"]);
