@@ -640,20 +640,24 @@ impl Executor {
             persistent_keepalive: Some(w.keepalive),
             allowed_sources: w.allowed.clone(),
         };
-        match WireguardLink::start(socket, config).await {
-            Ok(link) => created.push(Created::Wireguard {
-                link: Arc::new(Mutex::new(Some(link))),
-                public: w.local_public,
-            }),
+        // Configured on this operation's pod socket (no socket or thread of the link's own).
+        let h = &pod.handle;
+        let index = match WireguardLink::start_with(socket, config, Some(h)).await {
+            Ok(link) => {
+                let index = link.index();
+                created.push(Created::Wireguard {
+                    link: Arc::new(Mutex::new(Some(link))),
+                    public: w.local_public,
+                });
+                index
+            }
             Err(StartError { error, socket }) => {
                 ends.put_back(&w.local_public, socket);
                 return Err(wireguard_error(want, error));
             }
-        }
+        };
         // The alias marks the TUN as this connection's (a later connection asking for the same
         // interface in the same pod replaces this one, as with veths).
-        let h = &pod.handle;
-        let index = self.index_of(h, &pod.ns, &want.name).await?;
         ops::set_alias_up(h, index, &want.alias.to_string())
             .await
             .map_err(|source| ApplyError::Netlink {

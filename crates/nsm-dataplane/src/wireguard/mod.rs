@@ -116,6 +116,8 @@ pub struct LinkStats {
 #[derive(Debug)]
 pub struct WireguardLink {
     interface: String,
+    /// The pod interface's index (in the pod namespace).
+    index: u32,
     local: SocketAddr,
     wake: Arc<EventFd>,
     counters: Arc<Counters>,
@@ -126,6 +128,16 @@ impl WireguardLink {
     /// Makes the pod interface and starts the worker; see the module doc. On error no interface is
     /// left and the socket comes back in the [`StartError`].
     pub async fn start(socket: TunnelSocket, config: LinkConfig) -> Result<Self, StartError> {
+        Self::start_with(socket, config, None).await
+    }
+
+    /// [`WireguardLink::start`], configuring the pod interface with `netlink` (a handle already in
+    /// the pod namespace, as the executor has one) instead of a socket of its own.
+    pub(crate) async fn start_with(
+        socket: TunnelSocket,
+        config: LinkConfig,
+        netlink: Option<&rtnetlink::Handle>,
+    ) -> Result<Self, StartError> {
         let wake = match EventFd::from_value_and_flags(
             0,
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
@@ -136,8 +148,8 @@ impl WireguardLink {
                 return Err(StartError { error, socket });
             }
         };
-        let device = match tun::create(&config.pod, &config.interface).await {
-            Ok(device) => device,
+        let (device, index) = match tun::create(&config.pod, &config.interface, netlink).await {
+            Ok(made) => made,
             Err(error) => return Err(StartError { error, socket }),
         };
         let counters = Arc::new(Counters::default());
@@ -189,6 +201,7 @@ impl WireguardLink {
         drop(spare);
         Ok(Self {
             interface: config.interface.name,
+            index,
             local,
             wake,
             counters,
@@ -199,6 +212,11 @@ impl WireguardLink {
     /// The pod interface's name.
     pub fn interface(&self) -> &str {
         &self.interface
+    }
+
+    /// The pod interface's index in the pod namespace.
+    pub(crate) fn index(&self) -> u32 {
+        self.index
     }
 
     /// The local UDP address (tunnel IP and port).

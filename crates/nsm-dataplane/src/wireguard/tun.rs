@@ -39,13 +39,21 @@ pub(crate) fn check_name(name: &str) -> Result<(), WireguardError> {
     }
 }
 
-/// Creates and configures the TUN device in `pod`; see the module doc.
-pub(crate) async fn create(pod: &Netns, want: &PodInterface) -> Result<SyncDevice, WireguardError> {
+/// Creates and configures the TUN device in `pod` (with `netlink`, a handle already in `pod`, if
+/// given; else with a socket of its own); returns it with its interface index. See the module doc.
+pub(crate) async fn create(
+    pod: &Netns,
+    want: &PodInterface,
+    netlink: Option<&Handle>,
+) -> Result<(SyncDevice, u32), WireguardError> {
     check_name(&want.name)?;
     let netns = pod.to_string();
-    let handle = pod
-        .netlink()
-        .map_err(|e| WireguardError::io(format!("netlink socket in {netns}"), e))?;
+    let handle = match netlink {
+        Some(h) => h.clone(),
+        None => pod
+            .netlink()
+            .map_err(|e| WireguardError::io(format!("netlink socket in {netns}"), e))?,
+    };
     let taken = || WireguardError::NameTaken {
         name: want.name.clone(),
         netns: netns.clone(),
@@ -70,11 +78,11 @@ pub(crate) async fn create(pod: &Netns, want: &PodInterface) -> Result<SyncDevic
         }
     })?;
     // From here on, an error drops `device`, which removes the interface again.
-    configure(&handle, want, &netns).await?;
+    let index = configure(&handle, want, &netns).await?;
     device
         .set_nonblocking(true)
         .map_err(|e| WireguardError::io(format!("make {} non-blocking", want.name), e))?;
-    Ok(device)
+    Ok((device, index))
 }
 
 /// Opens the TUN on a thread inside `pod` (the device belongs to the namespace of the opener).
@@ -98,7 +106,8 @@ async fn open_tun(pod: &Netns, name: &str) -> std::io::Result<SyncDevice> {
     .map_err(|e| std::io::Error::other(format!("TUN thread: {e}")))?
 }
 
-async fn configure(h: &Handle, want: &PodInterface, netns: &str) -> Result<(), WireguardError> {
+/// Sets MTU and up, adds the addresses and routes; returns the interface index.
+async fn configure(h: &Handle, want: &PodInterface, netns: &str) -> Result<u32, WireguardError> {
     let index = ops::link_by_name(h, &want.name)
         .await
         .map_err(|e| configure_err(want, netns, "look up the new device", e))?
@@ -125,7 +134,7 @@ async fn configure(h: &Handle, want: &PodInterface, netns: &str) -> Result<(), W
             .await
             .map_err(|e| configure_err(want, netns, &format!("add route {net}"), e))?;
     }
-    Ok(())
+    Ok(index)
 }
 
 fn configure_err(
