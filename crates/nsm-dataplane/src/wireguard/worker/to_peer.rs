@@ -102,6 +102,12 @@ impl Worker {
             Counters::add(&self.counters.no_endpoint, count);
             return;
         };
+        self.send_to(to, data, segment, count);
+    }
+
+    /// Sends `count` datagrams of `segment` bytes to `to`, waiting (bounded) for room in a full
+    /// socket; counts them dropped if they cannot go.
+    fn send_to(&self, to: SocketAddr, data: &[u8], segment: usize, count: usize) {
         loop {
             match gso::send(&self.udp, to, data, segment) {
                 Ok(()) => return,
@@ -131,22 +137,7 @@ impl Worker {
             Counters::add(&self.counters.no_endpoint, 1);
             return;
         };
-        loop {
-            match self.udp.send_to(packet, to) {
-                Ok(_) => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !wait_writable(&self.udp) {
-                        Counters::add(&self.counters.dropped, 1);
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!("wireguard worker: UDP send to {to}: {e}");
-                    Counters::add(&self.counters.dropped, 1);
-                    return;
-                }
-            }
-        }
+        // One datagram: a plain send (see `gso::send`).
+        self.send_to(to, packet, packet.len(), 1);
     }
 }
