@@ -58,23 +58,7 @@ pub struct WireguardEnds {
     node: Netns,
     tunnel_ip: IpAddr,
     port: u16,
-    ends: Mutex<HashMap<(String, SideKey), End>>,
-}
-
-/// [`Side`] as a map key (it is not `Hash`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum SideKey {
-    Client,
-    Server,
-}
-
-impl From<Side> for SideKey {
-    fn from(s: Side) -> Self {
-        match s {
-            Side::Client => Self::Client,
-            Side::Server => Self::Server,
-        }
-    }
+    ends: Mutex<HashMap<(String, Side), End>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,7 +95,7 @@ impl WireguardEnds {
         connection_id: &str,
         side: Side,
     ) -> Result<(ReservedEnd, bool), WireguardError> {
-        let id = (connection_id.to_string(), SideKey::from(side));
+        let id = (connection_id.to_string(), side);
         if let Some(end) = lock(&self.ends).get(&id) {
             let have = ReservedEnd {
                 local: end.local,
@@ -145,7 +129,7 @@ impl WireguardEnds {
     /// The end of (`connection_id`, `side`), if reserved.
     pub fn get(&self, connection_id: &str, side: Side) -> Option<ReservedEnd> {
         lock(&self.ends)
-            .get(&(connection_id.to_string(), side.into()))
+            .get(&(connection_id.to_string(), side))
             .map(|e| ReservedEnd {
                 local: e.local,
                 public_key: e.key.public(),
@@ -155,7 +139,7 @@ impl WireguardEnds {
     /// Drops the end of (`connection_id`, `side`); whether there was one. Its socket is closed now
     /// if it is here, else when the link holding it stops.
     pub fn release(&self, connection_id: &str, side: Side) -> bool {
-        let end = lock(&self.ends).remove(&(connection_id.to_string(), side.into()));
+        let end = lock(&self.ends).remove(&(connection_id.to_string(), side));
         end.is_some()
     }
 
