@@ -356,19 +356,7 @@ fn assert_tuns(tb: &mut Testbed, payload: Payload, pods: &[&str]) {
     if payload != Payload::Ip {
         return;
     }
-    for pod in pods {
-        let l = links(pod).unwrap();
-        assert!(
-            l.len() == 1 && l[0].kind == "tun" && l[0].alias.starts_with("nsm:forwarder-"),
-            "{pod}: {l:?}"
-        );
-        let ty = std::process::Command::new("ip")
-            .args(["netns", "exec", pod])
-            .args(["cat", &format!("/sys/class/net/{}/type", l[0].name)])
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&ty.stdout).trim(), "65534", "{pod}");
-    }
+    assert_forwarder_tuns(pods);
     assert_eq!(wireguard_workers(tb), 2, "one WireGuard link per forwarder");
     let udp = node_udp_sockets(tb);
     assert_eq!(udp.len(), 2, "one WireGuard socket per forwarder: {udp:?}");

@@ -525,16 +525,7 @@ fn kernel2wireguard2kernel(cidr: &str, underlay_v6: bool) {
     );
     assert_eq!(conn.interface, "nsm-1");
     check_interfaces(&conn, &c, &e, cidr, Some(1420));
-    for pod in [&c, &e] {
-        let l = links(pod).unwrap();
-        assert_eq!(l[0].kind, "tun", "{pod}: {l:?}");
-        assert!(l[0].alias.starts_with("nsm:forwarder-"), "{pod}: {l:?}");
-    }
-    let sys_type = std::process::Command::new("ip")
-        .args(["netns", "exec", &c, "cat", "/sys/class/net/nsm-1/type"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&sys_type.stdout).trim(), "65534");
+    assert_forwarder_tuns(&[&c, &e]);
     assert!(
         forwarder_links(&tb).is_empty(),
         "no node veth or VXLAN device: {:?}",

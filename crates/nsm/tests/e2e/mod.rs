@@ -133,6 +133,24 @@ pub fn ping_both_ways(tb: &Testbed, conn: &Connected, client_pod: &str, endpoint
     assert_eq!(r.len(), 3, "endpoint → client {src}: {r:?}");
 }
 
+/// Each pod has exactly one link: a TUN a forwarder made (alias `nsm:forwarder-…`; the kernel's
+/// `/sys/class/net/<if>/type` is 65534, `ARPHRD_NONE`).
+pub fn assert_forwarder_tuns(pods: &[&str]) {
+    for pod in pods {
+        let l = links(pod).unwrap();
+        assert!(
+            l.len() == 1 && l[0].kind == "tun" && l[0].alias.starts_with("nsm:forwarder-"),
+            "{pod}: {l:?}"
+        );
+        let ty = std::process::Command::new("ip")
+            .args(["netns", "exec", pod])
+            .args(["cat", &format!("/sys/class/net/{}/type", l[0].name)])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&ty.stdout).trim(), "65534", "{pod}");
+    }
+}
+
 /// Node links other than the underlay veth (what forwarders made).
 pub fn forwarder_links(tb: &Testbed) -> Vec<(String, String)> {
     let mut out = Vec::new();
