@@ -92,11 +92,6 @@ impl KernelDataplane {
             wireguard,
         })
     }
-
-    /// The WireGuard ends (shared by the elements and the executor).
-    pub fn wireguard_ends(&self) -> &Arc<WireguardEnds> {
-        &self.wireguard
-    }
 }
 
 impl Dataplane for KernelDataplane {

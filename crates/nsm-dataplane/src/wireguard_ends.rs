@@ -24,7 +24,6 @@
 //! restarted forwarder starts empty, and its peers get new keys through heal or refresh.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -75,16 +74,6 @@ impl WireguardEnds {
             port,
             ends: Mutex::default(),
         }
-    }
-
-    /// A copy of the handle on the node namespace, for a caller that needs its own.
-    pub fn node(&self) -> io::Result<Netns> {
-        self.node.try_clone()
-    }
-
-    /// The tunnel IP the sockets are bound to.
-    pub fn tunnel_ip(&self) -> IpAddr {
-        self.tunnel_ip
     }
 
     /// The end of (`connection_id`, `side`): the one it has, else a new key pair and a newly bound

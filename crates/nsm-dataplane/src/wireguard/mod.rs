@@ -209,11 +209,6 @@ impl WireguardLink {
         })
     }
 
-    /// The pod interface's name.
-    pub fn interface(&self) -> &str {
-        &self.interface
-    }
-
     /// The pod interface's index in the pod namespace.
     pub(crate) fn index(&self) -> u32 {
         self.index
