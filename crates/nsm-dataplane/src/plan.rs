@@ -50,7 +50,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use nsm_api::Mechanism;
 use nsm_api::connectioncontext::{ConnectionContext, IpContext};
-use nsm_api::mechanisms::{MechanismType, vxlan, wireguard};
+use nsm_api::mechanisms::{MechanismType, TunnelEnd, vxlan, wireguard};
 pub use nsm_core::metadata::Side;
 
 use crate::error::PlanError;
@@ -439,33 +439,34 @@ fn wireguard_plan(
     ip: &IpContext,
 ) -> Result<WireguardPlan, PlanError> {
     let bad = |key: &'static str, reason: String| PlanError::BadWireguard { key, reason };
-    let addr = |ip_key: &'static str, port_key: &'static str| -> Result<SocketAddr, PlanError> {
-        let v = m.param(ip_key).unwrap_or_default();
+    let addr = |end: TunnelEnd| -> Result<SocketAddr, PlanError> {
+        let v = m.tunnel_ip(end).unwrap_or_default();
         let ip: IpAddr = v
             .parse()
-            .map_err(|_| bad(ip_key, format!("{v:?} is not an IP address")))?;
-        let p = m.param(port_key).unwrap_or_default();
+            .map_err(|_| bad(end.ip_key(), format!("{v:?} is not an IP address")))?;
+        let p = m.tunnel_port(end).unwrap_or_default();
         let port = p
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| bad(port_key, format!("{p:?} is not a port in 1..65535")))?;
+            .ok_or_else(|| bad(end.port_key(), format!("{p:?} is not a port in 1..65535")))?;
         Ok(SocketAddr::new(ip, port))
     };
-    let key = |key: &'static str| -> Result<PublicKey, PlanError> {
-        let v = m.param(key).unwrap_or_default();
-        v.parse::<PublicKey>().map_err(|e| bad(key, e.to_string()))
+    let key = |end: TunnelEnd| -> Result<PublicKey, PlanError> {
+        let v = m.wireguard_public_key(end).unwrap_or_default();
+        v.parse::<PublicKey>()
+            .map_err(|e| bad(end.public_key_key(), e.to_string()))
     };
-    let src = addr(wireguard::SRC_IP, wireguard::SRC_PORT)?;
-    let dst = addr(wireguard::DST_IP, wireguard::DST_PORT)?;
+    let src = addr(TunnelEnd::Src)?;
+    let dst = addr(TunnelEnd::Dst)?;
     if src.is_ipv4() != dst.is_ipv4() {
         return Err(bad(
             wireguard::DST_IP,
             format!("{} and {} are of different families", src.ip(), dst.ip()),
         ));
     }
-    let src_key = key(wireguard::SRC_PUBLIC_KEY)?;
-    let dst_key = key(wireguard::DST_PUBLIC_KEY)?;
+    let src_key = key(TunnelEnd::Src)?;
+    let dst_key = key(TunnelEnd::Dst)?;
     let (side, local, local_public, peer, peer_public) = if served {
         (Side::Server, dst, dst_key, src, src_key)
     } else {
