@@ -160,10 +160,6 @@ fn apply_error(e: ApplyError) -> NsmError {
     match e {
         ApplyError::Netns { .. }
         | ApplyError::NameTaken { .. }
-        | ApplyError::Wireguard {
-            source: crate::wireguard::WireguardError::BadInterfaceName { .. },
-            ..
-        }
         | ApplyError::TunnelSourceMissing { .. }
         | ApplyError::TunnelUnreachable { .. } => NsmError::invalid(NAME, e.to_string()),
         other => NsmError::internal(NAME, other.to_string()),

@@ -198,14 +198,6 @@ impl TunnelPlan {
             Self::Wireguard(_) => None,
         }
     }
-
-    /// The WireGuard part, if this is a WireGuard tunnel.
-    pub fn wireguard(&self) -> Option<&WireguardPlan> {
-        match self {
-            Self::Wireguard(w) => Some(w),
-            Self::Vxlan(_) => None,
-        }
-    }
 }
 
 /// The VXLAN part of a remote connection.
