@@ -14,10 +14,9 @@
 
 mod bench;
 
-use bench::{Ns, receiver_gbits, sh};
+use bench::{Ns, iperf, median, sh};
 
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nsm_api::Mechanism;
@@ -189,44 +188,10 @@ async fn local_setup() -> Duration {
     d
 }
 
-fn iperf(c: &Ns, e: &Ns, secs: u32) -> f64 {
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &e.0,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            "169.254.1.100",
-        ])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let out = c.exec(&[
-        "iperf3",
-        "-c",
-        "169.254.1.100",
-        "-t",
-        &secs.to_string(),
-        "-f",
-        "g",
-    ]);
-    let mut server = server;
-    let _ = server.wait();
-    receiver_gbits(&out)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let secs: u32 = args.get(1).map_or(10, |s| s.parse().unwrap());
+    let secs: u64 = args.get(1).map_or(10, |s| s.parse().unwrap());
     let rounds: usize = args.get(2).map_or(3, |s| s.parse().unwrap());
     let root_before = sh(&["ip", "-o", "link", "show"]);
     let (hc, hn1, hn2, he) = (Ns::new("hc"), Ns::new("hn1"), Ns::new("hn2"), Ns::new("he"));
@@ -237,14 +202,14 @@ async fn main() {
     first_reply(&hc, "169.254.1.100");
     let (mut hand, mut mine) = (Vec::new(), Vec::new());
     for r in 0..rounds {
-        hand.push(iperf(&hc, &he, secs));
-        mine.push(iperf(&oc, &oe, secs));
+        hand.push(iperf(&hc, &he, "169.254.1.100", secs));
+        mine.push(iperf(&oc, &oe, "169.254.1.100", secs));
         eprintln!(
             "round {r}: hand-built {:.2} Gbit/s, ours {:.2} Gbit/s",
             hand[r], mine[r]
         );
     }
-    let (h, m) = (median(hand.clone()), median(mine.clone()));
+    let (h, m) = (median(&mut hand.clone()), median(&mut mine.clone()));
     println!("hand-built runs {hand:?} median {h:.2} Gbit/s");
     println!(
         "ours       runs {mine:?} median {m:.2} Gbit/s ({:.0} %)",

@@ -18,10 +18,9 @@
 
 mod bench;
 
-use bench::{Ns, receiver_gbits, sh};
+use bench::{Ns, iperf, median, sh};
 
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nsm_dataplane::wireguard::{
@@ -102,33 +101,6 @@ async fn links(node_a: &Ns, node_b: &Ns, pod_a: &Ns, pod_b: &Ns) -> (WireguardLi
     (la, lb)
 }
 
-/// One iperf3 TCP stream from `client` to `server_ip` in `server`, in Gbit/s (receiver side).
-fn iperf(client: &Ns, server: &Ns, server_ip: &str, secs: u64) -> f64 {
-    let mut srv = Command::new("ip")
-        .args([
-            "netns", "exec", &server.0, "iperf3", "-s", "-1", "-B", server_ip,
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &client.0,
-        "iperf3",
-        "-c",
-        server_ip,
-        "-t",
-        &secs.to_string(),
-        "-f",
-        "g",
-    ]);
-    let _ = srv.wait();
-    receiver_gbits(&out)
-}
-
 /// This process's CPU time (user + system), in clock ticks: the link workers are its only busy
 /// threads while iperf3 runs.
 fn cpu_ticks() -> u64 {
@@ -147,11 +119,6 @@ fn rtt(from: &Ns, dst: &str) -> f64 {
     assert!(rtts.len() >= 18, "{} of 20 echoes answered", rtts.len());
     let mut us: Vec<f64> = rtts.iter().map(|d| d.as_secs_f64() * 1e6).collect();
     median(&mut us)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn loadavg() -> String {

@@ -1,9 +1,10 @@
 //! What the benchmarks in this folder share: running a command, throw-away network namespaces
-//! (`nsmb<pid>-<tag>`, deleted on drop) and reading iperf3's figure.
+//! (`nsmb<pid>-<tag>`, deleted on drop), one iperf3 TCP stream between two of them and a median.
 
 #![allow(dead_code)]
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use nsm_dataplane::netns::Netns;
 
@@ -69,4 +70,33 @@ pub fn receiver_gbits(iperf3_output: &str) -> f64 {
         .expect("iperf3 receiver line");
     let idx = line.find(" Gbits/sec").unwrap();
     line[..idx].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// One iperf3 TCP stream from `client` to `server_ip` in `server`, in Gbit/s (receiver side).
+pub fn iperf(client: &Ns, server: &Ns, server_ip: &str, secs: u64) -> f64 {
+    let mut srv = Command::new("ip")
+        .args([
+            "netns", "exec", &server.0, "iperf3", "-s", "-1", "-B", server_ip,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client.exec(&[
+        "iperf3",
+        "-c",
+        server_ip,
+        "-t",
+        &secs.to_string(),
+        "-f",
+        "g",
+    ]);
+    let _ = srv.wait();
+    receiver_gbits(&out)
+}
+
+/// The median of `v` (sorted in place).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
 }
