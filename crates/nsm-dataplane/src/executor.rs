@@ -84,14 +84,14 @@ pub struct Executor {
 type Slot = tokio::sync::Mutex<Option<Applied>>;
 
 /// What was applied for one connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Applied {
     /// The plan.
     pub plan: Plan,
     created: Vec<Created>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Created {
     /// A veth, by its node end (deleting it deletes the pod end too).
     Veth { index: u32, name: String },
@@ -108,7 +108,7 @@ enum Created {
     /// A running WireGuard link (its TUN in the pod, its worker thread, the end's socket). Stopping
     /// it removes the TUN; the socket goes back to the end with public key `public`.
     Wireguard {
-        link: Arc<Mutex<Option<WireguardLink>>>,
+        link: Mutex<Option<WireguardLink>>,
         public: PublicKey,
     },
 }
@@ -646,7 +646,7 @@ impl Executor {
             Ok(link) => {
                 let index = link.index();
                 created.push(Created::Wireguard {
-                    link: Arc::new(Mutex::new(Some(link))),
+                    link: Mutex::new(Some(link)),
                     public: w.local_public,
                 });
                 index
