@@ -19,8 +19,7 @@
 //! end; payload IP only), `filtermechanisms` (LOCAL to a unix URL, REMOTE to a TCP one). Go's order.
 //!
 //! **Payload picks the remote mechanism** (docs/wireguard.md §1): ETHERNET ⇒ VXLAN, IP ⇒ WIREGUARD,
-//! anything else ⇒ no remote offer. The VXLAN elements are gated here (`EthernetOnly`: a Request
-//! with another payload passes them untouched), the WIREGUARD ones gate themselves. A service
+//! anything else ⇒ no remote offer. Both mechanisms' elements gate themselves on the payload. A service
 //! registered without a payload gets IP from the registry; `nsm nse` registers ETHERNET by default.
 //!
 //! **WireGuard ends**: one [`WireguardEnds`] is shared by `WireguardClient`, `WireguardServer` (which
@@ -103,7 +102,7 @@ impl Dataplane for KernelDataplane {
             ),
             (
                 MechanismType::Vxlan.to_string(),
-                Arc::new(EthernetOnly(self.vxlan.clone())) as Element,
+                self.vxlan.clone() as Element,
             ),
             (
                 MechanismType::Wireguard.to_string(),
@@ -128,10 +127,7 @@ impl Dataplane for KernelDataplane {
         vec![
             Arc::new(XConnectClient),
             Arc::new(KernelClient::new(None)),
-            Arc::new(EthernetOnly(Arc::new(VxlanClient::new(
-                self.tunnel_ip,
-                self.config.vxlan_port,
-            )))),
+            Arc::new(VxlanClient::new(self.tunnel_ip, self.config.vxlan_port)),
             Arc::new(WireguardClient::new(
                 self.tunnel_ip,
                 self.config.underlay_mtu,
@@ -307,39 +303,5 @@ impl NetworkServiceServer for IncomingKernel {
 
     fn name(&self) -> &'static str {
         "kernel"
-    }
-}
-
-/// Runs `0` (a VXLAN element) only for connections with payload ETHERNET, as Go's VXLAN elements
-/// gate themselves; a Request with any other payload passes it untouched (so an IP connection gets
-/// no VXLAN offer and a VXLAN mechanism is not answered). Close always reaches it: it only releases
-/// what its Request took, which is nothing for another payload.
-struct EthernetOnly(Element);
-
-#[async_trait]
-impl NetworkServiceServer for EthernetOnly {
-    async fn request(
-        &self,
-        ctx: &mut Ctx,
-        request: NetworkServiceRequest,
-        next: Next,
-    ) -> Result<Connection> {
-        let ethernet = request
-            .connection
-            .as_ref()
-            .is_some_and(|c| c.payload == nsm_api::payload::ETHERNET);
-        if ethernet {
-            self.0.request(ctx, request, next).await
-        } else {
-            next.request(ctx, request).await
-        }
-    }
-
-    async fn close(&self, ctx: &mut Ctx, conn: Connection, next: Next) -> Result<()> {
-        self.0.close(ctx, conn, next).await
-    }
-
-    fn name(&self) -> &'static str {
-        self.0.name()
     }
 }

@@ -1,6 +1,10 @@
 //! `mechanisms/vxlan`: the VXLAN tunnel's control-plane parameters (Go `mechanisms/vxlan/vni` plus
 //! sdk-vpp's VXLAN MTU); no kernel or VPP calls.
 //!
+//! Only connections with payload `ETHERNET` are handled, as in Go: a Request with any other payload
+//! passes both elements untouched (an IP connection goes over WireGuard), and Close has nothing of
+//! theirs to release.
+//!
 //! **Client, Request**: offers `REMOTE/VXLAN` with `src_ip`/`src_port` = this forwarder's tunnel
 //! endpoint (existing VXLAN preferences, and a selected VXLAN mechanism, get them set instead).
 //! **Server, Request**: when VXLAN is selected, sets `dst_ip`/`dst_port`, the `MTU` if the uplink MTU is
@@ -18,7 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use nsm_api::mechanisms::{MechanismType, common, vxlan};
-use nsm_api::{Connection, Mechanism, NetworkServiceRequest};
+use nsm_api::{Connection, Mechanism, NetworkServiceRequest, payload};
 use nsm_core::metadata::Side;
 use nsm_core::{Ctx, NetworkServiceServer, Next, NsmError, Result};
 use parking_lot::Mutex;
@@ -32,6 +36,14 @@ const VNI_MASK: u32 = 0x00FF_FFFF;
 
 /// Random draws before falling back to a scan of the whole half of the VNI space.
 const RANDOM_TRIES: usize = 64;
+
+/// True for a connection these elements serve: payload `ETHERNET`.
+fn ethernet(request: &NetworkServiceRequest) -> bool {
+    request
+        .connection
+        .as_ref()
+        .is_some_and(|c| c.payload == payload::ETHERNET)
+}
 
 /// Client side: offers a VXLAN tunnel from this forwarder.
 pub struct VxlanClient {
@@ -66,6 +78,9 @@ impl NetworkServiceServer for VxlanClient {
         mut request: NetworkServiceRequest,
         next: Next,
     ) -> Result<Connection> {
+        if !ethernet(&request) {
+            return next.request(ctx, request).await;
+        }
         let mut offered = false;
         for m in &mut request.mechanism_preferences {
             if m.is(MechanismType::Vxlan) {
@@ -243,6 +258,7 @@ impl NetworkServiceServer for VxlanServer {
         let Some(m) = request
             .connection
             .as_mut()
+            .filter(|c| c.payload == payload::ETHERNET)
             .and_then(|c| c.mechanism.as_mut())
             .filter(|m| m.is(MechanismType::Vxlan))
         else {

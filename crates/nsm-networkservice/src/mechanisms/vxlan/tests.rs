@@ -3,7 +3,14 @@ use std::sync::Arc;
 use tonic::Code;
 
 use super::*;
-use crate::discover::testing::{Probe, chain, ctx, request};
+use crate::discover::testing::{Probe, chain, ctx};
+
+/// A request of service `svc` with payload ETHERNET (the only payload VXLAN serves).
+fn request(id: &str, svc: &str, labels: &[(&str, &str)]) -> NetworkServiceRequest {
+    let mut req = crate::discover::testing::request(id, svc, labels);
+    req.connection.as_mut().unwrap().payload = payload::ETHERNET.into();
+    req
+}
 
 fn vxlan_request(id: &str, src: &str) -> NetworkServiceRequest {
     let mut req = request(id, "svc", &[]);
@@ -158,4 +165,23 @@ fn pick_vni_finds_the_last_free_value_and_reports_a_full_space() {
     assert_eq!(pick_vni(false, |v| v != 12345), Some(12345));
     assert_eq!(pick_vni(true, |v| v != 2), Some(2));
     assert_eq!(pick_vni(true, |_| true), None);
+}
+
+#[tokio::test]
+async fn other_payloads_pass_both_elements_untouched() {
+    let probe = Probe::ok();
+    let server = Arc::new(VxlanServer::new(ip("10.0.0.2"), 4789));
+    let c = chain(vec![
+        Arc::new(VxlanClient::new(ip("10.0.0.1"), 0)),
+        server.clone(),
+        probe.clone(),
+    ]);
+    let mut req = vxlan_request("ip", "10.0.0.1");
+    req.connection.as_mut().unwrap().payload = payload::IP.into();
+    c.run_request(&mut ctx(), req).await.unwrap();
+    let seen = probe.last().request;
+    assert!(seen.mechanism_preferences.is_empty(), "no VXLAN offer");
+    let m = seen.connection.unwrap().mechanism.unwrap();
+    assert_eq!(m.param(vxlan::DST_IP), None, "VXLAN not answered");
+    assert_eq!(server.allocated(), 0, "no VNI taken");
 }
